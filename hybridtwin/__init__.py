@@ -1,9 +1,21 @@
-"""hybridtwin: immune digital twins -- mechanistic immune ODEs, hybrid neural models, personalisation."""
+"""hybridtwin: immune digital twins -- mechanistic immune ODEs, hybrid neural models, personalisation.
+
+>>> import hybridtwin as ht
+>>> df = ht.simulate("baccam2006", [0, 1, 2, 3])
+>>> df.shape
+(4, 6)
+"""
 
 __version__ = "0.1.0"
 
 from . import models
+from .dosing import BatchSchedule, Dose
 from .models import Model, Parameter
 from .parameters import ParameterSpace
+from .simulation import simulate
+from .solve import Solution, SolverConfig, Status, solve
 
-__all__ = ["__version__", "models", "Model", "Parameter", "ParameterSpace"]
+__all__ = [
+    "__version__", "models", "Model", "Parameter", "ParameterSpace", "Dose", "BatchSchedule",
+    "simulate", "solve", "SolverConfig", "Solution", "Status",
+]

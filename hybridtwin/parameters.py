@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -185,7 +186,21 @@ class ParameterSpace:
         if values is None:
             return self.default_tensor(1, dtype, device)
         if isinstance(values, pd.DataFrame):
-            rows = values.to_dict("records")
+            self.check_names(values.columns, context)
+            out = self.default_tensor(len(values), dtype, device)
+            for name in values.columns:
+                try:
+                    col = values[name].to_numpy(dtype=float)
+                except (TypeError, ValueError):
+                    raise ValueError(f"parameter {name!r}{context} must be numeric") from None
+                bad = ~np.isfinite(col)
+                if bad.any():
+                    raise ValueError(
+                        f"parameter {name!r}{context} must be finite; non-finite values in rows "
+                        f"{np.nonzero(bad)[0][:10].tolist()}"
+                    )
+                out[:, self.index(name)] = torch.tensor(col, dtype=dtype, device=device)
+            return out
         elif isinstance(values, Mapping):
             rows = [values]
         else:

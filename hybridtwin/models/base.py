@@ -236,6 +236,17 @@ class Model:
         d = self._rhs(t, self._named_states(y), self._named_params(theta))
         return torch.stack([d[s] for s in self.all_state_names], dim=-1)
 
+    def bind(self, theta: torch.Tensor):
+        """``f(t, y)`` with the parameters ``theta`` (B, P) split into contiguous columns once (faster in loops)."""
+        p = Named({k: v.contiguous() for k, v in zip(self.parameter_names, theta.unbind(-1))}, "parameter", self.name)
+        names, rhs = self.all_state_names, self._rhs
+
+        def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            d = rhs(t, Named(dict(zip(names, y.unbind(-1))), "state", self.name), p)
+            return torch.stack([d[s] for s in names], dim=-1)
+
+        return f
+
     def initial_state(self, theta: torch.Tensor) -> torch.Tensor:
         """Batched initial state (B, S) from parameters (B, P)."""
         cols = []

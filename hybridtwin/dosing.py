@@ -1,0 +1,230 @@
+"""Doses and per-subject dosing schedules.
+
+A :class:`Dose` is a bolus (``duration == 0``: the target jumps by ``amount``) or a zero-order infusion
+(``amount`` delivered at a constant rate over ``duration``), optionally repeated NONMEM-style:
+``additional`` (ADDL) more doses every ``interval`` (II) time units.
+
+:class:`BatchSchedule` packs one schedule per subject into padded tensors that the solver consumes: each
+subject's integration stops exactly at its own dose times (bolus jumps, infusion starts and ends), so
+results do not depend on whether a dose coincides with an output time, and gradients flow through the
+amounts.
+
+Example
+-------
+>>> from hybridtwin.dosing import Dose
+>>> [d.time for d in Dose(0.0, 100.0, "M", interval=7.0, additional=2).expand()]
+[0.0, 7.0, 14.0]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import pandas as pd
+import torch
+
+DOSE_COLUMNS = ("subject_id", "time", "amount", "target", "duration")
+OPTIONAL_DOSE_COLUMNS = ("interval", "additional")
+
+
+@dataclass(frozen=True)
+class Dose:
+    """One dose event (or a NONMEM II/ADDL series of identical doses).
+
+    Parameters
+    ----------
+    time: when the (first) dose starts, in the model's time unit; must be >= 0.
+    amount: total amount of one dose (>= 0), in the target state's unit.
+    target: a model state or drug compartment name.
+    duration: 0 for a bolus, > 0 for a zero-order infusion delivering ``amount`` over ``duration``.
+    interval: time between repeated doses (NONMEM II); required when ``additional > 0``.
+    additional: number of additional doses after the first (NONMEM ADDL).
+    """
+
+    time: float
+    amount: float
+    target: str
+    duration: float = 0.0
+    interval: float | None = None
+    additional: int = 0
+
+    def __post_init__(self) -> None:
+        where = f"Dose(time={self.time!r}, amount={self.amount!r}, target={self.target!r})"
+        _check_number(self.time, "time", where, minimum=0.0)
+        if not torch.is_tensor(self.amount):
+            _check_number(self.amount, "amount", where, minimum=0.0)
+        _check_number(self.duration, "duration", where, minimum=0.0)
+        if not isinstance(self.target, str) or not self.target:
+            raise ValueError(f"{where}: target must be a state or compartment name, got {self.target!r}")
+        if isinstance(self.additional, bool) or int(self.additional) != self.additional or self.additional < 0:
+            raise ValueError(f"{where}: additional (ADDL) must be a non-negative integer, got {self.additional!r}")
+        if self.additional > 0:
+            if self.interval is None:
+                raise ValueError(f"{where}: additional={self.additional} repeated doses need an interval (II)")
+            _check_number(self.interval, "interval", where, minimum=0.0)
+            if self.interval <= 0:
+                raise ValueError(f"{where}: interval (II) must be > 0, got {self.interval!r}")
+            if self.duration > self.interval:
+                raise ValueError(f"{where}: an infusion of duration {self.duration} cannot repeat every {self.interval}")
+        object.__setattr__(self, "additional", int(self.additional))
+
+    @property
+    def is_bolus(self) -> bool:
+        return float(self.duration) == 0.0
+
+    def expand(self) -> list["Dose"]:
+        """The explicit list of single doses this (possibly repeated) dose stands for."""
+        return [
+            Dose(float(self.time) + i * float(self.interval or 0.0), self.amount, self.target, self.duration)
+            for i in range(self.additional + 1)
+        ]
+
+
+def _check_number(value, name: str, where: str, minimum: float | None = None) -> None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: {name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{where}: {name} must be finite, got {value!r}")
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{where}: {name} must be >= {minimum:g}, got {value!r}")
+
+
+def doses_from_frame(frame: pd.DataFrame) -> dict[object, list[Dose]]:
+    """Group a dose table (``subject_id, time, amount, target[, duration, interval, additional]``) by subject."""
+    missing = [c for c in ("subject_id", "time", "amount", "target") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"dose table is missing required column(s) {missing}; expected columns {list(DOSE_COLUMNS)}")
+    out: dict[object, list[Dose]] = {}
+    for i, row in frame.reset_index(drop=True).iterrows():
+        interval = row.get("interval", None)
+        interval = None if interval is None or pd.isna(interval) else float(interval)
+        additional = row.get("additional", 0)
+        additional = 0 if additional is None or pd.isna(additional) else additional
+        duration = row.get("duration", 0.0)
+        duration = 0.0 if duration is None or pd.isna(duration) else duration
+        try:
+            dose = Dose(row["time"], row["amount"], row["target"], duration, interval, additional)
+        except ValueError as exc:
+            raise ValueError(f"dose table row {i} (subject {row['subject_id']!r}): {exc}") from None
+        out.setdefault(row["subject_id"], []).append(dose)
+    return out
+
+
+@dataclass
+class BatchSchedule:
+    """Padded per-subject dose tensors for a batch of B subjects.
+
+    Attributes (all with batch dimension first; padding has time ``inf`` and amount 0):
+
+    - ``bolus_time`` (B, K), ``bolus_amount`` (B, K), ``bolus_target`` (B, K) long
+    - ``inf_start`` (B, J), ``inf_end`` (B, J), ``inf_rate`` (B, J), ``inf_target`` (B, J) long
+    """
+
+    bolus_time: torch.Tensor
+    bolus_amount: torch.Tensor
+    bolus_target: torch.Tensor
+    inf_start: torch.Tensor
+    inf_end: torch.Tensor
+    inf_rate: torch.Tensor
+    inf_target: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.bolus_time.shape[0]
+
+    @staticmethod
+    def empty(batch: int, dtype=torch.float64, device=None) -> "BatchSchedule":
+        return BatchSchedule.from_doses([[] for _ in range(batch)], [], dtype=dtype, device=device)
+
+    @staticmethod
+    def from_doses(
+        schedules: Sequence[Iterable[Dose]],
+        state_names: Sequence[str],
+        dtype: torch.dtype = torch.float64,
+        device=None,
+    ) -> "BatchSchedule":
+        """Build from one list of :class:`Dose` per subject; targets are resolved against ``state_names``."""
+        boluses, infusions = [], []
+        if all(len(s) == 0 for s in schedules):
+            B = len(schedules)
+            inf_ = torch.full((B, 1), float("inf"), dtype=dtype, device=device)
+            zeros = torch.zeros((B, 1), dtype=dtype, device=device)
+            idx = torch.zeros((B, 1), dtype=torch.long, device=device)
+            return BatchSchedule(inf_, zeros, idx, inf_.clone(), inf_.clone(), zeros.clone(), idx.clone())
+        for b, sched in enumerate(schedules):
+            bol, inf = [], []
+            for dose in sched:
+                if not isinstance(dose, Dose):
+                    raise TypeError(f"subject {b}: schedules must contain Dose objects, got {type(dose).__name__}")
+                if dose.target not in state_names:
+                    raise ValueError(
+                        f"dose target {dose.target!r} (subject {b}) is not a state or drug compartment of the model; "
+                        f"valid targets: {', '.join(state_names)}"
+                    )
+                tgt = list(state_names).index(dose.target)
+                for d in dose.expand():
+                    if d.is_bolus:
+                        bol.append((float(d.time), d.amount, tgt))
+                    else:
+                        rate = d.amount / float(d.duration)
+                        inf.append((float(d.time), float(d.time) + float(d.duration), rate, tgt))
+            boluses.append(sorted(bol, key=lambda r: r[0]))
+            infusions.append(sorted(inf, key=lambda r: r[0]))
+        B = len(schedules)
+        K = max([len(x) for x in boluses] + [1])
+        J = max([len(x) for x in infusions] + [1])
+        kw = dict(dtype=dtype, device=device)
+        inf_ = float("inf")
+        btime = torch.full((B, K), inf_, **kw)
+        btgt = torch.zeros((B, K), dtype=torch.long, device=device)
+        amounts = [[torch.zeros((), **kw)] * K for _ in range(B)]
+        istart = torch.full((B, J), inf_, **kw)
+        iend = torch.full((B, J), inf_, **kw)
+        itgt = torch.zeros((B, J), dtype=torch.long, device=device)
+        rates = [[torch.zeros((), **kw)] * J for _ in range(B)]
+        for b in range(B):
+            for k, (t, a, tgt) in enumerate(boluses[b]):
+                btime[b, k] = t
+                btgt[b, k] = tgt
+                amounts[b][k] = torch.as_tensor(a, **kw)
+            for j, (t0, t1, r, tgt) in enumerate(infusions[b]):
+                istart[b, j], iend[b, j], itgt[b, j] = t0, t1, tgt
+                rates[b][j] = torch.as_tensor(r, **kw)
+        bamount = torch.stack([torch.stack(row) for row in amounts])
+        irate = torch.stack([torch.stack(row) for row in rates])
+        return BatchSchedule(btime, bamount, btgt, istart, iend, irate, itgt)
+
+    def breakpoints(self) -> torch.Tensor:
+        """(B, E) sorted times where a subject's dynamics jump or change (inf-padded, duplicates kept)."""
+        allt = torch.cat([self.bolus_time, self.inf_start, self.inf_end], dim=1)
+        return torch.sort(allt, dim=1).values
+
+    def infusion_rate(self, t: torch.Tensor, n_states: int) -> torch.Tensor:
+        """(B, S) total infusion rate into each state at times ``t`` (B,) (start inclusive, end exclusive)."""
+        active = (self.inf_start <= t[:, None]) & (t[:, None] < self.inf_end)
+        rate = torch.where(active, self.inf_rate, torch.zeros_like(self.inf_rate))
+        out = torch.zeros(t.shape[0], n_states, dtype=rate.dtype, device=rate.device)
+        return out.scatter_add(1, self.inf_target, rate)
+
+    def bolus_at(self, t: torch.Tensor, n_states: int, hit: torch.Tensor) -> torch.Tensor:
+        """(B, S) sum of bolus amounts given exactly at ``t`` (B,) for subjects where ``hit`` is True."""
+        at = (self.bolus_time == t[:, None]) & hit[:, None]
+        amount = torch.where(at, self.bolus_amount, torch.zeros_like(self.bolus_amount))
+        out = torch.zeros(t.shape[0], n_states, dtype=amount.dtype, device=amount.device)
+        return out.scatter_add(1, self.bolus_target, amount)
+
+    def select(self, index: torch.Tensor) -> "BatchSchedule":
+        """The schedules of a subset of subjects."""
+        return BatchSchedule(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
+
+    def to(self, dtype=None, device=None) -> "BatchSchedule":
+        def conv(x):
+            if x.dtype == torch.long:
+                return x.to(device=device)
+            return x.to(dtype=dtype, device=device)
+
+        return BatchSchedule(*(conv(getattr(self, f)) for f in self.__dataclass_fields__))
