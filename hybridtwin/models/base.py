@@ -135,6 +135,7 @@ class Model:
         description: str = "",
         default_t_end: float = 10.0,
         log_scale_states: Sequence[str] = (),
+        example_doses: Sequence = (),
     ):
         if not isinstance(name, str) or not name:
             raise ModelDefinitionError(f"model name must be a non-empty string, got {name!r}")
@@ -163,6 +164,7 @@ class Model:
         self._rhs = rhs
         self.observables = dict(observables or {})
         self.log_scale_states = list(log_scale_states)
+        self.example_doses = list(example_doses)
 
         missing = [s for s in self.state_names if s not in initial]
         extra = [s for s in initial if s not in all_states]
@@ -220,6 +222,16 @@ class Model:
 
     def parameter_space_frame(self):
         return self.parameter_space.as_frame()
+
+    @property
+    def short_citation(self) -> str:
+        """First author et al. (year), e.g. ``"Baccam et al. (2006)"``."""
+        import re
+
+        tokens = self.citation.split(",")[0].split() if self.citation else [self.name]
+        first = " ".join(tokens[:-1]) if len(tokens) > 1 and tokens[-1].isupper() else tokens[0]
+        year = re.search(r"\b(19|20)\d{2}\b", self.citation or "")
+        return f"{first} et al. ({year.group(0)})" if year else first
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, states={self.state_names}, time_unit={self.time_unit!r})"

@@ -1,0 +1,5 @@
+"""Diagnostics and plots."""
+
+from .plots import plot_simulation
+
+__all__ = ["plot_simulation"]
