@@ -13,11 +13,27 @@ from typing import Callable
 
 from ..parameters import Parameter, ParameterSpace
 from .base import Intervention, Model, ModelDefinitionError, Named, log10_observable
+from .alexander_wahl2011 import alexander_wahl2011
 from .baccam2006 import baccam2006, baccam2006_tcl
+from .baker2013 import baker2013
+from .depillis2009 import depillis2009
+from .hernandez_vargas2012 import hernandez_vargas2012
+from .kuznetsov1994 import kuznetsov1994
+from .reynolds2006 import reynolds2006
+from .sarscov2_cd8 import sarscov2_cd8
+from .vaccine_asc import vaccine_asc
 
 _FACTORIES: dict[str, Callable[[], Model]] = {
     "baccam2006": baccam2006,
     "baccam2006_tcl": baccam2006_tcl,
+    "hernandez_vargas2012": hernandez_vargas2012,
+    "reynolds2006": reynolds2006,
+    "kuznetsov1994": kuznetsov1994,
+    "depillis2009": depillis2009,
+    "vaccine_asc": vaccine_asc,
+    "baker2013": baker2013,
+    "alexander_wahl2011": alexander_wahl2011,
+    "sarscov2_cd8": sarscov2_cd8,
 }
 _CACHE: dict[str, Model] = {}
 
