@@ -18,6 +18,7 @@ hybridtwin extension (off by default): a biologic / immunosuppressant in drug co
 
 from __future__ import annotations
 
+from ..dosing import Dose
 from ..parameters import Parameter
 from .base import Intervention, Model
 
@@ -70,4 +71,5 @@ def baker2013() -> Model:
         citation=CITATION,
         description="Rheumatoid-arthritis cytokine balance with bistable healthy and inflamed (flare) states",
         default_t_end=50.0,
+        example_doses=[Dose(5.0, 2.0, "p")],  # a pulse of p: with the default alpha2 = 1 it decays back (monostable)
     )

@@ -28,6 +28,7 @@ hundred EU/ml decaying at delta_L.
 
 from __future__ import annotations
 
+from ..dosing import Dose
 from ..parameters import Parameter
 from .base import Intervention, Model, log10_observable
 
@@ -89,4 +90,5 @@ def vaccine_asc() -> Model:
         description="Vaccine antibody response: antigen, memory B cells, short/long-lived ASC, antibodies",
         default_t_end=365.0,
         log_scale_states=["Ag", "S", "L", "Ab"],
+        example_doses=[Dose(0.0, 1.0, "Ag"), Dose(28.0, 1.0, "Ag")],
     )
