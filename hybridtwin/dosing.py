@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -197,6 +198,93 @@ class BatchSchedule:
         bamount = torch.stack([torch.stack(row) for row in amounts])
         irate = torch.stack([torch.stack(row) for row in rates])
         return BatchSchedule(btime, bamount, btgt, istart, iend, irate, itgt)
+
+    @staticmethod
+    def from_frame(
+        frame: pd.DataFrame,
+        subject_ids: Sequence,
+        state_names: Sequence[str],
+        target_map: dict[str, str] | None = None,
+        dtype: torch.dtype = torch.float64,
+        device=None,
+    ) -> "BatchSchedule":
+        """Vectorised construction from a dose table (``subject_id, time, amount, target[, duration, interval,
+        additional]``) for the subjects ``subject_ids`` (in that order). ``target_map`` renames targets
+        (e.g. intervention names to compartments). Every row is validated; errors name the rows."""
+        frame = frame.reset_index(drop=True)
+        missing = [c for c in ("subject_id", "time", "amount", "target") if c not in frame.columns]
+        if missing:
+            raise ValueError(f"dose table is missing required column(s) {missing}; expected columns {list(DOSE_COLUMNS)}")
+        n = len(frame)
+
+        def col(name, default):
+            if name not in frame.columns:
+                return np.full(n, default, dtype=float)
+            try:
+                v = pd.to_numeric(frame[name], errors="raise").to_numpy(dtype=float)
+            except (TypeError, ValueError):
+                raise ValueError(f"dose table column {name!r} must be numeric") from None
+            return np.where(np.isnan(v), default, v) if default is not None else v
+
+        time, amount = col("time", None), col("amount", None)
+        duration, interval, additional = col("duration", 0.0), col("interval", np.nan), col("additional", 0.0)
+        checks = [
+            (~np.isfinite(time) | (time < 0), "time must be finite and >= 0"),
+            (~np.isfinite(amount) | (amount < 0), "amount must be finite and >= 0"),
+            (~np.isfinite(duration) | (duration < 0), "duration must be finite and >= 0"),
+            ((additional < 0) | (additional != np.round(additional)), "additional (ADDL) must be a non-negative integer"),
+            ((additional > 0) & ~(interval > 0), "repeated doses (ADDL > 0) need an interval (II) > 0"),
+            ((additional > 0) & (duration > np.nan_to_num(interval, nan=np.inf)), "an infusion cannot be longer than its interval"),
+        ]
+        for bad, msg in checks:
+            if bad.any():
+                rows = np.nonzero(bad)[0][:10].tolist()
+                raise ValueError(f"dose table: {msg}; offending rows {rows} (subjects {frame.loc[rows, 'subject_id'].tolist()})")
+        targets = frame["target"].astype(str)
+        if target_map:
+            targets = targets.map(lambda x: target_map.get(x, x))
+        index = {s: i for i, s in enumerate(state_names)}
+        tgt = targets.map(index)
+        if tgt.isna().any():
+            rows = np.nonzero(tgt.isna().to_numpy())[0][:10].tolist()
+            raise ValueError(
+                f"dose target(s) {sorted(set(frame.loc[rows, 'target']))} in rows {rows} are not states or drug "
+                f"compartments of the model; valid targets: {', '.join(list(target_map or []) or state_names)}"
+            )
+        pos = {s: i for i, s in enumerate(subject_ids)}
+        subj = frame["subject_id"].map(pos)
+        if subj.isna().any():
+            rows = np.nonzero(subj.isna().to_numpy())[0][:10].tolist()
+            raise ValueError(f"dose table names unknown subject(s) {frame.loc[rows, 'subject_id'].unique().tolist()}")
+        reps = (additional + 1).astype(int)
+        ridx = np.repeat(np.arange(n), reps)
+        k = np.arange(len(ridx)) - np.repeat(np.cumsum(reps) - reps, reps)
+        t = time[ridx] + k * np.nan_to_num(interval[ridx], nan=0.0)
+        b = subj.to_numpy(dtype=int)[ridx]
+        a, dur, tg = amount[ridx], duration[ridx], tgt.to_numpy(dtype=int)[ridx]
+        B = len(subject_ids)
+
+        def pad(sel, values, fill):
+            order = np.lexsort((t[sel], b[sel]))
+            bb = b[sel][order]
+            slot = np.arange(len(bb)) - np.searchsorted(bb, bb, side="left")
+            width = max(1, int(slot.max()) + 1) if len(bb) else 1
+            outs = []
+            for v, f in zip(values, fill):
+                arr = np.full((B, width), f, dtype=np.asarray(v).dtype if np.asarray(v).dtype == np.int64 else float)
+                arr[bb, slot] = np.asarray(v)[sel][order]
+                outs.append(arr)
+            return outs
+
+        bol = dur == 0
+        bt, ba, btg = pad(bol, (t, a, tg), (np.inf, 0.0, 0))
+        inf = ~bol
+        it0, it1, ir, itg = pad(inf, (t, t + dur, a / np.where(dur > 0, dur, 1.0), tg), (np.inf, np.inf, 0.0, 0))
+        kw = dict(dtype=dtype, device=device)
+        lk = dict(dtype=torch.long, device=device)
+        return BatchSchedule(torch.tensor(bt, **kw), torch.tensor(ba, **kw), torch.tensor(btg, **lk),
+                             torch.tensor(it0, **kw), torch.tensor(it1, **kw), torch.tensor(ir, **kw),
+                             torch.tensor(itg, **lk))
 
     def breakpoints(self) -> torch.Tensor:
         """(B, E) sorted times where a subject's dynamics jump or change (inf-padded, duplicates kept)."""

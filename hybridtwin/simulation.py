@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from . import models as _models
-from .dosing import BatchSchedule, Dose, doses_from_frame
+from .dosing import BatchSchedule, Dose
 from .models.base import Model
 from .solve import SolverConfig, Status, solve
 
@@ -56,9 +56,9 @@ def check_times(times, what: str = "times") -> np.ndarray:
 
 def _subject_table(model: Model, params) -> tuple[list, dict | pd.DataFrame]:
     if params is None:
-        return [None], {}
+        return [0], {}
     if isinstance(params, Mapping):
-        return [None], dict(params)
+        return [0], dict(params)
     if isinstance(params, pd.DataFrame):
         if params.empty:
             raise ValueError("params DataFrame has no rows; give one row per subject")
@@ -72,19 +72,21 @@ def _subject_table(model: Model, params) -> tuple[list, dict | pd.DataFrame]:
     raise TypeError(f"params must be a dict, a DataFrame (one row per subject) or None, got {type(params).__name__}")
 
 
-def _resolve_target(model: Model, target: str) -> str:
-    iv = model.interventions.get(target)
-    if iv is None:
-        raise ValueError(
-            f"dose target {target!r} does not exist in model {model.name!r}; valid targets: "
-            f"{', '.join(model.interventions)}"
-        )
-    return iv.target
+def _dose_rows(doses: Sequence[Dose]) -> dict[str, list]:
+    cols = {"time": [], "amount": [], "target": [], "duration": [], "interval": [], "additional": []}
+    for d in doses:
+        if not isinstance(d, Dose):
+            raise TypeError(f"doses must be Dose objects, got {type(d).__name__}")
+        for c in cols:
+            cols[c].append(getattr(d, c))
+    return cols
 
 
-def _schedules(model: Model, doses, ids: list) -> list[list[Dose]]:
+def _dose_frame(doses, ids: list) -> pd.DataFrame:
+    """Any accepted form of ``doses`` as one validated-later table with a subject_id column."""
+    empty = pd.DataFrame({"subject_id": [], "time": [], "amount": [], "target": [], "duration": []})
     if doses is None:
-        return [[] for _ in ids]
+        return empty
     if isinstance(doses, Dose):
         doses = [doses]
     if isinstance(doses, pd.DataFrame):
@@ -92,28 +94,18 @@ def _schedules(model: Model, doses, ids: list) -> list[list[Dose]]:
             if len(ids) != 1:
                 raise ValueError("a dose table for several subjects needs a subject_id column")
             doses = doses.assign(subject_id=ids[0])
-        by_subject = doses_from_frame(doses)
-        unknown = [s for s in by_subject if s not in ids]
-        if unknown:
-            raise ValueError(f"dose table names subject(s) {unknown} that are not in params (subjects: {ids[:10]}...)")
-        per = [by_subject.get(s, []) for s in ids]
-    elif isinstance(doses, Mapping):
+        return doses
+    if isinstance(doses, Mapping):
         unknown = [s for s in doses if s not in ids]
         if unknown:
             raise ValueError(f"doses given for unknown subject(s) {unknown}")
-        per = [list(doses.get(s, [])) for s in ids]
-    else:
-        per = [list(doses) for _ in ids]
-    out = []
-    for sched in per:
-        resolved = []
-        for d in sched:
-            if not isinstance(d, Dose):
-                raise TypeError(f"doses must be Dose objects, got {type(d).__name__}")
-            tgt = _resolve_target(model, d.target)
-            resolved.append(d if tgt == d.target else Dose(d.time, d.amount, tgt, d.duration, d.interval, d.additional))
-        out.append(resolved)
-    return out
+        frames = [pd.DataFrame(_dose_rows(v)).assign(subject_id=k) for k, v in doses.items() if len(v)]
+        return pd.concat(frames, ignore_index=True) if frames else empty
+    cols = _dose_rows(list(doses))
+    m = len(cols["time"])
+    frame = pd.DataFrame({k: np.tile(np.asarray(v, dtype=object), len(ids)) for k, v in cols.items()})
+    frame.insert(0, "subject_id", np.repeat(np.asarray(ids, dtype=object), m))
+    return frame
 
 
 def simulate(
@@ -161,7 +153,8 @@ def simulate(
     ids, rows = _subject_table(model, params)
     space = model.parameter_space
     theta = space.tensor_from(rows, dtype=dtype, context=f" of model {model.name!r}")
-    schedules = _schedules(model, doses, ids)
+    dose_table = _dose_frame(doses, ids)
+    target_map = {k: iv.target for k, iv in model.interventions.items()}
     y0 = model.initial_state(theta)
     if initial_state:
         for name, value in initial_state.items():
@@ -180,7 +173,13 @@ def simulate(
     else:
         atol_cfg = atol
     config = SolverConfig(method=method, rtol=rtol, atol=atol_cfg, dt=dt)
-    targets = {d.target for s in schedules for d in s}
+    targets = {target_map.get(str(x), str(x)) for x in dose_table["target"].unique()}
+    by_subject = dose_table.groupby("subject_id", sort=False).indices if len(dose_table) else {}
+    unknown = set(by_subject) - set(ids)
+    if unknown:
+        raise ValueError(f"dose table names subject(s) {sorted(unknown, key=str)[:10]} that are not in params")
+    # validate every dose row once, before any solving
+    BatchSchedule.from_frame(dose_table, ids, model.all_state_names, target_map, dtype=dtype)
     shown_states = model.state_names + [c for c in model.compartment_names if c in targets]
 
     n = len(ids)
@@ -196,7 +195,11 @@ def simulate(
     with torch.no_grad():
         for start in chunks:
             sl = slice(start, min(start + batch_size, n))
-            sched = BatchSchedule.from_doses(schedules[sl], model.all_state_names, dtype=dtype, device=device)
+            chunk_ids = ids[sl]
+            rows = [by_subject[i] for i in chunk_ids if i in by_subject]
+            part = dose_table.iloc[np.concatenate(rows)] if rows else dose_table.iloc[:0]
+            sched = BatchSchedule.from_frame(part, chunk_ids, model.all_state_names, target_map, dtype=dtype,
+                                             device=device)
             sol = solve(model, y0[sl].to(device), t_tensor, theta[sl].to(device), schedule=sched, config=config)
             ys.append(sol.ys.cpu())
             statuses.append(sol.status.cpu())

@@ -12,7 +12,7 @@ def test_single_subject_table_layout_and_defaults():
     assert list(df.columns) == ["time", "T", "I1", "I2", "V", "log10_V"]
     assert df["T"].iloc[0] == 4e8 and df["V"].iloc[0] == 0.75
     assert np.allclose(df["log10_V"], np.log10(df["V"]))
-    assert df.attrs["status"] == {None: "ok"}
+    assert df.attrs["status"] == {0: "ok"}
 
 
 def test_params_dict_and_initial_state_override():
@@ -50,7 +50,7 @@ def test_cohort_frame_with_dose_table_matches_individual_runs():
         (dict(times=[0, 2, 1]), "strictly increasing"),
         (dict(times=[0, float("inf")]), "finite"),
         (dict(times=[0, 1], initial_state={"W": 1.0}), "unknown state 'W'"),
-        (dict(times=[0, 1], doses=[ht.Dose(0.5, 1.0, "Z")]), "dose target 'Z' does not exist"),
+        (dict(times=[0, 1], doses=[ht.Dose(0.5, 1.0, "Z")]), r"dose target\(s\) \['Z'\]"),
         (dict(times=[0, 1], params=pd.DataFrame({"subject_id": [1, 1], "beta": [1e-5, 2e-5]})), "duplicate subject_id"),
         (dict(times=[0, 1], params=pd.DataFrame({"beta": [1e-5, 2e-5]}),
               doses=pd.DataFrame({"time": [0.0], "amount": [1.0], "target": ["V"]})), "needs a subject_id column"),
