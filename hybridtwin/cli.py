@@ -53,7 +53,7 @@ def models_table() -> pd.DataFrame:
         m = _models.get(name)
         rows.append(dict(model=name, states=", ".join(m.state_names), time_unit=m.time_unit,
                          interventions=", ".join(f"{k} ({v.target})" for k, v in m.interventions.items()
-                                                 if v.kind == "drug" and k != v.target) or "-",
+                                                 if k != v.target) or "-",
                          citation=m.short_citation))
     return pd.DataFrame(rows)
 

@@ -188,3 +188,33 @@ def test_bad_times_raise_clear_errors():
         solve(decay, y0, torch.tensor([-1.0, 0.5]), p)
     with pytest.raises(ValueError, match="finite"):
         solve(decay, y0, torch.tensor([float("nan")]), p)
+
+
+def test_float32_agrees_with_float64():
+    m, theta = _baccam_batch(4)
+    times = torch.linspace(0, 10, 11)
+    y64 = solve(m, m.initial_state(theta), times, theta, config=SolverConfig(rtol=1e-5, atol=1e-3)).ys
+    th32 = theta.float()
+    sol32 = solve(m, m.initial_state(th32), times.float(), th32, config=SolverConfig(rtol=1e-5, atol=1e-3))
+    assert sol32.ys.dtype == torch.float32 and sol32.ok.all()
+    rel = (sol32.ys.double() - y64).abs() / (y64.abs() + 1.0)
+    assert float(rel.max()) < 1e-3
+
+
+def test_dose_table_matches_dose_objects_including_addl():
+    import pandas as pd
+
+    frame = pd.DataFrame({"subject_id": ["a", "b", "b"], "time": [1.0, 0.0, 2.0], "amount": [2.0, 1.0, 3.0],
+                          "target": ["x", "x", "x"], "duration": [0.0, 0.5, 0.0], "interval": [3.0, None, None],
+                          "additional": [2, 0, 0]})
+    a = BatchSchedule.from_frame(frame, ["a", "b"], ["x"])
+    b = BatchSchedule.from_doses([[Dose(1.0, 2.0, "x", interval=3.0, additional=2)],
+                                  [Dose(0.0, 1.0, "x", duration=0.5), Dose(2.0, 3.0, "x")]], ["x"])
+    times = torch.linspace(0, 10, 41)
+    ya = solve(decay, torch.zeros(2, 1), times, torch.full((2, 1), 0.2), schedule=a).ys
+    yb = solve(decay, torch.zeros(2, 1), times, torch.full((2, 1), 0.2), schedule=b).ys
+    assert torch.equal(ya, yb)
+    with pytest.raises(ValueError, match=r"amount must be finite and >= 0; offending rows \[1\]"):
+        BatchSchedule.from_frame(frame.assign(amount=[1.0, -1.0, 1.0]), ["a", "b"], ["x"])
+    with pytest.raises(ValueError, match="need an interval"):
+        BatchSchedule.from_frame(frame.assign(interval=None), ["a", "b"], ["x"])
