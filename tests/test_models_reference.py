@@ -23,11 +23,16 @@ from test_models_equations import SPECS, published_initial, summed, transcriptio
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # Relative error |a - b| / (|b| + floor) with floor = FLOOR * max_t |b| per state. Several states fall by many
-# orders of magnitude below their peak (reynolds P reaches 1e-13, i.e. solver noise; sarscov2 V drops below
-# 1e-10 copies/ml after clearance): there both integrators only control the absolute error (atol ~ 1e-12 of the
-# state's scale), so relative agreement is only meaningful down to ~1e-6 of the state's peak.
+# orders of magnitude below their peak (reynolds P reaches 1e-13 and then solver noise around 0; sarscov2 V drops
+# to 1e-20 copies/ml after clearance; baccam I decays to ~0): there both integrators only control the absolute
+# error (atol), so a relative error is meaningless, and a state at 1e-6 of its peak is biologically nil. With the
+# floor the observed errors are <= 1e-7 (1e-10 for most models); without it they reach O(1) on those tails.
 FLOOR = 1e-6
 TRAJ_RTOL = 1e-5
+# Absolute tolerances must be tiny in absolute terms, not relative to a state's peak: viruses start at 1e-3..0.3
+# and grow exponentially, so an absolute error made early is amplified by the whole growth phase.
+REF_ATOL = 1e-14  # scipy reference (rtol 1e-11)
+LIB_ATOL = 1e-12  # hybridtwin.simulate (rtol 1e-10)
 
 # vaccine_asc's default has no antigen (vaccines are doses), so its trajectory test starts from a unit antigen
 # load; baker2013's default is a steady state, so a second case starts away from it in the bistable regime.
@@ -48,17 +53,10 @@ def reference_solution(name, times, params=None, init=None):
         d, _ = summed(spec["rhs"](dict(zip(states, y)), p), states)
         return d
 
-    atol = 1e-14 * np.array(spec["scale"])
     sol = solve_ivp(f, (0.0, times[-1]), [y0[s] for s in states], method="LSODA", t_eval=times, rtol=1e-11,
-                    atol=atol)
+                    atol=REF_ATOL)
     assert sol.success, sol.message
     return sol.y.T
-
-
-def lib_atol(name):
-    model = hm.get(name)
-    scale = list(SPECS[name]["scale"]) + [1.0] * len(model.compartment_names)
-    return tuple(1e-12 * s for s in scale)
 
 
 @pytest.mark.parametrize("name, case", [(n, i) for n in SPECS for i in range(len(CASES[n]))])
@@ -67,8 +65,8 @@ def test_trajectory_matches_scipy_reference(name, case):
     model = hm.get(name)
     times = np.linspace(0.0, model.default_t_end, 31)
     want = reference_solution(name, times, cfg["params"], cfg.get("init"))
-    df = ht.simulate(name, times, params=cfg["params"], rtol=1e-10, atol=lib_atol(name))
-    assert df.attrs["status"] == {None: "ok"}
+    df = ht.simulate(name, times, params=cfg["params"], rtol=1e-10, atol=LIB_ATOL)
+    assert set(df.attrs["status"].values()) == {"ok"}
     got = df[model.state_names].to_numpy()
     floor = FLOOR * np.abs(want).max(axis=0) + 1e-300
     err = np.abs(got - want) / (np.abs(want) + floor)
@@ -89,7 +87,7 @@ def test_reynolds_matches_reference_simulation():
     """
     ref = pd.read_csv(DATA / "reynolds2006_reference_sim" / "reynolds2006_healthy_outcome_checkpoints.csv")
     times = ref["time_h"].to_numpy(float)
-    df = ht.simulate("reynolds2006", times, rtol=1e-10, atol=lib_atol("reynolds2006"))
+    df = ht.simulate("reynolds2006", times, rtol=1e-10, atol=LIB_ATOL)
     cols = {"P": "P", "N": "Nstar", "D": "D", "CA": "C_A"}
     # t = 0: the published initial state exactly (N* = D = 0 are exact zeros)
     for ours, theirs in cols.items():
@@ -102,12 +100,15 @@ def test_reynolds_matches_reference_simulation():
         assert rel.max() <= 2e-5, f"{ours}: max relative error {rel.max():.2e}"
         half_unit = 0.5 * 10.0 ** (np.floor(np.log10(np.abs(b))) - 4)  # half a unit in the 5th significant digit
         assert np.all(np.abs(a - b) <= half_unit), f"{ours} does not agree to 5 significant digits"
-    # the pathogen is cleared: where the reference's P is above its own noise level (~1e-12), it agrees too
+    # the pathogen is cleared within ~20 h. P falls by ~e per hour, where the reference is less accurate (its
+    # relative error reaches 3e-5 at P ~ 5e-3 and 7e-5 at P ~ 2e-7; after 30 h it is noise of +-1e-12): check
+    # 4 significant digits while P > 1e-4, then that both are cleared
     a, b = df["P"].to_numpy(), ref["P"].to_numpy()
-    big = b > 1e-6
-    assert big.sum() >= 8
-    np.testing.assert_allclose(a[big], b[big], rtol=2e-5)
-    assert np.all(np.abs(a[~big]) < 1e-6) and np.all(np.abs(b[~big]) < 1e-6)
+    big = b > 1e-4
+    assert big.sum() == 8
+    np.testing.assert_allclose(a[big], b[big], rtol=1e-4)
+    assert np.all(np.abs(a[~big]) < 1e-4) and np.all(np.abs(b[~big]) < 1e-4)
+    assert np.all(np.abs(a[times >= 30]) < 1e-10)
 
 
 def test_vaccine_post_antigen_closed_form():
