@@ -100,7 +100,8 @@ def depillis2009() -> Model:
     def rhs(t, s, p):
         chemo = lambda K, delta: K * (1.0 - torch.exp(-delta * s.M))  # noqa: E731
         return {
-            "T": p.a * s.T * (1.0 - p.b * s.T) - p.c * s.N * s.T - _cd8_kill(s, p) * s.T - chemo(p.K_T, p.delta_T) * s.T,
+            "T": p.a * s.T * (1.0 - p.b * s.T) - p.c * s.N * s.T - _cd8_kill(s, p) * s.T
+            - chemo(p.K_T, p.delta_T) * s.T,
             "N": p.f * (p.e_f * s.C - s.N) + p.p_N * s.N * s.I / (p.g_N + s.I) - p.p * s.N * s.T
             - chemo(p.K_N, p.delta_N) * s.N,
             "L": -p.theta * p.m * s.L / (p.theta + s.I) + p.j * s.T * s.L / (p.k + s.T) - p.q * s.L * s.T

@@ -13,7 +13,9 @@ Published constants: c = 2.4, k_T = 1.26e8, m = 2, delta_T = 0.01, K_V = 1e11 (c
 V0 = 0.31 (the paper starts the integration 3 days before symptom onset, so t = 0 here is day -3 of onset).
 p, c_T and r were fitted per patient (ranges p in [1, 10], c_T in [1e-10, 1e-7], r in [0.01, 1]): the
 defaults below are hybridtwin's representative values inside those ranges, not published fits, and T0 = 1e6
-is our choice. For real data indexed by days since symptom onset the onset delay is a per-patient unknown.
+is our choice. With these defaults V peaks near 6e10 copies/ml around day 9 (about 6 days after onset) and is
+cleared by day ~21 as the CD8+ pool expands ~400-fold. For real data indexed by days since symptom onset the
+onset delay is a per-patient unknown.
 """
 
 from __future__ import annotations
@@ -36,13 +38,15 @@ def sarscov2_cd8() -> Model:
         Parameter("c_T", 2e-8, 1e-10, 1e-7, unit="1/(cell day)",
                   description="viral clearance by CD8+ T cells (ours, in the fitted range)"),
         Parameter("c", 2.4, 0.01, 50.0, unit="1/day", role="population", description="viral clearance rate"),
-        Parameter("r", 0.5, 0.01, 1.0, unit="1/day", description="maximal CD8+ expansion rate (ours, in the fitted range)"),
+        Parameter("r", 0.5, 0.01, 1.0, unit="1/day",
+                  description="maximal CD8+ expansion rate (ours, in the fitted range)"),
         Parameter("k_T", 1.26e8, 1e3, 1e12, unit="copies/ml", role="population",
                   description="viral load giving half-maximal CD8+ expansion"),
         Parameter("m", 2.0, 0.5, 10.0, unit="-", role="fixed", description="Hill exponent of CD8+ expansion"),
         Parameter("delta_T", 0.01, 1e-4, 1.0, unit="1/day", role="population",
                   description="CD8+ T-cell death rate (0.1 also used; s_T = delta_T T0)"),
-        Parameter("T0", 1e6, 1e2, 1e10, unit="cells", role="fixed", description="initial (homeostatic) CD8+ T cells (ours)"),
+        Parameter("T0", 1e6, 1e2, 1e10, unit="cells", role="fixed",
+                  description="initial (homeostatic) CD8+ T cells (ours)"),
         Parameter("V0", 0.31, 1e-6, 1e6, unit="copies/ml", description="initial viral load"),
     ]
 
