@@ -20,7 +20,7 @@ The PK/PD values are illustrative settings, not fitted to data.
 from __future__ import annotations
 
 from ..parameters import Parameter
-from .base import Intervention, Model, log10_observable
+from .base import Intervention, Model, emax_drug_parameters, emax_effect, log10_observable
 
 CITATION = (
     "Baccam P, Beauchemin C, Macken CA, Hayden FG, Perelson AS. Kinetics of influenza A virus infection in "
@@ -29,14 +29,7 @@ CITATION = (
 
 
 def _antiviral_parameters() -> list[Parameter]:
-    return [
-        Parameter("k_el", 2.08, 0.01, 100.0, unit="1/day", role="fixed",
-                  description="antiviral elimination rate (extension; t1/2 ~ 8 h)"),
-        Parameter("Emax", 0.98, 0.0, 1.0, transform="identity", unit="-", role="fixed",
-                  description="maximal fractional inhibition of virion production (extension)"),
-        Parameter("EC50", 1.0, 1e-6, 1e6, unit="drug units", role="fixed",
-                  description="antiviral level giving half-maximal effect (extension)"),
-    ]
+    return emax_drug_parameters(2.08, 0.98, "antiviral (t1/2 ~ 8 h)")
 
 
 def _common_parameters() -> list[Parameter]:
@@ -51,7 +44,7 @@ def _common_parameters() -> list[Parameter]:
 
 
 def _effect(s, p):
-    return p.Emax * s.C_nai / (p.EC50 + s.C_nai)
+    return emax_effect(s.C_nai, p)
 
 
 def baccam2006() -> Model:

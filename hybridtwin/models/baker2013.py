@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from ..dosing import Dose
 from ..parameters import Parameter
-from .base import Intervention, Model
+from .base import emax_drug_parameters, emax_effect, Intervention, Model
 
 CITATION = (
     "Baker M, Denman-Johnson S, Brook BS, Gaywood I, Owen MR. Mathematical modelling of cytokine-mediated "
@@ -42,16 +42,10 @@ def baker2013() -> Model:
                   description="initial pro-inflammatory cytokine (healthy steady state)"),
         Parameter("a0", 0.00577667577789773, 1e-8, 100.0, unit="-", role="fixed",
                   description="initial anti-inflammatory cytokine (healthy steady state)"),
-        Parameter("k_el", 0.05, 1e-4, 10.0, unit="1/time", role="fixed",
-                  description="biologic elimination rate (extension)"),
-        Parameter("Emax", 0.9, 0.0, 1.0, transform="identity", unit="-", role="fixed",
-                  description="maximal fractional reduction of alpha2 (extension)"),
-        Parameter("EC50", 1.0, 1e-6, 1e6, unit="drug units", role="fixed",
-                  description="biologic level giving half-maximal effect (extension)"),
-    ]
+    ] + emax_drug_parameters(0.05, 0.9, "biologic", time_unit="1/time")
 
     def rhs(t, s, p):
-        effect = p.Emax * s.C_bio / (p.EC50 + s.C_bio)
+        effect = emax_effect(s.C_bio, p)
         p2 = s.p**2
         return {
             "p": -p.gamma * s.p + (p.alpha1 + p.alpha2 * (1.0 - effect) * p2 / (1.0 + p2)) / (1.0 + s.a**2),

@@ -94,6 +94,24 @@ def log10_observable(state: str, floor: float = LOG10_FLOOR) -> Callable:
     return obs
 
 
+def emax_drug_parameters(k_el: float, emax: float, what: str, time_unit: str = "1/day",
+                         ec50: float = 1.0) -> list[Parameter]:
+    """The three fixed PK/PD settings of a one-compartment drug with an Emax effect (a model extension):
+    first-order elimination ``k_el``, maximal effect ``Emax`` and potency ``EC50``."""
+    return [
+        Parameter("k_el", k_el, 1e-4, 100.0, unit=time_unit, role="fixed", description=f"{what} elimination rate (extension)"),
+        Parameter("Emax", emax, 0.0, 1.0, transform="identity", unit="-", role="fixed",
+                  description=f"maximal fractional effect of the {what} (extension)"),
+        Parameter("EC50", ec50, 1e-6, 1e6, unit="drug units", role="fixed",
+                  description=f"{what} level giving half-maximal effect (extension)"),
+    ]
+
+
+def emax_effect(concentration: torch.Tensor, p: Named) -> torch.Tensor:
+    """``Emax C / (EC50 + C)``: exactly 0 while the drug compartment is empty."""
+    return p.Emax * concentration / (p.EC50 + concentration)
+
+
 class Model:
     """A mechanistic ODE model with named states and parameters and a batched torch vector field.
 

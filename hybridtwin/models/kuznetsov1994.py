@@ -23,7 +23,7 @@ import math
 from typing import Mapping
 
 from ..parameters import Parameter
-from .base import Intervention, Model, log10_observable
+from .base import emax_drug_parameters, emax_effect, Intervention, log10_observable, Model
 
 CITATION = (
     "Kuznetsov VA, Makalkin IA, Taylor MA, Perelson AS. Nonlinear dynamics of immunogenic tumors: parameter "
@@ -55,16 +55,10 @@ def kuznetsov1994() -> Model:
         Parameter("n", 1.101e-7, 1e-11, 1e-3, unit="1/(cell day)", description="tumour kill rate by CTLs"),
         Parameter("E0", 3.2e5, 1.0, 1e10, unit="cells", description="initial effector cells"),
         Parameter("T0", 5e6, 1.0, 1e10, unit="cells", description="initial tumour cells"),
-        Parameter("k_el", math.log(2) / 18.0, 1e-3, 10.0, unit="1/day", role="fixed",
-                  description="checkpoint-inhibitor elimination rate (extension; t1/2 ~ 18 days)"),
-        Parameter("Emax", 0.9, 0.0, 1.0, transform="identity", unit="-", role="fixed",
-                  description="maximal fractional reduction of CTL inactivation m (extension)"),
-        Parameter("EC50", 1.0, 1e-6, 1e6, unit="drug units", role="fixed",
-                  description="checkpoint-inhibitor level giving half-maximal effect (extension)"),
-    ]
+    ] + emax_drug_parameters(math.log(2) / 18.0, 0.9, "checkpoint inhibitor (t1/2 ~ 18 days)")
 
     def rhs(t, s, p):
-        effect = p.Emax * s.C_ici / (p.EC50 + s.C_ici)
+        effect = emax_effect(s.C_ici, p)
         return {
             "E": p.s + p.p * s.E * s.T / (p.g + s.T) - p.m * (1.0 - effect) * s.E * s.T - p.d * s.E,
             "T": p.a * s.T * (1.0 - p.b * s.T) - p.n * s.E * s.T,
