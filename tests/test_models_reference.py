@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +19,6 @@ import hybridtwin as ht
 import hybridtwin.models as hm
 from test_models_equations import SPECS, published_initial, summed, transcription_params
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # Relative error |a - b| / (|b| + floor) with floor = FLOOR * max_t |b| per state. Several states fall by many
 # orders of magnitude below their peak (reynolds P reaches 1e-13 and then solver noise around 0; sarscov2 V drops
@@ -77,7 +75,7 @@ def test_trajectory_matches_scipy_reference(name, case):
         np.testing.assert_allclose(df[obs], np.log10(np.clip(df[state], 1e-30, None)), rtol=1e-12)
 
 
-def test_reynolds_matches_reference_simulation():
+def test_reynolds_matches_reference_simulation(shared_data):
     """BioModels BIOMD0000000714 healthy outcome, simulated independently (2-h checkpoints, hours).
 
     The reference agrees with us (and with scipy LSODA/Radau/DOP853 at rtol 1e-12, which agree with each other
@@ -85,7 +83,7 @@ def test_reynolds_matches_reference_simulation():
     60 h, the signature of the reference simulator's default tolerance rather than of an equation difference
     (no single-parameter change explains it). Hence: 5 significant digits, and relative error <= 2e-5.
     """
-    ref = pd.read_csv(DATA / "reynolds2006_reference_sim" / "reynolds2006_healthy_outcome_checkpoints.csv")
+    ref = pd.read_csv(shared_data / "reynolds2006_reference_sim" / "reynolds2006_healthy_outcome_checkpoints.csv")
     times = ref["time_h"].to_numpy(float)
     df = ht.simulate("reynolds2006", times, rtol=1e-10, atol=LIB_ATOL)
     cols = {"P": "P", "N": "Nstar", "D": "D", "CA": "C_A"}

@@ -1,0 +1,29 @@
+"""Shared test helpers.
+
+The real data sets and reference simulations live outside the repository, in ``../shared/data`` relative to
+the project root (or wherever ``HYBRIDTWIN_SHARED_DATA`` points). Tests that need them take the
+``shared_data`` fixture; if the folder is absent they are skipped with the path they looked for, so a
+checkout without the data still runs every other test.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    env = os.environ.get("HYBRIDTWIN_SHARED_DATA")
+    return Path(env) if env else ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"shared data folder not found at {path} (set HYBRIDTWIN_SHARED_DATA)")
+    return path
