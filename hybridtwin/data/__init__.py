@@ -1,0 +1,11 @@
+"""The data layer: canonical long tables, validation, NONMEM adapter, datasets, batches, splits, covariates.
+
+>>> import pandas as pd
+>>> from hybridtwin.data import validate
+>>> validate(pd.DataFrame({"subject_id": [1], "time": [0.0], "observable": ["log10_V"], "value": [2.0]}))
+CohortData(1 subjects, 1 observations (0 censored), 0 doses, cohorts=['all'])
+"""
+
+from .schema import CohortData, validate
+
+__all__ = ["CohortData", "validate"]
