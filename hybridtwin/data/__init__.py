@@ -6,6 +6,7 @@
 CohortData(1 subjects, 1 observations (0 censored), 0 doses, cohorts=['all'])
 """
 
+from .nonmem import from_nonmem, to_nonmem
 from .schema import CohortData, validate
 
-__all__ = ["CohortData", "validate"]
+__all__ = ["CohortData", "validate", "from_nonmem", "to_nonmem"]

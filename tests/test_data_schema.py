@@ -1,0 +1,81 @@
+"""validate(): typed, sorted tables or an error that names the column, subject and rows."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hybridtwin.data import CohortData, validate
+
+
+def obs_table(**over):
+    base = dict(subject_id=["a", "a", "b", "b"], time=[2.0, 1.0, 1.0, 3.0], observable="log10_V",
+                value=[3.0, 2.0, 0.5, 4.0], lloq=0.5, censored=[False, False, True, False], cohort=["x", "x", "y", "y"])
+    base.update(over)
+    return pd.DataFrame(base)
+
+
+def test_valid_tables_are_typed_sorted_and_counted():
+    doses = pd.DataFrame({"subject_id": ["b", "a"], "time": [0.0, 0.0], "amount": [1.0, 2.0], "target": "antiviral"})
+    cov = pd.DataFrame({"subject_id": ["b", "a"], "age": [30, np.nan], "sex": ["F", None]})
+    data = validate(obs_table(), doses, cov, model="baccam2006")
+    assert isinstance(data, CohortData)
+    assert data.observations["time"].tolist() == [1.0, 2.0, 1.0, 3.0]  # sorted within subject
+    assert data.observations["censored"].dtype == bool and data.observations["time"].dtype == float
+    assert data.doses["subject_id"].tolist() == ["a", "b"] and data.doses["duration"].tolist() == [0.0, 0.0]
+    assert data.covariates["subject_id"].tolist() == ["a", "b"]
+    assert data.report["n_censored"] == 1 and data.report["subjects_per_cohort"] == {"x": 1, "y": 1}
+    assert data.report["missing_covariate_values"] == {"age": 1, "sex": 1}
+    # validating validated tables changes nothing
+    again = validate(data.observations, data.doses, data.covariates)
+    pd.testing.assert_frame_equal(again.observations, data.observations)
+    pd.testing.assert_frame_equal(again.covariates, data.covariates)
+
+
+def test_censored_value_is_the_limit_and_reported():
+    data = validate(obs_table(value=[3.0, 2.0, np.nan, 4.0]))
+    row = data.observations[data.observations.censored]
+    assert row["value"].tolist() == [0.5]
+    assert data.report["censored_values_set_to_lloq"] == 1
+
+
+def test_subjects_without_covariates_are_kept_and_counted():
+    data = validate(obs_table(), covariates=pd.DataFrame({"subject_id": ["a"], "age": [50.0]}))
+    assert data.covariates["subject_id"].tolist() == ["a", "b"]
+    assert np.isnan(data.covariates["age"].iloc[1]) and data.report["subjects_without_covariates"] == 1
+
+
+@pytest.mark.parametrize(
+    "obs, doses, cov, message",
+    [
+        (obs_table().drop(columns="value"), None, None, r"missing required column\(s\) \['value'\]"),
+        (obs_table(time=[1.0, "x", 2.0, 3.0]), None, None, r"column 'time' has non-numeric values \['x'\].*rows \[1\]"),
+        (obs_table(time=[1.0, np.inf, 2.0, 3.0]), None, None, r"'time' has non-finite values in subject\(s\) \['a'\], rows \[1\]"),
+        (obs_table(value=[1.0, np.nan, 2.0, 3.0]), None, None, r"'value' is missing .* uncensored subject\(s\) \['a'\], rows \[1\]"),
+        (obs_table(time=[1.0, 1.0, 2.0, 3.0]), None, None, r"duplicate \(subject_id, time, observable\) in subject\(s\) \['a'\], rows \[0, 1\]"),
+        (obs_table(lloq=[0.5, 0.5, np.nan, 0.5]), None, None, r"censored rows need a finite 'lloq'.*rows \[2\]"),
+        (obs_table(observable="log10_W"), None, None, r"observable\(s\) \['log10_W'\] are not known to model 'baccam2006'"),
+        (obs_table(cohort=["x", "z", "y", "y"]), None, None, r"subject\(s\) \['a'\] have several"),
+        (obs_table(), pd.DataFrame({"subject_id": ["a"], "time": [0.0], "amount": [-1.0], "target": "V"}), None,
+         r"negative 'amount' in subject\(s\) \['a'\], rows \[0\]"),
+        (obs_table(), pd.DataFrame({"subject_id": ["a"], "time": [0.0], "amount": [1.0], "target": "Q"}), None,
+         r"target\(s\) \['Q'\] do not exist in model 'baccam2006'"),
+        (obs_table(), pd.DataFrame({"subject_id": ["zz"], "time": [0.0], "amount": [1.0], "target": "V"}), None,
+         r"subjects without any observation: subject\(s\) \['zz'\]"),
+        (obs_table(), None, pd.DataFrame({"subject_id": ["a", "q"], "age": [1, 2]}),
+         r"covariates given for unknown subjects.*\['q'\], rows \[1\]"),
+        (obs_table(), None, pd.DataFrame({"subject_id": ["a", "a"], "age": [1, 2]}), r"one row per subject expected"),
+    ],
+)
+def test_malformed_input_is_named(obs, doses, cov, message):
+    with pytest.raises(ValueError, match=message):
+        validate(obs, doses, cov, model="baccam2006")
+
+
+def test_subset_and_summary():
+    data = validate(obs_table())
+    sub = data.subset(["b"])
+    assert sub.report["n_subjects"] == 1 and sub.observations["subject_id"].unique().tolist() == ["b"]
+    s = data.summary()
+    assert s["subjects"].tolist() == [1, 1] and s["censored"].tolist() == [0, 1]
+    with pytest.raises(ValueError, match="unknown subject"):
+        data.subset(["nobody"])
