@@ -260,26 +260,36 @@ class BatchSchedule:
         ridx = np.repeat(np.arange(n), reps)
         k = np.arange(len(ridx)) - np.repeat(np.cumsum(reps) - reps, reps)
         t = time[ridx] + k * np.nan_to_num(interval[ridx], nan=0.0)
-        b = subj.to_numpy(dtype=int)[ridx]
-        a, dur, tg = amount[ridx], duration[ridx], tgt.to_numpy(dtype=int)[ridx]
-        B = len(subject_ids)
+        return BatchSchedule.from_arrays(subj.to_numpy(dtype=int)[ridx], t, amount[ridx], tgt.to_numpy(dtype=int)[ridx],
+                                         duration[ridx], len(subject_ids), dtype=dtype, device=device)
+
+    @staticmethod
+    def from_arrays(subject: np.ndarray, time: np.ndarray, amount: np.ndarray, target: np.ndarray,
+                    duration: np.ndarray, batch_size: int, dtype: torch.dtype = torch.float64,
+                    device=None) -> "BatchSchedule":
+        """Pad already-validated single doses (one entry each, no II/ADDL) of ``batch_size`` subjects:
+        ``subject`` holds each dose's row in the batch, ``target`` its state index."""
+        b, t, a, dur, tg = (np.asarray(x) for x in (subject, time, amount, duration, target))
+        B = batch_size
 
         def pad(sel, values, fill):
             order = np.lexsort((t[sel], b[sel]))
-            bb = b[sel][order]
+            bb = b[sel][order].astype(int)
             slot = np.arange(len(bb)) - np.searchsorted(bb, bb, side="left")
             width = max(1, int(slot.max()) + 1) if len(bb) else 1
             outs = []
             for v, f in zip(values, fill):
-                arr = np.full((B, width), f, dtype=np.asarray(v).dtype if np.asarray(v).dtype == np.int64 else float)
-                arr[bb, slot] = np.asarray(v)[sel][order]
+                v = np.asarray(v)
+                arr = np.full((B, width), f, dtype=np.int64 if np.issubdtype(v.dtype, np.integer) else float)
+                arr[bb, slot] = v[sel][order]
                 outs.append(arr)
             return outs
 
         bol = dur == 0
-        bt, ba, btg = pad(bol, (t, a, tg), (np.inf, 0.0, 0))
+        bt, ba, btg = pad(bol, (t, a, tg.astype(np.int64)), (np.inf, 0.0, 0))
         inf = ~bol
-        it0, it1, ir, itg = pad(inf, (t, t + dur, a / np.where(dur > 0, dur, 1.0), tg), (np.inf, np.inf, 0.0, 0))
+        rate = a / np.where(dur > 0, dur, 1.0)
+        it0, it1, ir, itg = pad(inf, (t, t + dur, rate, tg.astype(np.int64)), (np.inf, np.inf, 0.0, 0))
         kw = dict(dtype=dtype, device=device)
         lk = dict(dtype=torch.long, device=device)
         return BatchSchedule(torch.tensor(bt, **kw), torch.tensor(ba, **kw), torch.tensor(btg, **lk),

@@ -1,0 +1,224 @@
+"""From validated tables to padded, masked batches that the solver consumes directly.
+
+:class:`SubjectDataset` holds one item per subject (covariates, observation times/values/observable
+indices/censoring, dose schedule, cohort index); :func:`collate` pads a list of items into a :class:`Batch`.
+Padding is never imputed: padded entries have ``mask == False`` and are ignored by the solver and the
+likelihood. Observation times are sorted within a subject (several observables at one time are several
+entries with the same time), so ``hybridtwin.solve(model, y0, batch.times, theta, schedule=batch.schedule,
+mask=batch.mask)`` returns the states at every observation.
+
+Example
+-------
+>>> import pandas as pd
+>>> from torch.utils.data import DataLoader
+>>> from hybridtwin.data import SubjectDataset, validate
+>>> obs = pd.DataFrame({"subject_id": [1, 1, 2], "time": [1.0, 2.0, 1.5], "observable": "log10_V",
+...                     "value": [3.0, 4.0, 2.0]})
+>>> ds = SubjectDataset(validate(obs), model="baccam2006")
+>>> batch = next(iter(DataLoader(ds, batch_size=2, collate_fn=ds.collate)))
+>>> tuple(batch.times.shape), batch.mask.tolist()
+((2, 2), [[True, True], [True, False]])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..dosing import BatchSchedule
+from .schema import CohortData
+
+
+@dataclass
+class SubjectRecord:
+    """One subject's data as numpy arrays (observations sorted by time)."""
+
+    subject_id: object
+    index: int
+    cohort: int
+    covariates: np.ndarray
+    times: np.ndarray
+    values: np.ndarray
+    observable: np.ndarray
+    censored: np.ndarray
+    lloq: np.ndarray
+    dose_time: np.ndarray
+    dose_amount: np.ndarray
+    dose_target: np.ndarray
+    dose_duration: np.ndarray
+
+
+@dataclass
+class Batch:
+    """Padded, masked tensors for B subjects.
+
+    times, values, lloq: (B, T) float; observable: (B, T) long (index into ``observable_names``); censored,
+    mask: (B, T) bool; covariates: (B, C); cohort: (B,) long (index into ``cohort_names``); schedule: the
+    doses; subject_ids: list of B ids. Padded entries repeat the subject's last time and have value 0.
+    """
+
+    subject_ids: list
+    times: torch.Tensor
+    values: torch.Tensor
+    observable: torch.Tensor
+    censored: torch.Tensor
+    lloq: torch.Tensor
+    mask: torch.Tensor
+    covariates: torch.Tensor
+    cohort: torch.Tensor
+    schedule: BatchSchedule
+    observable_names: list
+    cohort_names: list
+
+    def __len__(self) -> int:
+        return len(self.subject_ids)
+
+    def to(self, device=None, dtype=None) -> "Batch":
+        """Move tensors to ``device`` (and floating tensors to ``dtype``)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                v = v.to(device=device, dtype=dtype if (dtype is not None and v.is_floating_point()) else None)
+            elif isinstance(v, BatchSchedule):
+                v = v.to(dtype=dtype or v.bolus_time.dtype, device=device)
+            out[f.name] = v
+        return Batch(**out)
+
+
+class SubjectDataset(Dataset):
+    """One item per subject of a :class:`CohortData`.
+
+    model: a name or Model; needed to turn dose targets into state indices (and to check observables).
+    preprocessor: a fitted :class:`hybridtwin.data.CovariatePreprocessor` (fit it on training subjects only);
+        without one, every numeric covariate column is used as is (missing values stay NaN).
+    observables, cohorts: fixed name lists (so several datasets share one encoding; default: those present).
+    dtype: floating dtype of the batches.
+    """
+
+    def __init__(self, data: CohortData, model=None, preprocessor=None, observables: Sequence[str] | None = None,
+                 cohorts: Sequence[str] | None = None, dtype: torch.dtype = torch.float32):
+        if not isinstance(data, CohortData):
+            raise TypeError(f"SubjectDataset takes a CohortData (from hybridtwin.data.validate), got {type(data).__name__}")
+        from .. import models as _models
+
+        self.model = _models.get(model) if model is not None else None
+        self.dtype = dtype
+        obs = data.observations
+        self.observable_names = list(observables) if observables is not None else data.observables
+        self.cohort_names = list(cohorts) if cohorts is not None else data.cohorts
+        for what, names, present in (("observable", self.observable_names, data.observables),
+                                     ("cohort", self.cohort_names, data.cohorts)):
+            unknown = sorted(set(present) - set(names))
+            if unknown:
+                raise ValueError(f"data contain {what}(s) {unknown} not in the given list {names}")
+        if len(data.doses) and self.model is None:
+            raise ValueError("the data have doses: pass model=... so that dose targets can be mapped to model states")
+        self.subject_ids = data.subject_ids
+        pos = {s: i for i, s in enumerate(self.subject_ids)}
+        cov = data.covariates.set_index("subject_id").reindex(self.subject_ids)
+        if preprocessor is not None:
+            cov_matrix = preprocessor.transform(cov.reset_index())
+            self.covariate_names = list(preprocessor.feature_names_)
+        else:
+            num = [c for c in cov.columns if np.issubdtype(cov[c].dtype, np.number)]
+            cov_matrix = cov[num].to_numpy(dtype=float)
+            self.covariate_names = num
+        obs_idx = {n: i for i, n in enumerate(self.observable_names)}
+        coh_idx = {n: i for i, n in enumerate(self.cohort_names)}
+        subject_cohort = obs.groupby("subject_id", sort=False)["cohort"].first()
+        groups = obs.groupby("subject_id", sort=False).indices
+        t, v = obs["time"].to_numpy(float), obs["value"].to_numpy(float)
+        o = obs["observable"].map(obs_idx).to_numpy(int)
+        c, lq = obs["censored"].to_numpy(bool), obs["lloq"].to_numpy(float)
+        doses = self._expanded_doses(data)
+        dose_groups = doses["subject"].groupby(doses["subject"]).indices if len(doses["subject"]) else {}
+        empty = np.zeros(0)
+        self.records = []
+        for s in self.subject_ids:
+            i = pos[s]
+            rows = groups.get(s, np.zeros(0, dtype=int))
+            drows = dose_groups.get(i, np.zeros(0, dtype=int))
+            self.records.append(SubjectRecord(
+                s, i, coh_idx.get(subject_cohort.get(s, None), 0), cov_matrix[i],
+                t[rows], v[rows], o[rows], c[rows], lq[rows],
+                doses["time"][drows] if len(drows) else empty, doses["amount"][drows] if len(drows) else empty,
+                doses["target"][drows] if len(drows) else empty.astype(int),
+                doses["duration"][drows] if len(drows) else empty))
+
+    def _expanded_doses(self, data: CohortData) -> dict:
+        d = data.doses
+        if not len(d):
+            return {"subject": np.zeros(0, int)}
+        import pandas as pd
+
+        pos = {s: i for i, s in enumerate(self.subject_ids)}
+        target_map = {k: iv.target for k, iv in self.model.interventions.items()}
+        states = {s: i for i, s in enumerate(self.model.all_state_names)}
+        tgt = d["target"].map(lambda x: states.get(target_map.get(x, x)))
+        if tgt.isna().any():
+            raise ValueError(f"dose target(s) {sorted(set(d['target'][tgt.isna()]))} do not exist in model {self.model.name!r}")
+        reps = d["additional"].to_numpy(int) + 1
+        ridx = np.repeat(np.arange(len(d)), reps)
+        k = np.arange(len(ridx)) - np.repeat(np.cumsum(reps) - reps, reps)
+        interval = np.nan_to_num(d["interval"].to_numpy(float), nan=0.0)
+        return {"subject": pd.Series(d["subject_id"].map(pos).to_numpy(int)[ridx]),
+                "time": d["time"].to_numpy(float)[ridx] + k * interval[ridx],
+                "amount": d["amount"].to_numpy(float)[ridx], "target": tgt.to_numpy(int)[ridx],
+                "duration": d["duration"].to_numpy(float)[ridx]}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> SubjectRecord:
+        return self.records[i]
+
+    def collate(self, items: Sequence[SubjectRecord]) -> Batch:
+        """``collate_fn`` for a DataLoader over this dataset (keeps its observable/cohort names and dtype)."""
+        return collate(items, self)
+
+    def batch(self, indices: Sequence[int] | None = None) -> Batch:
+        """Collate the given items (default: all) into one Batch."""
+        idx = range(len(self)) if indices is None else indices
+        return collate([self.records[i] for i in idx], self)
+
+
+def collate(items: Sequence[SubjectRecord], dataset: SubjectDataset | None = None) -> Batch:
+    """Pad subject records into a :class:`Batch` (usable as a DataLoader ``collate_fn``)."""
+    if not items:
+        raise ValueError("collate needs at least one subject")
+    dtype = dataset.dtype if dataset is not None else torch.float32
+    B = len(items)
+    T = max(1, max(len(r.times) for r in items))
+    times = np.zeros((B, T))
+    values = np.zeros((B, T))
+    lloq = np.full((B, T), np.nan)
+    observable = np.zeros((B, T), dtype=np.int64)
+    censored = np.zeros((B, T), dtype=bool)
+    mask = np.zeros((B, T), dtype=bool)
+    for b, r in enumerate(items):
+        n = len(r.times)
+        times[b, :n], values[b, :n], lloq[b, :n] = r.times, r.values, r.lloq
+        observable[b, :n], censored[b, :n], mask[b, :n] = r.observable, r.censored, True
+        if n:
+            times[b, n:] = r.times[-1]
+    counts = [len(r.dose_time) for r in items]
+    subject = np.repeat(np.arange(B), counts)
+    cat = (lambda name: np.concatenate([getattr(r, name) for r in items]) if sum(counts) else np.zeros(0))
+    schedule = BatchSchedule.from_arrays(subject, cat("dose_time"), cat("dose_amount"),
+                                         cat("dose_target").astype(np.int64), cat("dose_duration"), B, dtype=dtype)
+    cov = np.stack([r.covariates for r in items]) if items[0].covariates.size else np.zeros((B, 0))
+    return Batch(
+        subject_ids=[r.subject_id for r in items],
+        times=torch.tensor(times, dtype=dtype), values=torch.tensor(values, dtype=dtype),
+        observable=torch.from_numpy(observable), censored=torch.from_numpy(censored),
+        lloq=torch.tensor(lloq, dtype=dtype), mask=torch.from_numpy(mask),
+        covariates=torch.tensor(cov, dtype=dtype), cohort=torch.tensor([r.cohort for r in items], dtype=torch.long),
+        schedule=schedule,
+        observable_names=list(dataset.observable_names) if dataset is not None else [],
+        cohort_names=list(dataset.cohort_names) if dataset is not None else [],
+    )

@@ -1,0 +1,523 @@
+"""Configuration of a virtual cohort: :class:`VirtualCohortConfig` and its per-model defaults.
+
+Every setting of :func:`hybridtwin.datasets.make_virtual_cohort` lives in one frozen, validated dataclass.
+:meth:`VirtualCohortConfig.default` fills in good defaults for a model (vaccine regimens for
+``vaccine_asc``, an untreated infection for ``baccam2006``, a generic design for every other model) and
+lets any field be overridden by keyword; unknown or contradictory settings raise ``ValueError``.
+
+Covariate terms that effects may use (``x`` in ``log p_i = log p_pop + sum_k beta_k x_ik + eta_i``):
+
+==============  ==========================================================  =========
+term            definition                                                  kind
+==============  ==========================================================  =========
+``age_decade``  ``(age - 50) / 10``                                         linear
+``female``      ``1`` if ``sex == "F"`` else ``0``                          linear
+``log_marker``  ``log10(baseline_marker) - 2``                              linear
+``noise_j``     the irrelevant feature ``noise_j`` itself                   linear
+``age_over_60`` ``max(age - 60, 0) / 10`` (a hinge: faster ageing after 60)  nonlinear
+==============  ==========================================================  =========
+
+Example
+-------
+>>> from hybridtwin.datasets.virtual_config import VirtualCohortConfig
+>>> cfg = VirtualCohortConfig.default("vaccine_asc", n_subjects=30)
+>>> [tuple(d.time for d in regimen) for regimen in cfg.regimens]
+[(0.0, 21.0), (0.0, 28.0), (0.0, 35.0)]
+>>> VirtualCohortConfig.default("vaccine_asc", n_subjects=30, noise_sd={"log10_Ab": -1.0})
+Traceback (most recent call last):
+...
+ValueError: noise_sd['log10_Ab'] must be a finite number >= 0, got -1.0
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import numpy as np
+
+from .. import models as _models
+from ..dosing import Dose
+from ..models.base import Model
+
+#: definitions of the covariate terms effects can use (``noise_j`` terms are added per config)
+TERMS = {
+    "age_decade": "(age - 50) / 10",
+    "female": "1 if sex == 'F' else 0",
+    "log_marker": "log10(baseline_marker) - 2",
+    "age_over_60": "max(age - 60, 0) / 10",
+}
+NONLINEAR_TERMS = ("age_over_60",)
+VALUE_SCALES = ("log10", "linear")
+#: per-cohort defaults cycle through these patterns
+_SCALES = (1.0, 0.9, 1.1, 0.95, 1.05)
+_OFFSETS = (0.0, 0.3, -0.2, 0.15, -0.1)
+_DENSITY = ((8, 12), (5, 8), (3, 5))
+_MARKER_SHIFT = (0.0, 0.15, -0.15, 0.3, -0.3)
+
+
+def _treatment(model: Model) -> tuple[Dose, ...] | None:
+    """The default treatment regimen used by ``treated_cohort`` (None: the model has none)."""
+    if model.name in ("baccam2006", "baccam2006_tcl"):
+        # antiviral (neuraminidase inhibitor) twice daily for 5 days from day 1
+        return (Dose(1.0, 1.0, "antiviral", interval=0.5, additional=9),)
+    return None
+
+
+def _margin(model: Model, name: str, value: float) -> float:
+    p = model.parameter_space[name]
+    lo = math.log(value / p.lower) if p.lower and p.lower > 0 else math.inf
+    hi = math.log(p.upper / value) if p.upper is not None and math.isfinite(p.upper) else math.inf
+    return min(lo, hi)
+
+
+def _generic_parameters(model: Model) -> dict[str, Any]:
+    """Vary every positive log-scale ``patient`` parameter; put effects on those furthest from their bounds."""
+    space = model.parameter_space
+    cand = [p.name for p in space if p.role == "patient" and p.transform == "log" and p.default > 0]
+    if not cand:
+        cand = [p.name for p in space if p.role != "fixed" and p.transform == "log" and p.default > 0][:3]
+    margin = {n: _margin(model, n, space[n].default) for n in cand}
+    omega = {n: round(min(0.2, margin[n] / 5.0), 3) for n in cand}
+    ranked = sorted(cand, key=lambda n: -margin[n])
+    effects = []
+    if ranked:
+        effects += [(ranked[0], "age_decade", -0.1), (ranked[0], "female", 0.1)]
+        effects += [(ranked[min(1, len(ranked) - 1)], "log_marker", 0.2)]
+        effects += [(ranked[min(2, len(ranked) - 1)], "age_over_60", -0.15)]
+    return dict(omega=omega, effects=tuple(effects))
+
+
+def _observation_defaults(model: Model) -> dict[str, Any]:
+    if model.observable_names:
+        obs = tuple(model.observable_names)
+        scales = {o: "log10" if o.lower().startswith("log") else "linear" for o in obs}
+    else:
+        obs = tuple(model.log_scale_states or model.state_names)
+        scales = {o: "linear" for o in obs}
+    return dict(observables=obs, value_scales=scales, noise_sd={o: 0.15 for o in obs})
+
+
+def _pilot_lloq(cfg: "VirtualCohortConfig", observables) -> dict[str, float | None]:
+    """Generic LLOQ: 15 % of the way from the lowest to the highest value of the typical subject's observable
+    (log10 scale, cohort 1's regimen) over the observation window, never more than 4 decades below its peak."""
+    from ..simulation import simulate
+
+    model = cfg.resolved_model
+    times = np.linspace(cfg.t_first, cfg.horizon, 201)
+    df = simulate(model, times, params=dict(cfg.population), doses=list(cfg.regimens[0]), rtol=1e-6)
+    out: dict[str, float | None] = {}
+    for o in observables:
+        v = df[o].to_numpy(dtype=float)
+        linear = cfg.value_scales[o] == "linear"
+        f = np.log10(np.clip(v, 1e-30, None)) if linear else v
+        f = f[np.isfinite(f)]
+        if f.size == 0:
+            out[o] = None
+            continue
+        lo, hi = float(f.min()), float(f.max())
+        level = float(f"{max(lo + 0.15 * (hi - lo), hi - 4.0):.3g}")
+        out[o] = 10.0 ** level if linear else level
+    return out
+
+
+def _model_defaults(model: Model, n_cohorts: int) -> dict[str, Any]:
+    k = range(n_cohorts)
+    horizon = float(model.default_t_end)
+    d: dict[str, Any] = dict(
+        cohort_names=tuple(f"cohort_{i + 1:0{len(str(n_cohorts))}d}" for i in k),
+        cohort_fractions=None,
+        age_ranges=_age_ranges(n_cohorts),
+        female_fraction=tuple(0.5 for _ in k),
+        marker_shift=tuple(_MARKER_SHIFT[i % len(_MARKER_SHIFT)] for i in k),
+        n_noise_features=3,
+        missing_covariate_fraction=0.0,
+        regimens=tuple(tuple(model.example_doses) for _ in k),
+        horizon=horizon,
+        t_first=0.0,
+        baseline_sample=False,
+        obs_per_subject=tuple(_DENSITY[i % len(_DENSITY)] for i in k),
+        sampling_power=1.0,
+        time_resolution=float(10.0 ** math.floor(math.log10(horizon / 500.0))),
+        assay_scale=tuple(_SCALES[i % len(_SCALES)] for i in k),
+        assay_offset=tuple(_OFFSETS[i % len(_OFFSETS)] for i in k),
+        rtol=1e-7,
+        **_observation_defaults(model),
+        **_generic_parameters(model),
+    )
+    if model.name == "vaccine_asc":
+        d.update(
+            omega={"beta_S": 0.4, "beta_L": 0.4, "delta_S": 0.2, "delta_Ab": 0.25},
+            effects=(("beta_S", "age_decade", -0.15), ("beta_S", "age_over_60", -0.35), ("beta_S", "female", 0.2),
+                     ("beta_S", "log_marker", 0.3), ("beta_L", "log_marker", 0.25), ("delta_Ab", "age_decade", 0.08)),
+            # prime at day 0, boost at day 21, 28, 35, ... (one boost day per cohort)
+            regimens=tuple((Dose(0.0, 1.0, "vaccine"), Dose(21.0 + 7.0 * i, 1.0, "vaccine")) for i in k),
+            horizon=180.0, baseline_sample=True, sampling_power=1.5, time_resolution=0.1,
+            noise_sd={"log10_Ab": 0.15}, lloq={"log10_Ab": 1.5},
+        )
+    elif model.name in ("baccam2006", "baccam2006_tcl"):
+        d.update(
+            omega={"beta": 0.3, "delta": 0.2, "p": 0.3, "c": 0.2},
+            effects=(("beta", "log_marker", -0.3), ("beta", "age_over_60", 0.3), ("c", "female", 0.15),
+                     ("delta", "age_decade", -0.1)),
+            regimens=tuple(() for _ in k),
+            t_first=0.5, obs_per_subject=tuple(((6, 10), (4, 7), (3, 5))[i % 3] for i in k),
+            time_resolution=0.01, noise_sd={"log10_V": 0.25},
+            lloq={"log10_V": 0.5},  # detection limit of Baccam et al. (2006), log10 TCID50/ml
+        )
+    return d
+
+
+def _age_ranges(n: int) -> tuple[tuple[float, float], ...]:
+    if n == 1:
+        return ((18.0, 85.0),)
+    return tuple((round(18.0 + 37.0 * i / (n - 1), 1), round(48.0 + 37.0 * i / (n - 1), 1)) for i in range(n))
+
+
+def _per_cohort(value, n: int, name: str, cast=float) -> tuple:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise ValueError(f"{name} must give one entry per cohort (n_cohorts={n}), got {value!r}")
+    if len(value) != n:
+        raise ValueError(f"{name} has {len(value)} entries but n_cohorts={n}; give one entry per cohort")
+    try:
+        return tuple(cast(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} entries must be {getattr(cast, '__name__', cast)}s, got {value!r}") from None
+
+
+def _finite(x, what: str, minimum: float | None = None, strict: bool = False) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        v = math.nan
+    ok = math.isfinite(v) and (minimum is None or (v > minimum if strict else v >= minimum))
+    if not ok or isinstance(x, bool):
+        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
+        raise ValueError(f"{what} must be a finite number{bound}, got {x!r}")
+    return v
+
+
+def _int(x, what: str, minimum: int) -> int:
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {x!r}")
+    return int(x)
+
+
+def _mapping(value, what: str) -> dict:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} must be a mapping {{name: value}}, got {value!r}")
+    return dict(value)
+
+
+@dataclass(frozen=True)
+class VirtualCohortConfig:
+    """Everything that defines a virtual cohort (build it with :meth:`default`).
+
+    Subjects and cohorts: ``model`` (name or :class:`~hybridtwin.Model`), ``n_subjects``, ``n_cohorts``,
+    ``seed``, ``cohort_names``, ``cohort_fractions`` (None: equal sizes).
+
+    Parameters: ``population`` (typical value of each varied parameter for the reference subject: age 50,
+    male, ``log_marker`` 0, noise features 0; other parameters keep the model's defaults), ``omega`` (sd of
+    the random effect ``eta ~ N(0, omega^2)`` on the natural-log scale), ``effects`` (``(parameter, term,
+    beta)`` triples, terms listed in this module's docstring); ``log p_i = log p_pop + sum beta x + eta``.
+
+    Covariates, per cohort: ``age_ranges`` (uniform), ``female_fraction``, ``marker_shift`` (added to the mean
+    of ``log10(baseline_marker) = 2 - 0.1 (age - 50)/10 + shift + N(0, 0.3^2)``); ``n_noise_features``
+    irrelevant N(0, 1) features; ``missing_covariate_fraction`` of ``baseline_marker`` and noise-feature
+    values are hidden (set to NaN) in the covariate table (the true values still act).
+
+    Regimens and sampling: ``regimens`` (one tuple of :class:`~hybridtwin.Dose` per cohort), observations in
+    ``[t_first, horizon]``: ``baseline_sample`` adds ``t_first``; the other times are stratified with
+    jitter on a ``u ** sampling_power`` warp of the window and rounded to ``time_resolution``; the number
+    per subject is uniform on ``obs_per_subject[cohort] = (min, max)``.
+
+    Observation model: for each of ``observables`` (model observables or states), ``f`` is its true value on
+    the log10 scale (``value_scales[o] == "linear"``: ``f = log10(value)``; ``"log10"``: the value itself);
+    the assay of cohort ``c`` reports ``y = assay_scale[c] * (f + eps) + assay_offset[c]`` with
+    ``eps ~ N(0, noise_sd[o]^2)`` (on the log10 scale, i.e. proportional noise for linear values), as ``y``
+    (log10) or ``10**y`` (linear); values below ``lloq[o]`` (on the reported scale; None: no limit) are
+    censored at the limit. ``rtol`` is the solver tolerance.
+    """
+
+    model: Any
+    n_subjects: int
+    n_cohorts: int
+    seed: int
+    cohort_names: tuple
+    cohort_fractions: tuple | None
+    population: Mapping[str, float]
+    omega: Mapping[str, float]
+    effects: tuple
+    age_ranges: tuple
+    female_fraction: tuple
+    marker_shift: tuple
+    n_noise_features: int
+    missing_covariate_fraction: float
+    regimens: tuple
+    horizon: float
+    t_first: float
+    baseline_sample: bool
+    obs_per_subject: tuple
+    sampling_power: float
+    time_resolution: float
+    observables: tuple
+    value_scales: Mapping[str, str]
+    noise_sd: Mapping[str, float]
+    lloq: Mapping[str, float | None]
+    assay_scale: tuple
+    assay_offset: tuple
+    rtol: float = 1e-7
+
+    # -- construction ------------------------------------------------------------------------------------
+    @classmethod
+    def default(cls, model, n_subjects: int, n_cohorts: int = 3, seed: int = 0, **options) -> "VirtualCohortConfig":
+        """The defaults for ``model``, with any field overridden by keyword.
+
+        Two extra switches: ``nonlinear=False`` drops effects of nonlinear terms; ``treated_cohort=i`` gives
+        cohort ``i`` the model's default treatment (``baccam2006``: antiviral twice daily, days 1-5.5).
+        """
+        m = _models.get(model)
+        n_cohorts = _int(n_cohorts, "n_cohorts", 1)
+        valid = [f.name for f in fields(cls) if f.name not in ("model", "n_subjects", "n_cohorts", "seed")]
+        unknown = sorted(set(options) - set(valid) - {"nonlinear", "treated_cohort"})
+        if unknown:
+            raise ValueError(f"unknown virtual-cohort option(s) {unknown}; valid options: "
+                             f"{', '.join(valid + ['nonlinear', 'treated_cohort'])}")
+        nonlinear = options.pop("nonlinear", True)
+        treated = options.pop("treated_cohort", None)
+        d = _model_defaults(m, n_cohorts)
+        if "omega" in options and "effects" not in options:
+            keep = set(_mapping(options["omega"], "omega"))
+            d["effects"] = tuple(e for e in d["effects"] if e[0] in keep)
+        if "observables" in options:
+            obs = options["observables"]
+            obs = (obs,) if isinstance(obs, str) else tuple(obs)
+            known = set(m.observable_names)
+            d["value_scales"] = {o: ("log10" if o in known and o.lower().startswith("log") else "linear") for o in obs}
+            d["noise_sd"] = {o: d["noise_sd"].get(o, 0.15) for o in obs}
+            d["lloq"] = {o: v for o, v in d.get("lloq", {}).items() if o in obs}
+        d.update(options)
+        if not isinstance(nonlinear, bool):
+            raise ValueError(f"nonlinear must be True or False, got {nonlinear!r}")
+        if not nonlinear:
+            d["effects"] = tuple(e for e in d["effects"] if e[1] not in NONLINEAR_TERMS)
+        if treated is not None:
+            if "regimens" in options:
+                raise ValueError("give either treated_cohort or regimens, not both")
+            t = _treatment(m)
+            if t is None:
+                raise ValueError(f"model {m.name!r} has no default treatment; pass regimens=(one tuple of Dose per "
+                                 "cohort) instead of treated_cohort")
+            i = _int(treated, "treated_cohort", 0)
+            if i >= n_cohorts:
+                raise ValueError(f"treated_cohort={i} is out of range for n_cohorts={n_cohorts} (0-based)")
+            d["regimens"] = tuple(tuple(r) + (t if j == i else ()) for j, r in enumerate(d["regimens"]))
+        if "population" not in options:
+            omega = _mapping(d["omega"], "omega")
+            varied = list(omega) + [e[0] for e in d["effects"] if isinstance(e, (tuple, list)) and e and e[0] not in omega]
+            d["population"] = {n: m.parameter_space[n].default for n in varied if n in m.parameter_names}
+        given_lloq = "lloq" in options
+        d["lloq"] = d.get("lloq") or {}
+        cfg = cls(model=model, n_subjects=n_subjects, n_cohorts=n_cohorts, seed=seed, **d)
+        todo = [o for o in cfg.observables if cfg.lloq[o] is None]
+        if todo and not given_lloq:  # generic default: from a pilot simulation of the typical subject
+            cfg = cfg.replace(lloq={**cfg.lloq, **_pilot_lloq(cfg, todo)})
+        return cfg
+
+    def __post_init__(self) -> None:
+        m = self.resolved_model
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        K = _int(self.n_cohorts, "n_cohorts", 1)
+        n = _int(self.n_subjects, "n_subjects", 1)
+        if n < K:
+            raise ValueError(f"n_subjects={n} is smaller than n_cohorts={K}; every cohort needs a subject")
+        _int(self.seed, "seed", 0)
+        names = _per_cohort(self.cohort_names, K, "cohort_names", str)
+        if len(set(names)) != K:
+            raise ValueError(f"cohort_names must be distinct, got {names}")
+        set_("cohort_names", names)
+        if self.cohort_fractions is not None:
+            fr = _per_cohort(self.cohort_fractions, K, "cohort_fractions")
+            if any(not math.isfinite(f) or f <= 0 for f in fr):
+                raise ValueError(f"cohort_fractions must be positive, got {fr}")
+            sizes = self._sizes(fr)
+            if min(sizes) < 1:
+                raise ValueError(f"cohort_fractions {fr} leave a cohort without subjects for n_subjects={n}")
+            set_("cohort_fractions", fr)
+        self._check_parameters(m)
+        ages = _per_cohort(self.age_ranges, K, "age_ranges", tuple)
+        for lo_hi in ages:
+            if len(lo_hi) != 2 or not 0 <= _finite(lo_hi[0], "age range") < _finite(lo_hi[1], "age range") <= 120:
+                raise ValueError(f"age_ranges entries must be (low, high) with 0 <= low < high <= 120, got {lo_hi!r}")
+        set_("age_ranges", tuple((float(a), float(b)) for a, b in ages))
+        ff = _per_cohort(self.female_fraction, K, "female_fraction")
+        if not all(0.0 <= f <= 1.0 for f in ff):
+            raise ValueError(f"female_fraction entries must lie in [0, 1], got {ff}")
+        set_("female_fraction", ff)
+        set_("marker_shift", tuple(_finite(v, "marker_shift") for v in _per_cohort(self.marker_shift, K, "marker_shift")))
+        set_("n_noise_features", _int(self.n_noise_features, "n_noise_features", 0))
+        miss = _finite(self.missing_covariate_fraction, "missing_covariate_fraction", 0.0)
+        if miss >= 1.0:
+            raise ValueError(f"missing_covariate_fraction must be in [0, 1), got {miss}")
+        self._check_design(m, K)
+        self._check_observation_model(m, K)
+        _finite(self.rtol, "rtol", 0.0, strict=True)
+
+    @property
+    def resolved_model(self) -> Model:
+        return _models.get(self.model)
+
+    @property
+    def terms(self) -> dict[str, str]:
+        """Definitions of the covariate terms available to effects."""
+        extra = {f"noise_{j + 1}": f"noise_{j + 1}" for j in range(self.n_noise_features)}
+        return {**TERMS, **extra}
+
+    def _sizes(self, fractions=None) -> list[int]:
+        K, n = self.n_cohorts, self.n_subjects
+        if fractions is None:
+            return [n // K + (k < n % K) for k in range(K)]
+        w = np.asarray(fractions, dtype=float) / float(np.sum(fractions))
+        sizes = np.floor(w * n).astype(int)
+        for k in np.argsort(-(w * n - sizes), kind="stable")[: n - int(sizes.sum())]:
+            sizes[k] += 1
+        return sizes.tolist()
+
+    @property
+    def cohort_sizes(self) -> list[int]:
+        return self._sizes(self.cohort_fractions)
+
+    def _check_parameters(self, m: Model) -> None:
+        space = m.parameter_space
+        pop = _mapping(self.population, "population")
+        omega = _mapping(self.omega, "omega")
+        effects = self.effects
+        if isinstance(effects, Mapping):  # {parameter: {term: beta}}
+            effects = tuple((p, t, b) for p, tb in effects.items() for t, b in _mapping(tb, f"effects[{p!r}]").items())
+        clean = []
+        for e in effects:
+            if not (isinstance(e, (tuple, list)) and len(e) == 3):
+                raise ValueError(f"effects entries must be (parameter, term, coefficient) triples, got {e!r}")
+            clean.append((str(e[0]), str(e[1]), _finite(e[2], f"effect coefficient of {e[1]!r} on {e[0]!r}")))
+        pairs = [(p, t) for p, t, _ in clean]
+        dup = sorted({x for x in pairs if pairs.count(x) > 1})
+        if dup:
+            raise ValueError(f"effects list the same (parameter, term) more than once: {dup}")
+        for what, names in (("population", pop), ("omega", omega), ("effects", [p for p, _, _ in clean])):
+            space.check_names(list(names), f" in {what} of model {m.name!r}")
+        terms = self.terms
+        for p, t, _ in clean:
+            if t not in terms:
+                raise ValueError(f"effect on {p!r} uses unknown covariate term {t!r}; terms: {', '.join(terms)}")
+        varied = set(omega) | {p for p, _, _ in clean}
+        missing = sorted(varied - set(pop))
+        if missing:
+            raise ValueError(f"population has no typical value for varied parameter(s) {missing}")
+        for name in sorted(set(pop) - varied):
+            raise ValueError(f"population gives {name!r}, which has no omega and no effect; add it to omega "
+                             "(0 for no random effect) or drop it")
+        for name, v in pop.items():
+            v = _finite(v, f"population[{name!r}]", 0.0, strict=True)
+            prm = space[name]
+            if (prm.lower is not None and v < prm.lower) or (prm.upper is not None and v > prm.upper):
+                raise ValueError(f"population[{name!r}] = {v:g} lies outside the parameter's bounds "
+                                 f"({prm.lower}, {prm.upper})")
+            pop[name] = v
+        for name, v in omega.items():
+            omega[name] = _finite(v, f"omega[{name!r}]", 0.0)
+        for name in varied - set(omega):
+            omega[name] = 0.0
+        object.__setattr__(self, "population", MappingProxyType(pop))
+        object.__setattr__(self, "omega", MappingProxyType({k: omega[k] for k in pop}))
+        object.__setattr__(self, "effects", tuple(clean))
+
+    def _check_design(self, m: Model, K: int) -> None:
+        regs = _per_cohort(self.regimens, K, "regimens", tuple)
+        for i, reg in enumerate(regs):
+            for d in reg:
+                if not isinstance(d, Dose):
+                    raise ValueError(f"regimens[{i}] must hold hybridtwin.Dose objects, got {d!r}")
+                if d.target not in m.interventions:
+                    raise ValueError(f"regimens[{i}]: dose target {d.target!r} is not known to model {m.name!r}; "
+                                     f"targets: {', '.join(m.interventions)}")
+        object.__setattr__(self, "regimens", regs)
+        t0 = _finite(self.t_first, "t_first", 0.0)
+        horizon = _finite(self.horizon, "horizon", t0, strict=True)
+        res = _finite(self.time_resolution, "time_resolution", 0.0, strict=True)
+        if not isinstance(self.baseline_sample, bool):
+            raise ValueError(f"baseline_sample must be True or False, got {self.baseline_sample!r}")
+        _finite(self.sampling_power, "sampling_power", 0.0, strict=True)
+        n_grid = int(math.floor((horizon - t0) / res + 1e-9)) + 1
+        dens = _per_cohort(self.obs_per_subject, K, "obs_per_subject", tuple)
+        for lo_hi in dens:
+            if (len(lo_hi) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in lo_hi)
+                    or not 1 <= lo_hi[0] <= lo_hi[1]):
+                raise ValueError(f"obs_per_subject entries must be integer (min, max) with 1 <= min <= max, got {lo_hi!r}")
+            if lo_hi[1] > n_grid // 2:
+                raise ValueError(f"obs_per_subject max {lo_hi[1]} is too many for the {n_grid} sampling times of "
+                                 f"[{t0:g}, {horizon:g}] at time_resolution={res:g}; use a finer resolution")
+        object.__setattr__(self, "obs_per_subject", tuple((int(a), int(b)) for a, b in dens))
+        object.__setattr__(self, "horizon", horizon)
+        object.__setattr__(self, "t_first", t0)
+        object.__setattr__(self, "time_resolution", res)
+
+    def _check_observation_model(self, m: Model, K: int) -> None:
+        obs = self.observables
+        if isinstance(obs, str) or not obs:
+            raise ValueError(f"observables must be a non-empty sequence of names, got {obs!r}")
+        obs = tuple(str(o) for o in obs)
+        known = m.observable_names + m.all_state_names
+        bad = [o for o in obs if o not in known]
+        if bad or len(set(obs)) != len(obs):
+            raise ValueError(f"observables {list(obs)}: unknown or repeated {bad or 'names'}; model {m.name!r} "
+                             f"has observables {m.observable_names} and states {m.all_state_names}")
+        scales, sd, lloq = (_mapping(x, w) for x, w in ((self.value_scales, "value_scales"), (self.noise_sd, "noise_sd"),
+                                                        (self.lloq, "lloq")))
+        for what, mp in (("value_scales", scales), ("noise_sd", sd), ("lloq", lloq)):
+            extra = sorted(set(mp) - set(obs))
+            if extra:
+                raise ValueError(f"{what} names {extra}, which are not among the observables {list(obs)}")
+        for o in obs:
+            if scales.get(o) not in VALUE_SCALES:
+                raise ValueError(f"value_scales[{o!r}] must be one of {VALUE_SCALES}, got {scales.get(o)!r}")
+            if o not in sd:
+                raise ValueError(f"noise_sd has no value for observable {o!r}")
+            sd[o] = _finite(sd[o], f"noise_sd[{o!r}]", 0.0)
+            limit = lloq.get(o)
+            if limit is not None:
+                lloq[o] = _finite(limit, f"lloq[{o!r}]", 0.0 if scales[o] == "linear" else None,
+                                  strict=scales[o] == "linear")
+            else:
+                lloq[o] = None
+        object.__setattr__(self, "observables", obs)
+        object.__setattr__(self, "value_scales", MappingProxyType({o: scales[o] for o in obs}))
+        object.__setattr__(self, "noise_sd", MappingProxyType({o: sd[o] for o in obs}))
+        object.__setattr__(self, "lloq", MappingProxyType({o: lloq[o] for o in obs}))
+        sc = tuple(_finite(v, "assay_scale", 0.0, strict=True) for v in _per_cohort(self.assay_scale, K, "assay_scale"))
+        of = tuple(_finite(v, "assay_offset") for v in _per_cohort(self.assay_offset, K, "assay_offset"))
+        object.__setattr__(self, "assay_scale", sc)
+        object.__setattr__(self, "assay_offset", of)
+
+    # -- export --------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain (JSON-friendly) dict of every setting."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "model":
+                v = self.resolved_model.name
+            elif f.name == "regimens":
+                v = [[dict(time=d.time, amount=d.amount, target=d.target, duration=d.duration, interval=d.interval,
+                           additional=d.additional) for d in reg] for reg in v]
+            elif isinstance(v, Mapping):
+                v = dict(v)
+            elif isinstance(v, tuple):
+                v = [list(x) if isinstance(x, tuple) else x for x in v]
+            out[f.name] = v
+        return out
+
+    def replace(self, **changes) -> "VirtualCohortConfig":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
