@@ -44,7 +44,8 @@ def load_tsang2016(path) -> CohortData:
     - ``time`` = day 0..12 of columns 16-28. Day 0 is the symptom onset of the household's **index case**
       (README), so for a contact the clock starts before its own onset; covariate ``onset_time`` (column 5 -
       column 11) is the subject's own onset on the same clock (0 for index cases), so days since own onset
-      are ``time - onset_time``. A -1 entry is a day without a sample and gives no row.
+      are ``time - onset_time`` (the 9 asymptomatic infections also have a column-5 date; it is used as
+      recorded). A -1 entry is a day without a sample and gives no row.
     - observable ``log10_vl`` = log10 viral copies/ml (RT-qPCR). Negative samples are coded in the file as
       exactly log10(900) = 2.9542, the assay's detection limit of about 900 copies/ml and the smallest value
       present; these rows are censored at lloq = log10(900), the ``lloq`` of every row.
