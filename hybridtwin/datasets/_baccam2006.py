@@ -34,8 +34,9 @@ def load_baccam2006(path) -> CohortData:
       here with the below-limit day 7 written as 0. Day 8 is absent from this file. (Not checked against the
       printed Table 1 itself.)
     - observable ``log10_V`` = log10(TCID50/ml nasal wash), the observable of model ``baccam2006``.
-    - Censoring: 0 means below detection (the rule is ``value < 0.5``; the smallest positive titre is 0.8); those rows are censored at lloq = 0.5 log10 TCID50/ml, the
-      detection limit Baccam et al. used (value set to 0.5). Every row has ``lloq`` 0.5. 42 rows, 7 censored.
+    - Censoring: 0 means below detection (the rule is ``value < 0.5``; the smallest positive titre is 0.8);
+      those rows are censored at lloq = 0.5 log10 TCID50/ml, the detection limit Baccam et al. used (value
+      set to 0.5). Every row has ``lloq`` 0.5. 42 rows, 7 censored (day 7 of everyone, day 6 of patient 1).
     - No covariates, no doses. The result passes ``validate(..., model="baccam2006")``.
 
     Example

@@ -111,8 +111,8 @@ def _observations(infected: pd.DataFrame) -> pd.DataFrame:
     censored = np.abs(values - lloq) < 1e-9
     unknown = ~infected[32].isin(list(SUBTYPES))
     if unknown.any():
-        raise ValueError(f"load_tsang2016: unknown influenza subtype code(s) {sorted(infected.loc[unknown, 32].unique())} "
-                         "in column 32 (expected 0-3)")
+        codes = sorted(infected.loc[unknown, 32].unique())
+        raise ValueError(f"load_tsang2016: unknown influenza subtype code(s) {codes} in column 32 (expected 0-3)")
     subtype = dict(zip(ids, infected[32].map(SUBTYPES)))
     return pd.DataFrame({
         "subject_id": long["subject_id"].to_numpy(),
