@@ -110,3 +110,16 @@ def test_dataset_with_preprocessor_and_errors():
         SubjectDataset(data)
     with pytest.raises(ValueError, match="not in the given list"):
         SubjectDataset(data, model="baccam2006", observables=["log10_V"])
+
+
+def test_vectorised_batch_equals_item_by_item_collate():
+    from hybridtwin.data import collate
+
+    ds = SubjectDataset(small_cohort(), model="baccam2006", dtype=torch.float64)
+    fast, slow = ds.batch([2, 0]), collate([ds[2], ds[0]], ds)
+    for name in ("times", "values", "observable", "censored", "mask", "covariates", "cohort"):
+        assert torch.equal(getattr(fast, name), getattr(slow, name)), name
+    assert torch.equal(torch.nan_to_num(fast.lloq), torch.nan_to_num(slow.lloq))
+    for name in ("bolus_time", "bolus_amount", "inf_start", "inf_end", "inf_rate", "inf_target"):
+        assert torch.equal(getattr(fast.schedule, name), getattr(slow.schedule, name)), name
+    assert fast.subject_ids == ["s3", "s1"]

@@ -130,61 +130,102 @@ class SubjectDataset(Dataset):
             self.covariate_names = num
         obs_idx = {n: i for i, n in enumerate(self.observable_names)}
         coh_idx = {n: i for i, n in enumerate(self.cohort_names)}
-        subject_cohort = obs.groupby("subject_id", sort=False)["cohort"].first()
-        groups = obs.groupby("subject_id", sort=False).indices
-        t, v = obs["time"].to_numpy(float), obs["value"].to_numpy(float)
-        o = obs["observable"].map(obs_idx).to_numpy(int)
-        c, lq = obs["censored"].to_numpy(bool), obs["lloq"].to_numpy(float)
+        # flat arrays sorted by subject (validate() sorts observations by subject, time, observable) + offsets
+        code = obs["subject_id"].map(pos).to_numpy(dtype=np.int64)
+        order = np.argsort(code, kind="stable")
+        self._obs = {"time": obs["time"].to_numpy(float)[order], "value": obs["value"].to_numpy(float)[order],
+                     "observable": obs["observable"].map(obs_idx).to_numpy(np.int64)[order],
+                     "censored": obs["censored"].to_numpy(bool)[order], "lloq": obs["lloq"].to_numpy(float)[order]}
+        n = len(self.subject_ids)
+        self._obs_off = np.searchsorted(code[order], np.arange(n + 1))
+        cohort_of = obs.groupby("subject_id", sort=False)["cohort"].first().reindex(self.subject_ids)
+        self._cohort = cohort_of.map(coh_idx).fillna(0).to_numpy(np.int64)
+        self._cov = np.asarray(cov_matrix, dtype=float)
         doses = self._expanded_doses(data)
-        dose_groups = doses["subject"].groupby(doses["subject"]).indices if len(doses["subject"]) else {}
-        empty = np.zeros(0)
-        self.records = []
-        for s in self.subject_ids:
-            i = pos[s]
-            rows = groups.get(s, np.zeros(0, dtype=int))
-            drows = dose_groups.get(i, np.zeros(0, dtype=int))
-            self.records.append(SubjectRecord(
-                s, i, coh_idx.get(subject_cohort.get(s, None), 0), cov_matrix[i],
-                t[rows], v[rows], o[rows], c[rows], lq[rows],
-                doses["time"][drows] if len(drows) else empty, doses["amount"][drows] if len(drows) else empty,
-                doses["target"][drows] if len(drows) else empty.astype(int),
-                doses["duration"][drows] if len(drows) else empty))
+        dcode = doses["subject"]
+        dorder = np.lexsort((doses["time"], dcode)) if len(dcode) else np.zeros(0, dtype=np.int64)
+        self._doses = {k: np.asarray(v)[dorder] for k, v in doses.items()}
+        self._dose_off = np.searchsorted(self._doses["subject"], np.arange(n + 1))
 
     def _expanded_doses(self, data: CohortData) -> dict:
         d = data.doses
         if not len(d):
-            return {"subject": np.zeros(0, int)}
-        import pandas as pd
-
+            z = np.zeros(0)
+            return {"subject": np.zeros(0, np.int64), "time": z, "amount": z, "target": np.zeros(0, np.int64), "duration": z}
         pos = {s: i for i, s in enumerate(self.subject_ids)}
         target_map = {k: iv.target for k, iv in self.model.interventions.items()}
         states = {s: i for i, s in enumerate(self.model.all_state_names)}
-        tgt = d["target"].map(lambda x: states.get(target_map.get(x, x)))
+        tgt = d["target"].map({k: states.get(target_map.get(k, k)) for k in d["target"].unique()})
         if tgt.isna().any():
             raise ValueError(f"dose target(s) {sorted(set(d['target'][tgt.isna()]))} do not exist in model {self.model.name!r}")
         reps = d["additional"].to_numpy(int) + 1
         ridx = np.repeat(np.arange(len(d)), reps)
         k = np.arange(len(ridx)) - np.repeat(np.cumsum(reps) - reps, reps)
         interval = np.nan_to_num(d["interval"].to_numpy(float), nan=0.0)
-        return {"subject": pd.Series(d["subject_id"].map(pos).to_numpy(int)[ridx]),
+        return {"subject": d["subject_id"].map(pos).to_numpy(np.int64)[ridx],
                 "time": d["time"].to_numpy(float)[ridx] + k * interval[ridx],
                 "amount": d["amount"].to_numpy(float)[ridx], "target": tgt.to_numpy(int)[ridx],
                 "duration": d["duration"].to_numpy(float)[ridx]}
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.subject_ids)
 
     def __getitem__(self, i: int) -> SubjectRecord:
-        return self.records[i]
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"subject index {i} out of range for {len(self)} subjects")
+        i = i % len(self)
+        a, b = self._obs_off[i], self._obs_off[i + 1]
+        c, d = self._dose_off[i], self._dose_off[i + 1]
+        o, ds = self._obs, self._doses
+        return SubjectRecord(self.subject_ids[i], i, int(self._cohort[i]), self._cov[i], o["time"][a:b], o["value"][a:b],
+                             o["observable"][a:b], o["censored"][a:b], o["lloq"][a:b], ds["time"][c:d],
+                             ds["amount"][c:d], ds["target"][c:d], ds["duration"][c:d])
 
-    def collate(self, items: Sequence[SubjectRecord]) -> Batch:
-        """``collate_fn`` for a DataLoader over this dataset (keeps its observable/cohort names and dtype)."""
-        return collate(items, self)
+    def collate(self, items) -> Batch:
+        """``collate_fn`` for a DataLoader over this dataset (keeps its observable/cohort names and dtype).
+
+        A DataLoader fetches whole batches through :meth:`__getitems__` (vectorised), so ``items`` is then
+        already a :class:`Batch` and is returned as is."""
+        return items if isinstance(items, Batch) else collate(items, self)
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        return self.batch(indices)
 
     def batch(self, indices: Sequence[int] | None = None) -> Batch:
-        """Collate the given items (default: all) into one Batch."""
-        idx = range(len(self)) if indices is None else indices
-        return collate([self.records[i] for i in idx], self)
+        """The given subjects (default: all) as one padded Batch, gathered without a per-subject loop."""
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        if idx.size == 0:
+            raise ValueError("a batch needs at least one subject")
+        if (idx < -len(self)).any() or (idx >= len(self)).any():
+            raise IndexError(f"subject indices out of range for {len(self)} subjects")
+        idx = idx % len(self)
+        B = len(idx)
+        start, n = self._obs_off[idx], self._obs_off[idx + 1] - self._obs_off[idx]
+        T = max(1, int(n.max()))
+        col = np.arange(T)[None, :]
+        mask = col < n[:, None]
+        last = np.maximum(start + n - 1, 0)
+        src = np.where(mask, start[:, None] + col, last[:, None])  # padding repeats the last entry ...
+        o = self._obs
+        if len(o["time"]) == 0:
+            src = np.zeros_like(src)
+            o = {k: np.zeros(1, dtype=v.dtype) for k, v in o.items()}
+        times = o["time"][src]
+        values = np.where(mask, o["value"][src], 0.0)  # ... but carries no data
+        lloq = np.where(mask, o["lloq"][src], np.nan)
+        observable = np.where(mask, o["observable"][src], 0)
+        censored = mask & o["censored"][src]
+        d0, dn = self._dose_off[idx], self._dose_off[idx + 1] - self._dose_off[idx]
+        rows = np.concatenate([np.arange(a, a + k) for a, k in zip(d0, dn)]) if dn.sum() else np.zeros(0, np.int64)
+        dd = self._doses
+        schedule = BatchSchedule.from_arrays(np.repeat(np.arange(B), dn), dd["time"][rows], dd["amount"][rows],
+                                             dd["target"][rows], dd["duration"][rows], B, dtype=self.dtype)
+        dt = self.dtype
+        return Batch(subject_ids=[self.subject_ids[i] for i in idx], times=torch.tensor(times, dtype=dt),
+                     values=torch.tensor(values, dtype=dt), observable=torch.from_numpy(observable.astype(np.int64)),
+                     censored=torch.from_numpy(censored), lloq=torch.tensor(lloq, dtype=dt), mask=torch.from_numpy(mask),
+                     covariates=torch.tensor(self._cov[idx], dtype=dt), cohort=torch.from_numpy(self._cohort[idx]),
+                     schedule=schedule, observable_names=list(self.observable_names), cohort_names=list(self.cohort_names))
 
 
 def collate(items: Sequence[SubjectRecord], dataset: SubjectDataset | None = None) -> Batch:

@@ -62,7 +62,8 @@ class CohortData:
     def subject_ids(self) -> list:
         """Subjects in order of first appearance in the (sorted) observations, then dose-only subjects."""
         ids = list(pd.unique(self.observations["subject_id"]))
-        extra = [s for s in pd.unique(self.doses["subject_id"]) if s not in set(ids)]
+        seen = set(ids)
+        extra = [s for s in pd.unique(self.doses["subject_id"]) if s not in seen]
         return ids + extra
 
     @property
