@@ -8,7 +8,7 @@ Example
 >>> list(df.columns)
 ['time', 'T', 'I1', 'I2', 'V', 'log10_V']
 >>> round(float(df["log10_V"].max()), 2)
-6.02
+5.88
 >>> cohort = ht.simulate("vaccine_asc", [0, 14, 28, 56],
 ...                      params=__import__("pandas").DataFrame({"subject_id": ["a", "b"], "delta_Ab": [0.02, 0.03]}),
 ...                      doses=[ht.Dose(0, 1.0, "Ag"), ht.Dose(28, 1.0, "Ag")])
