@@ -63,10 +63,14 @@ def vaccine_asc() -> Model:
         Parameter("delta_Ab", 0.025, 1e-4, 1.0, unit="1/day", description="antibody decay (t1/2 ~ 28 d; Pasin 2019)"),
         Parameter("Ag0", 0.0, 0.0, 100.0, transform="identity", unit="dose units", role="fixed",
                   description="initial antigen (vaccines are given as doses into Ag)"),
-        Parameter("M0", 0.0, 0.0, 1e3, transform="identity", unit="memory units", description="initial memory B cells"),
-        Parameter("S0", 0.0, 0.0, 1e7, transform="identity", unit="cells", description="initial short-lived ASC"),
-        Parameter("L0", 0.0, 0.0, 1e5, transform="identity", unit="cells", description="initial long-lived ASC"),
-        Parameter("Ab0", 0.0, 0.0, 1e7, transform="identity", unit="EU/ml", description="initial antibody level"),
+        Parameter("M0", 0.0, 0.0, 1e3, transform="identity", unit="memory units", role="fixed",
+                  description="initial memory B cells (naive: 0)"),
+        Parameter("S0", 0.0, 0.0, 1e7, transform="identity", unit="cells", role="fixed",
+                  description="initial short-lived ASC"),
+        Parameter("L0", 0.0, 0.0, 1e5, transform="identity", unit="cells", role="fixed",
+                  description="initial long-lived ASC"),
+        Parameter("Ab0", 0.0, 0.0, 1e7, transform="identity", unit="EU/ml", role="fixed",
+                  description="initial antibody level"),
     ]
 
     def rhs(t, s, p):

@@ -1,0 +1,325 @@
+"""HybridTwin: encoder + parameter space + dynamics + observation model + solver, as one ``nn.Module``.
+
+The statistical model is a nonlinear mixed-effects model with amortised variational inference:
+
+- unconstrained patient parameters ``z_i = mu + beta x_i + eta_i``, ``eta_i ~ N(0, diag(omega^2))``: population
+  values ``mu``, covariate effects ``beta`` (log-linear for log-transformed parameters) and between-patient
+  variability ``omega`` are explicit ``nn.Parameter``s (:meth:`HybridTwin.population_table` reports them);
+  parameters declared ``population`` are learned once; ``fixed`` ones stay at their defaults;
+- the encoder maps covariates, any number of early observations, the dosing history and the cohort to
+  ``q(z_i) = N(mu + beta x_i + dm_i, (omega * exp(dls_i))^2)``: a correction around the population prior;
+- the likelihood comes from solving the (hybrid) ODE for reparameterised samples of ``z_i`` and the
+  :class:`hybridtwin.observation.ObservationModel` (noise, cohort calibration, M3 censoring);
+- the objective is the ELBO: expected log-likelihood minus ``KL(q || prior)``, averaged over subjects.
+
+Training draws, per subject, a random prefix of its observations (all of them with probability
+``full_context``; otherwise 0..n of the earliest) as both encoder input and likelihood rows, so the encoder
+learns ``q(z | first k observations)`` for every k: exactly what personalising from early data needs.
+
+Example
+-------
+>>> import hybridtwin as ht
+>>> from hybridtwin.twin import HybridTwin, TwinConfig
+>>> from hybridtwin.datasets import make_virtual_cohort
+>>> data = make_virtual_cohort("vaccine_asc", n_subjects=8, n_cohorts=2, seed=0)
+>>> twin = HybridTwin.from_data(TwinConfig(model="vaccine_asc"), data)
+>>> batch = twin.dataset(data).batch()
+>>> out = twin.elbo(batch, n_samples=2)
+>>> sorted(out)[:3]
+['elbo', 'kl', 'loglik']
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import models as _models
+from .data import CohortData, CovariatePreprocessor, SubjectDataset
+from .data.dataset import Batch
+from .neural import MechanisticDynamics, NeuralClosure, NeuralODEDynamics, PatientEncoder
+from .observation import ObservationModel
+from .solve import SolverConfig, Status, solve
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class TwinConfig:
+    """Everything needed to rebuild a twin's architecture (stored in the model card).
+
+    model: built-in model name. closures: keyword dicts of :class:`NeuralClosure`. black_box: keyword dict of
+    :class:`NeuralODEDynamics` (replaces the mechanism; mutually exclusive with closures). observables: names to
+    fit (default: the model's observables). noise: ``{observable: additive|proportional|combined}``.
+    cohort_calibration: observables with a per-cohort assay scale/offset. covariate_effects: learn ``beta``.
+    encoder: PatientEncoder options (hidden, set_dim, use_observations, use_doses, use_cohort).
+    n_samples: reparameterised samples per subject in the ELBO. full_context: probability that a training
+    subject shows all its observations to the encoder. omega_init: initial between-patient SD (unconstrained
+    scale). closure_penalty: weight of the closures' regulariser. solver: SolverConfig keyword dict.
+    dtype: "float64" or "float32". time_scale: divides times fed to the encoder (default: model horizon).
+    fixed: extra parameter names to keep fixed; population: patient parameters to treat as population-level.
+    """
+
+    model: str
+    closures: tuple = ()
+    black_box: dict | None = None
+    observables: tuple = ()
+    noise: dict = field(default_factory=dict)
+    cohort_calibration: tuple = ()
+    covariate_effects: bool = True
+    encoder: dict = field(default_factory=dict)
+    n_samples: int = 4
+    full_context: float = 0.5
+    omega_init: float = 0.3
+    closure_penalty: float = 1e-3
+    solver: dict = field(default_factory=lambda: {"rtol": 1e-5, "atol": 1e-6})
+    dtype: str = "float64"
+    time_scale: float | None = None
+    fixed: tuple = ()
+    population: tuple = ()
+
+    def __post_init__(self):
+        model = _models.get(self.model)
+        if self.closures and self.black_box is not None:
+            raise ValueError("closures and black_box are exclusive: a black box has no mechanism to add terms to")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if not (isinstance(self.n_samples, int) and self.n_samples >= 1):
+            raise ValueError(f"n_samples must be a positive integer, got {self.n_samples!r}")
+        if not 0.0 <= self.full_context <= 1.0:
+            raise ValueError(f"full_context must be a probability, got {self.full_context}")
+        if not self.omega_init > 0:
+            raise ValueError(f"omega_init must be > 0, got {self.omega_init}")
+        known = set(model.observable_names) | set(model.all_state_names)
+        bad = [o for o in self.observables if o not in known]
+        if bad:
+            raise ValueError(f"observables {bad} are not observables or states of {self.model!r}")
+        unknown = [p for p in list(self.fixed) + list(self.population) if p not in model.parameter_names]
+        if unknown:
+            raise ValueError(f"fixed/population name unknown parameter(s) {unknown} of {self.model!r}")
+        SolverConfig(**self.solver)  # validates
+        allowed_enc = {"hidden", "set_dim", "use_observations", "use_doses", "use_cohort"}
+        if set(self.encoder) - allowed_enc:
+            raise ValueError(f"unknown encoder option(s) {sorted(set(self.encoder) - allowed_enc)}; allowed: {sorted(allowed_enc)}")
+        object.__setattr__(self, "closures", tuple(dict(c) for c in self.closures))
+        object.__setattr__(self, "observables", tuple(self.observables) or tuple(model.observable_names))
+        object.__setattr__(self, "cohort_calibration", tuple(self.cohort_calibration))
+        object.__setattr__(self, "fixed", tuple(self.fixed))
+        object.__setattr__(self, "population", tuple(self.population))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["closures"] = [dict(c) for c in self.closures]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TwinConfig":
+        d = dict(d)
+        for k in ("closures", "observables", "cohort_calibration", "fixed", "population"):
+            if k in d and d[k] is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+class HybridTwin(nn.Module):
+    """See the module docstring. Build with :meth:`from_data` (fits covariate preprocessing and scales)."""
+
+    def __init__(self, config: TwinConfig, covariate_names: list[str], cohort_names: list[str],
+                 obs_mean: list[float], obs_sd: list[float], preprocessor: CovariatePreprocessor | None = None):
+        super().__init__()
+        self.config = config
+        if config.black_box is not None:
+            self.dynamics = NeuralODEDynamics(config.model, **config.black_box)
+        else:
+            self.dynamics = MechanisticDynamics(config.model, [NeuralClosure(**c) for c in config.closures])
+        model = self.dynamics.model
+        self.model = model
+        space = model.parameter_space
+        roles = {p.name: p.role for p in space}
+        for n in config.fixed:
+            roles[n] = "fixed"
+        for n in config.population:
+            if roles[n] == "patient":
+                roles[n] = "population"
+        self.roles = roles
+        names = space.names
+        self.patient_names = [n for n in names if roles[n] == "patient"]
+        self.population_names = [n for n in names if roles[n] == "population"]
+        self.register_buffer("patient_idx", torch.tensor([names.index(n) for n in self.patient_names], dtype=torch.long))
+        self.register_buffer("population_idx", torch.tensor([names.index(n) for n in self.population_names], dtype=torch.long))
+        z0 = space.to_unconstrained(space.default_tensor(1))[0]
+        self.register_buffer("z_default", z0.clone())
+        self.mu = nn.Parameter(z0[self.patient_idx].clone())
+        self.mu_population = nn.Parameter(z0[self.population_idx].clone())
+        self.covariate_names = list(covariate_names)
+        self.cohort_names = list(cohort_names)
+        C, Pp = len(self.covariate_names), len(self.patient_names)
+        self.beta = nn.Parameter(torch.zeros(Pp, C), requires_grad=config.covariate_effects)
+        self.log_omega = nn.Parameter(torch.full((Pp,), math.log(config.omega_init)))
+        enc_opts = dict(config.encoder)
+        self.encoder = PatientEncoder(C, Pp, len(config.observables), max(1, len(self.cohort_names)),
+                                      len(model.all_state_names), **enc_opts)
+        self.observation = ObservationModel(config.observables, config.noise, n_cohorts=max(1, len(self.cohort_names)),
+                                            cohort_calibration=config.cohort_calibration)
+        self.register_buffer("obs_mean", torch.tensor(obs_mean, dtype=torch.float64))
+        self.register_buffer("obs_sd", torch.tensor(obs_sd, dtype=torch.float64))
+        self.time_scale = float(config.time_scale or model.default_t_end)
+        self.preprocessor = preprocessor
+        self.solver_config = SolverConfig(**config.solver)
+        self.to(DTYPES[config.dtype])
+        self.last_failed = 0
+
+    # -- construction from data ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_data(cls, config: TwinConfig, data: CohortData, preprocessor: CovariatePreprocessor | None = None):
+        """Fit the covariate preprocessing on ``data`` (training subjects!) and set observable scales."""
+        if preprocessor is None:
+            cov = data.covariates
+            preprocessor = CovariatePreprocessor().fit(cov) if cov.shape[1] > 1 else None
+        obs = data.observations
+        mean, sd = [], []
+        for k in config.observables or _models.get(config.model).observable_names:
+            v = obs.loc[obs["observable"] == k, "value"]
+            mean.append(float(v.mean()) if len(v) else 0.0)
+            sd.append(float(v.std()) if len(v) > 1 and v.std() > 0 else 1.0)
+        names = preprocessor.feature_names_ if preprocessor is not None else []
+        return cls(config, names, data.cohorts, mean, sd, preprocessor)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.config.dtype]
+
+    def dataset(self, data: CohortData) -> SubjectDataset:
+        """A SubjectDataset encoded the way this twin expects (its observables, cohorts, covariates, dtype)."""
+        return SubjectDataset(data, model=self.model, preprocessor=self.preprocessor,
+                              observables=list(self.config.observables), cohorts=self.cohort_names or None,
+                              dtype=self.dtype)
+
+    # -- distributions ----------------------------------------------------------------------------------------------
+    def prior(self, covariates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Population distribution of the patient parameters given covariates: (mean, sd), each (B, Pp)."""
+        x = torch.nan_to_num(covariates)
+        mean = self.mu + x @ self.beta.T if self.beta.shape[1] else self.mu.expand(x.shape[0], -1)
+        return mean, self.log_omega.exp().expand_as(mean)
+
+    def posterior(self, batch: Batch, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Amortised q(z) = (mean, sd) from covariates, the ``context`` observations (default all), doses, cohort."""
+        ctx = batch.mask if context is None else context & batch.mask
+        mean0, sd0 = self.prior(batch.covariates)
+        g = batch.observable
+        std_val = (batch.values - self.obs_mean.to(batch.values.dtype)[g]) / self.obs_sd.to(batch.values.dtype)[g]
+        s = batch.schedule
+        dtime = torch.cat([s.bolus_time, s.inf_start], dim=1)
+        damount = torch.cat([s.bolus_amount, s.inf_rate * (s.inf_end - s.inf_start).nan_to_num(0.0, 0.0, 0.0)], dim=1)
+        dtarget = torch.cat([s.bolus_target, s.inf_target], dim=1)
+        dmask = torch.isfinite(dtime)
+        dm, dls = self.encoder(batch.covariates.nan_to_num(), batch.times / self.time_scale, std_val, g, batch.censored,
+                               ctx, torch.where(dmask, dtime, 0.0) / self.time_scale, torch.where(dmask, damount, 0.0),
+                               dtarget, dmask, batch.cohort)
+        return mean0 + dm, sd0 * torch.exp(torch.clamp(dls, -10.0, 5.0))
+
+    def theta(self, z_patient: torch.Tensor) -> torch.Tensor:
+        """(N, Pp) unconstrained patient parameters -> (N, P) constrained parameters of the dynamics."""
+        N = z_patient.shape[0]
+        z = self.z_default.to(z_patient.dtype).expand(N, -1).clone()
+        z = z.index_copy(1, self.patient_idx, z_patient)
+        if len(self.population_idx):
+            z = z.index_copy(1, self.population_idx, self.mu_population.to(z.dtype).expand(N, -1))
+        return self.model.parameter_space.constrain(z)
+
+    # -- simulation and likelihood ------------------------------------------------------------------------------------
+    def observables_at(self, theta: torch.Tensor, batch: Batch, repeats: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model observables at every batch row for parameters ``theta`` ((repeats*B, P), sample-major).
+
+        Returns ``g`` (repeats*B, T) (0 where the row is padding or the solve failed) and the solve status."""
+        B = len(batch)
+        idx = torch.arange(B).repeat(repeats)
+        times, mask = batch.times.repeat(repeats, 1), batch.mask.repeat(repeats, 1)
+        y0 = self.model.initial_state(theta)
+        sol = solve(self.dynamics, y0, times.to(theta.dtype), theta, schedule=batch.schedule.select(idx), mask=mask,
+                    config=self.solver_config, state_names=self.model.all_state_names)
+        ys = torch.nan_to_num(sol.ys, nan=0.0)
+        obs = self.model.observe(ys, theta[:, None, :])
+        names = list(self.config.observables)
+        cols = [obs[n] if n in obs else ys[..., self.model.all_state_names.index(n)] for n in names]
+        stacked = torch.stack(cols, dim=-1)  # (N, T, K)
+        g = stacked.gather(-1, batch.observable.repeat(repeats, 1)[..., None]).squeeze(-1)
+        ok = sol.ok[:, None] & mask
+        return torch.where(ok, g, torch.zeros_like(g)), sol.status
+
+    def context_mask(self, batch: Batch, generator: torch.Generator | None = None, full: float | None = None) -> torch.Tensor:
+        """Random prefix of each subject's observations: all with probability ``full``, else 0..n earliest."""
+        full = self.config.full_context if full is None else full
+        n = batch.mask.sum(1)
+        u = torch.rand(len(batch), generator=generator)
+        k = torch.floor(torch.rand(len(batch), generator=generator) * (n + 1).to(torch.float64)).long()
+        k = torch.where(u < full, n, torch.minimum(k, n))
+        rank = torch.arange(batch.mask.shape[1])[None, :]
+        return batch.mask & (rank < k[:, None])
+
+    def elbo(self, batch: Batch, context: torch.Tensor | None = None, n_samples: int | None = None,
+             generator: torch.Generator | None = None) -> dict:
+        """ELBO terms for a batch; ``context`` selects encoder input and likelihood rows (default: all)."""
+        K = n_samples or self.config.n_samples
+        ctx = batch.mask if context is None else context & batch.mask
+        mean, sd = self.posterior(batch, ctx)
+        B, Pp = mean.shape
+        eps = torch.randn((K, B, Pp), generator=generator, dtype=mean.dtype)
+        z = (mean[None] + sd[None] * eps).reshape(K * B, Pp)
+        g, status = self.observables_at(self.theta(z), batch, repeats=K)
+        rows = dict(values=batch.values.repeat(K, 1), observable=batch.observable.repeat(K, 1),
+                    cohort=batch.cohort.repeat(K), censored=batch.censored.repeat(K, 1), lloq=batch.lloq.repeat(K, 1),
+                    mask=ctx.repeat(K, 1))
+        ll = self.observation.log_likelihood(g, rows["values"], rows["observable"], rows["cohort"], rows["censored"],
+                                             rows["lloq"], rows["mask"]).sum(1).reshape(K, B)
+        ok = (status == Status.OK).reshape(K, B).all(0)
+        pm, ps = self.prior(batch.covariates)
+        kl = (torch.log(ps / sd) + (sd**2 + (mean - pm) ** 2) / (2 * ps**2) - 0.5).sum(1)
+        elbo_i = ll.mean(0) - kl
+        okf = ok.to(elbo_i.dtype)
+        n_ok = okf.sum().clamp(min=1.0)
+        elbo = (torch.where(ok, elbo_i, torch.zeros_like(elbo_i))).sum() / n_ok
+        penalty = self.config.closure_penalty * self.dynamics.penalty().to(elbo.dtype)
+        self.last_failed = int((~ok).sum())
+        n_rows = ctx.sum().clamp(min=1).to(elbo.dtype)
+        return {"loss": -elbo + penalty, "elbo": elbo.detach(), "loglik": (ll.mean(0) * okf).sum().detach() / n_ok,
+                "kl": (kl * okf).sum().detach() / n_ok, "failed": self.last_failed, "n_subjects": B,
+                "loglik_per_obs": ((ll.mean(0) * okf).sum() / n_rows).detach()}
+
+    # -- reporting ------------------------------------------------------------------------------------------------------
+    def population_table(self) -> pd.DataFrame:
+        """Population values (constrained), between-patient SD (unconstrained scale) and covariate effects."""
+        space = self.model.parameter_space
+        with torch.no_grad():
+            z = self.theta(self.mu[None].to(self.dtype))[0]
+        rows = []
+        for i, n in enumerate(space.names):
+            role = self.roles[n]
+            row = dict(parameter=n, role=role, transform=space[n].transform, value=float(z[i]))
+            if role == "patient":
+                j = self.patient_names.index(n)
+                row["omega"] = float(self.log_omega[j].detach().exp())
+                for c, name in enumerate(self.covariate_names):
+                    row[f"beta[{name}]"] = float(self.beta[j, c].detach())
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def card(self) -> dict:
+        """The architecture and data encoding as plain JSON types (for checkpoints)."""
+        return {"config": self.config.to_dict(), "covariate_names": self.covariate_names, "cohort_names": self.cohort_names,
+                "obs_mean": self.obs_mean.tolist(), "obs_sd": self.obs_sd.tolist(),
+                "preprocessor": self.preprocessor.to_dict() if self.preprocessor is not None else None,
+                "dynamics": self.dynamics.config(), "patient_parameters": self.patient_names,
+                "population_parameters": self.population_names, "observables": list(self.config.observables),
+                "observation_model": self.observation.describe()}
+
+    @classmethod
+    def from_card(cls, card: dict) -> "HybridTwin":
+        pre = CovariatePreprocessor.from_dict(card["preprocessor"]) if card.get("preprocessor") else None
+        return cls(TwinConfig.from_dict(card["config"]), card["covariate_names"], card["cohort_names"],
+                   card["obs_mean"], card["obs_sd"], pre)
