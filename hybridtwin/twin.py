@@ -291,6 +291,19 @@ class HybridTwin(nn.Module):
                 "kl": (kl * okf).sum().detach() / n_ok, "failed": self.last_failed, "n_subjects": B,
                 "loglik_per_obs": ((ll.mean(0) * okf).sum() / n_rows).detach()}
 
+    # -- personalisation (see hybridtwin.personalise) ---------------------------------------------------------------
+    def predict(self, covariates, observations=None, doses=None, times=None, method: str = "encoder", **options):
+        """Personalise new patients and predict trajectories with intervals; see :func:`hybridtwin.personalise.predict`."""
+        from .personalise import predict
+
+        return predict(self, covariates, observations, doses, times, method=method, **options)
+
+    def update(self, covariates, observations, doses=None, posterior=None, **options):
+        """Refine patients' posteriors with all their measurements so far; see :func:`hybridtwin.personalise.update`."""
+        from .personalise import update
+
+        return update(self, posterior, covariates, observations, doses, **options)
+
     # -- reporting ------------------------------------------------------------------------------------------------------
     def population_table(self) -> pd.DataFrame:
         """Population values (constrained), between-patient SD (unconstrained scale) and covariate effects."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
@@ -98,10 +99,13 @@ class SubjectDataset(Dataset):
         without one, every numeric covariate column is used as is (missing values stay NaN).
     observables, cohorts: fixed name lists (so several datasets share one encoding; default: those present).
     dtype: floating dtype of the batches.
+    subjects: the subjects and their order (default: those in the data); subjects without observations or doses
+        get empty records (e.g. new patients known only by covariates). subject_cohorts: their cohorts.
     """
 
     def __init__(self, data: CohortData, model=None, preprocessor=None, observables: Sequence[str] | None = None,
-                 cohorts: Sequence[str] | None = None, dtype: torch.dtype = torch.float32):
+                 cohorts: Sequence[str] | None = None, dtype: torch.dtype = torch.float32,
+                 subjects: Sequence | None = None, subject_cohorts: Sequence[str] | None = None):
         if not isinstance(data, CohortData):
             raise TypeError(f"SubjectDataset takes a CohortData (from hybridtwin.data.validate), got {type(data).__name__}")
         from .. import models as _models
@@ -118,7 +122,11 @@ class SubjectDataset(Dataset):
                 raise ValueError(f"data contain {what}(s) {unknown} not in the given list {names}")
         if len(data.doses) and self.model is None:
             raise ValueError("the data have doses: pass model=... so that dose targets can be mapped to model states")
-        self.subject_ids = data.subject_ids
+        self.subject_ids = list(subjects) if subjects is not None else data.subject_ids
+        if subjects is not None:
+            stray = set(data.subject_ids) - set(self.subject_ids)
+            if stray:
+                raise ValueError(f"data hold subject(s) {sorted(stray, key=str)[:10]} not in `subjects`")
         pos = {s: i for i, s in enumerate(self.subject_ids)}
         cov = data.covariates.set_index("subject_id").reindex(self.subject_ids)
         if preprocessor is not None:
@@ -139,6 +147,8 @@ class SubjectDataset(Dataset):
         n = len(self.subject_ids)
         self._obs_off = np.searchsorted(code[order], np.arange(n + 1))
         cohort_of = obs.groupby("subject_id", sort=False)["cohort"].first().reindex(self.subject_ids)
+        if subject_cohorts is not None:  # e.g. subjects without observations whose cohort is known
+            cohort_of = cohort_of.fillna(pd.Series(list(subject_cohorts), index=self.subject_ids))
         self._cohort = cohort_of.map(coh_idx).fillna(0).to_numpy(np.int64)
         self._cov = np.asarray(cov_matrix, dtype=float)
         doses = self._expanded_doses(data)

@@ -1,0 +1,320 @@
+"""Personalising a trained twin to new patients, predicting with intervals, following a patient over time.
+
+Three routes behind one interface (``method=``), so they can be compared:
+
+- ``"encoder"`` (default): the amortised posterior ``q(z | covariates, observations, doses, cohort)`` -- one
+  forward pass for all patients (milliseconds);
+- ``"map"``: per-patient maximum a posteriori fit of the patient parameters (L-BFGS on the negative log
+  posterior, prior = the population model given covariates), with a Laplace (Gauss) approximation for the
+  uncertainty; also the accuracy baseline;
+- ``"library"``: matching against a library of pre-computed virtual patients drawn from the population
+  model (simulated once per dosing regimen); each library member is weighted by its likelihood for the
+  patient's observations and its prior density given the patient's covariates (importance sampling).
+
+:func:`predict` returns trajectories in the input's long schema (``subject_id, time, observable``) with the
+posterior-predictive median and interval (measurement noise included) and the model median, plus a table of
+per-patient parameter estimates with intervals. :func:`update` refines one patient's posterior as new
+measurements arrive.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data import CohortData
+from .data.dataset import Batch, SubjectDataset
+from .data.schema import DEFAULT_COHORT, OBS_COLUMNS, _validate_doses, _validate_observations
+
+METHODS = ("encoder", "map", "library")
+
+
+@dataclass
+class Posterior:
+    """Gaussian (encoder, map) or weighted-sample (library) posterior of the patient parameters."""
+
+    subject_ids: list
+    mean: torch.Tensor  # (B, Pp) unconstrained
+    sd: torch.Tensor | None = None  # (B, Pp)
+    samples: torch.Tensor | None = None  # (B, L, Pp) library members
+    weights: torch.Tensor | None = None  # (B, L) normalised
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n, B, Pp) draws."""
+        if self.samples is None:
+            eps = torch.randn((n, *self.mean.shape), generator=generator, dtype=self.mean.dtype)
+            return self.mean[None] + self.sd[None] * eps
+        idx = torch.multinomial(self.weights, n, replacement=True, generator=generator)  # (B, n)
+        b = torch.arange(self.samples.shape[0])[:, None].expand_as(idx)
+        return self.samples[b, idx].permute(1, 0, 2)
+
+
+def _tables(twin, covariates: pd.DataFrame, observations, doses) -> tuple[SubjectDataset, list]:
+    if not isinstance(covariates, pd.DataFrame) or "subject_id" not in covariates.columns:
+        raise ValueError("covariates must be a DataFrame with a subject_id column (one row per patient)")
+    if covariates["subject_id"].duplicated().any():
+        raise ValueError("covariates must have one row per subject")
+    ids = covariates["subject_id"].tolist()
+    if observations is not None and len(observations):
+        obs, _ = _validate_observations(observations, twin.model)
+        stray = set(obs["subject_id"]) - set(ids)
+        if stray:
+            raise ValueError(f"observations for subject(s) {sorted(stray, key=str)[:10]} without a covariate row")
+        unknown = set(obs["observable"]) - set(twin.config.observables)
+        if unknown:
+            raise ValueError(f"observable(s) {sorted(unknown)} were not fitted by this twin ({list(twin.config.observables)})")
+    else:
+        obs = pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(OBS_COLUMNS, (object, float, str, float, str, float, bool))})
+    dose_table = _validate_doses(doses, twin.model, set()) if doses is not None else _validate_doses(None, None, set())
+    stray = set(dose_table["subject_id"]) - set(ids)
+    if stray:
+        raise ValueError(f"doses for subject(s) {sorted(stray, key=str)[:10]} without a covariate row")
+    cohorts = covariates["cohort"].astype(str).tolist() if "cohort" in covariates.columns else [None] * len(ids)
+    known = twin.cohort_names or [DEFAULT_COHORT]
+    cohorts = [c if c in known else known[0] for c in cohorts]
+    if len(obs):
+        obs = obs.assign(cohort=obs["subject_id"].map(dict(zip(ids, cohorts))).fillna(known[0]))
+    data = CohortData(obs, dose_table, covariates.drop(columns=[c for c in ("cohort",) if c in covariates.columns]), {})
+    ds = SubjectDataset(data, model=twin.model, preprocessor=twin.preprocessor, observables=list(twin.config.observables),
+                        cohorts=known, dtype=twin.dtype, subjects=ids, subject_cohorts=cohorts)
+    return ds, ids
+
+
+def _grid_batch(obs_batch: Batch, rows: pd.DataFrame, ids: list, observables: list) -> Batch:
+    """A batch whose rows are the prediction points (subject_id, time, observable) of ``rows``."""
+    pos = {s: i for i, s in enumerate(ids)}
+    rows = rows.assign(_b=rows["subject_id"].map(pos), _k=rows["observable"].map({o: i for i, o in enumerate(observables)}))
+    if rows["_b"].isna().any() or rows["_k"].isna().any():
+        raise ValueError("prediction rows name unknown subjects or observables")
+    rows = rows.sort_values(["_b", "time", "_k"], kind="stable")
+    counts = rows.groupby("_b").size().reindex(range(len(ids)), fill_value=0).to_numpy()
+    T = max(1, int(counts.max()))
+    B = len(ids)
+    times, obs_idx = np.zeros((B, T)), np.zeros((B, T), dtype=np.int64)
+    mask = np.arange(T)[None, :] < counts[:, None]
+    b = rows["_b"].to_numpy(int)
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    times[b, slot], obs_idx[b, slot] = rows["time"].to_numpy(float), rows["_k"].to_numpy(int)
+    last = np.where(counts > 0, times[np.arange(B), np.maximum(counts - 1, 0)], 0.0)
+    times = np.where(mask, times, last[:, None])
+    dt = obs_batch.times.dtype
+    return Batch(obs_batch.subject_ids, torch.tensor(times, dtype=dt), torch.zeros(B, T, dtype=dt),
+                 torch.from_numpy(obs_idx), torch.zeros(B, T, dtype=torch.bool), torch.full((B, T), float("nan"), dtype=dt),
+                 torch.from_numpy(mask), obs_batch.covariates, obs_batch.cohort, obs_batch.schedule,
+                 obs_batch.observable_names, obs_batch.cohort_names), rows
+
+
+def _neg_log_posterior(twin, z, batch) -> torch.Tensor:
+    """Per-subject -log p(y | z) - log p(z | x) (B,)."""
+    g, status = twin.observables_at(twin.theta(z), batch)
+    ll = twin.observation.log_likelihood(g, batch.values, batch.observable, batch.cohort, batch.censored, batch.lloq,
+                                         batch.mask).sum(1)
+    pm, ps = twin.prior(batch.covariates)
+    lp = (-0.5 * ((z - pm) / ps) ** 2 - torch.log(ps)).sum(1)
+    bad = status != 0
+    return torch.where(bad, torch.full_like(ll, 1e10), -(ll + lp))
+
+
+def fit_map(twin, batch: Batch, init: torch.Tensor | None = None, max_iter: int = 100) -> Posterior:
+    """Per-patient MAP by L-BFGS (the objective is a sum of independent per-patient terms) + Laplace sd."""
+    with torch.no_grad():
+        z0 = init if init is not None else twin.prior(batch.covariates)[0]
+    z = z0.detach().clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([z], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe", tolerance_grad=1e-6,
+                            tolerance_change=1e-9)
+
+    def closure():
+        opt.zero_grad()
+        loss = _neg_log_posterior(twin, z, batch).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    z = z.detach().requires_grad_(True)
+    grad = torch.autograd.grad(_neg_log_posterior(twin, z, batch).sum(), z, create_graph=True)[0]
+    P = z.shape[1]
+    rows = []
+    for j in range(P):  # Hessian is block-diagonal over patients: P Hessian-vector products give every block
+        e = torch.zeros_like(z)
+        e[:, j] = 1.0
+        rows.append(torch.autograd.grad(grad, z, e, retain_graph=j < P - 1)[0])
+    H = torch.stack(rows, dim=1)  # (B, P, P)
+    H = 0.5 * (H + H.transpose(1, 2)) + 1e-8 * torch.eye(P, dtype=H.dtype)
+    try:
+        cov = torch.linalg.inv(H)
+        sd = torch.sqrt(torch.clamp(torch.diagonal(cov, dim1=1, dim2=2), min=1e-12))
+    except RuntimeError:
+        sd = twin.prior(batch.covariates)[1]
+    sd = torch.where(torch.isfinite(sd), sd, twin.prior(batch.covariates)[1])
+    return Posterior(batch.subject_ids, z.detach(), sd.detach())
+
+
+def library_posterior(twin, batch: Batch, size: int = 2000, grid_points: int = 400, inflate: float = 1.5,
+                      seed: int = 0) -> Posterior:
+    """Importance-weighted library of virtual patients (one library simulation per distinct dosing regimen)."""
+    gen = torch.Generator().manual_seed(seed)
+    B = len(batch)
+    with torch.no_grad():
+        pm, ps = twin.prior(batch.covariates)
+        center = pm.mean(0)
+        spread = torch.sqrt(ps.mean(0) ** 2 + pm.var(0, unbiased=False)) * inflate
+        lib = center + spread * torch.randn((size, center.shape[0]), generator=gen, dtype=center.dtype)
+        log_q = (-0.5 * ((lib - center) / spread) ** 2 - torch.log(spread)).sum(1)  # (L,)
+        horizon = float(batch.times[batch.mask].max()) if bool(batch.mask.any()) else twin.time_scale
+        grid = torch.linspace(0.0, max(horizon, 1e-6), grid_points, dtype=batch.times.dtype)
+        s = batch.schedule
+        keys = [tuple(torch.cat([s.bolus_time[b], s.bolus_amount[b], s.bolus_target[b].to(s.bolus_time.dtype),
+                                 s.inf_start[b], s.inf_rate[b]]).tolist()) for b in range(B)]
+        groups: dict = {}
+        for b, k in enumerate(keys):
+            groups.setdefault(k, []).append(b)
+        loglik = torch.zeros(B, size, dtype=center.dtype)
+        theta = twin.theta(lib)
+        K = len(twin.config.observables)
+        for members in groups.values():
+            b0 = members[0]
+            one = Batch([None] * size, grid.expand(size, -1), torch.zeros(size, grid_points, dtype=grid.dtype),
+                        torch.zeros(size, grid_points, dtype=torch.long), torch.zeros(size, grid_points, dtype=torch.bool),
+                        torch.zeros(size, grid_points, dtype=grid.dtype), torch.ones(size, grid_points, dtype=torch.bool),
+                        batch.covariates[[b0] * size], batch.cohort[[b0] * size], s.select(torch.full((size,), b0)),
+                        batch.observable_names, batch.cohort_names)
+            curves = []
+            for k in range(K):
+                one.observable = torch.full_like(one.observable, k)
+                curves.append(twin.observables_at(theta, one)[0])  # (L, G)
+            curves = torch.stack(curves, dim=-1)  # (L, G, K)
+            for b in members:
+                m = batch.mask[b]
+                t, k = batch.times[b][m], batch.observable[b][m]
+                pos = torch.clamp(torch.searchsorted(grid, t.contiguous()), 1, grid_points - 1)
+                w = ((t - grid[pos - 1]) / (grid[pos] - grid[pos - 1]))[None, :]
+                g = curves[:, pos - 1, k] * (1 - w) + curves[:, pos, k] * w  # (L, n)
+                n = g.shape[1]
+                ll = twin.observation.log_likelihood(
+                    g, batch.values[b][m].expand(size, n), k.expand(size, n), batch.cohort[[b] * size],
+                    batch.censored[b][m].expand(size, n), batch.lloq[b][m].expand(size, n), torch.ones(size, n, dtype=torch.bool))
+                loglik[b] = ll.sum(1)
+        log_prior = (-0.5 * ((lib[None] - pm[:, None]) / ps[:, None]) ** 2 - torch.log(ps[:, None])).sum(-1)
+        logw = loglik + log_prior - log_q[None]
+        weights = torch.softmax(torch.nan_to_num(logw, nan=-1e30), dim=1)
+        mean = weights @ lib
+        sd = torch.sqrt(torch.clamp(weights @ lib**2 - mean**2, min=1e-12))
+    return Posterior(batch.subject_ids, mean, sd, lib[None].expand(B, -1, -1), weights)
+
+
+def posterior(twin, batch: Batch, method: str = "encoder", **options) -> Posterior:
+    """The posterior of the patient parameters of every subject in ``batch`` by the chosen route."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "encoder":
+        with torch.no_grad():
+            mean, sd = twin.posterior(batch)
+        return Posterior(batch.subject_ids, mean, sd)
+    if method == "map":
+        with torch.no_grad():
+            init = twin.posterior(batch)[0]
+        return fit_map(twin, batch, init=init, **options)
+    return library_posterior(twin, batch, **options)
+
+
+def predict(twin, covariates: pd.DataFrame, observations: pd.DataFrame | None = None, doses: pd.DataFrame | None = None,
+            times=None, method: str = "encoder", n_samples: int = 200, level: float = 0.90, seed: int = 0,
+            given: Posterior | None = None, **options) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Personalise and predict; returns ``(trajectories, parameters)``.
+
+    covariates: one row per new patient (``subject_id`` + the training covariates; optional ``cohort``).
+    observations, doses: the patients' data so far (canonical long tables). times: a 1-D grid (every patient,
+    every observable) or a table of rows ``subject_id, time, observable`` to predict.
+    given: a posterior from :func:`update` to use instead of personalising again.
+    trajectories: ``subject_id, time, observable, median, lower, upper`` (posterior predictive, noise included)
+    and ``model_median`` (the noise-free observable). parameters: ``subject_id, parameter, median, lower, upper``
+    (constrained scale).
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    ds, ids = _tables(twin, covariates, observations, doses)
+    batch = ds.batch()
+    if given is not None:
+        if list(given.subject_ids) != list(ids):
+            raise ValueError("the given posterior is for other subjects (or another order) than `covariates`")
+        post = given
+    else:
+        post = posterior(twin, batch, method, **options)
+    obs_names = list(twin.config.observables)
+    if times is None:
+        times = np.linspace(0.0, twin.model.default_t_end, 101)
+    if isinstance(times, pd.DataFrame):
+        rows = times[["subject_id", "time", "observable"]].copy()
+    else:
+        grid = np.asarray(times, dtype=float)
+        if grid.ndim != 1 or not np.isfinite(grid).all() or (grid < 0).any():
+            raise ValueError("times must be a 1-D grid of finite times >= 0 or a table of prediction rows")
+        rows = pd.DataFrame([(s, t, o) for s in ids for t in grid for o in obs_names], columns=["subject_id", "time", "observable"])
+    pbatch, rows = _grid_batch(batch, rows, ids, obs_names)
+    gen = torch.Generator().manual_seed(seed)
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+    with torch.no_grad():
+        z = post.sample(n_samples, gen)  # (S, B, Pp)
+        S, B, P = z.shape
+        theta = twin.theta(z.reshape(S * B, P))
+        g, status = twin.observables_at(theta, pbatch, repeats=S)
+        g = g.reshape(S, B, -1)
+        ok = (status == 0).reshape(S, B)
+        y = twin.observation.sample(g, pbatch.observable.expand(S, -1, -1), pbatch.cohort.expand(S, -1), generator=gen)
+        mu = twin.observation.calibrate(g, pbatch.observable.expand(S, -1, -1), pbatch.cohort.expand(S, -1))
+        nan = torch.tensor(float("nan"), dtype=g.dtype)
+        y = torch.where(ok[..., None], y, nan)
+        mu = torch.where(ok[..., None], mu, nan)
+        q = torch.nanquantile(y, torch.tensor([0.5, lo_q, hi_q], dtype=y.dtype), dim=0)  # (3, B, T)
+        med_model = torch.nanquantile(mu, 0.5, dim=0)
+        params = theta.reshape(S, B, -1)
+        pq = torch.quantile(params, torch.tensor([0.5, lo_q, hi_q], dtype=params.dtype), dim=0)
+    b = rows["_b"].to_numpy(int)
+    counts = np.bincount(b, minlength=B)
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    traj = rows[["subject_id", "time", "observable"]].reset_index(drop=True)
+    traj["median"], traj["lower"], traj["upper"] = (q[i][b, slot].numpy() for i in range(3))
+    traj["model_median"] = med_model[b, slot].numpy()
+    names = twin.model.parameter_names
+    par = pd.DataFrame([(ids[i], n, float(pq[0, i, j]), float(pq[1, i, j]), float(pq[2, i, j]))
+                        for i in range(B) for j, n in enumerate(names) if n in twin.patient_names],
+                       columns=["subject_id", "parameter", "median", "lower", "upper"])
+    traj.attrs["method"] = par.attrs["method"] = method
+    return traj, par
+
+
+def update(twin, posterior_state: Posterior | None, covariates: pd.DataFrame, observations: pd.DataFrame,
+           doses: pd.DataFrame | None = None, steps: int = 100, lr: float = 0.05, n_samples: int = 8,
+           seed: int = 0) -> Posterior:
+    """Refine patients' Gaussian posteriors with all their observations so far (a few Adam steps on the
+    variational mean and log-sd, starting from ``posterior_state`` or, if None, the encoder)."""
+    ds, ids = _tables(twin, covariates, observations, doses)
+    batch = ds.batch()
+    with torch.no_grad():
+        start = posterior_state if posterior_state is not None else posterior(twin, batch, "encoder")
+        mean0, sd0 = start.mean.clone(), start.sd.clone()
+    mean = mean0.requires_grad_(True)
+    log_sd = torch.log(sd0).requires_grad_(True)
+    opt = torch.optim.Adam([mean, log_sd], lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    pm, ps = (t.detach() for t in twin.prior(batch.covariates))
+    for _ in range(steps):
+        opt.zero_grad()
+        sd = log_sd.exp()
+        eps = torch.randn((n_samples, *mean.shape), generator=gen, dtype=mean.dtype)
+        z = (mean[None] + sd[None] * eps).reshape(-1, mean.shape[1])
+        g, status = twin.observables_at(twin.theta(z), batch, repeats=n_samples)
+        K = n_samples
+        ll = twin.observation.log_likelihood(g, batch.values.repeat(K, 1), batch.observable.repeat(K, 1),
+                                             batch.cohort.repeat(K), batch.censored.repeat(K, 1),
+                                             batch.lloq.repeat(K, 1), batch.mask.repeat(K, 1)).sum(1).reshape(K, -1)
+        kl = (torch.log(ps / sd) + (sd**2 + (mean - pm) ** 2) / (2 * ps**2) - 0.5).sum(1)
+        loss = -(ll.mean(0) - kl).sum()
+        loss.backward()
+        opt.step()
+    twin.zero_grad(set_to_none=True)
+    return Posterior(ids, mean.detach(), log_sd.detach().exp())
