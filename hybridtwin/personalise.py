@@ -277,8 +277,9 @@ def predict(twin, covariates: pd.DataFrame, observations: pd.DataFrame | None = 
     counts = np.bincount(b, minlength=B)
     slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
     traj = rows[["subject_id", "time", "observable"]].reset_index(drop=True)
-    traj["median"], traj["lower"], traj["upper"] = (q[i][b, slot].numpy() for i in range(3))
-    traj["model_median"] = med_model[b, slot].numpy()
+    bt, st = torch.as_tensor(np.array(b)), torch.as_tensor(np.array(slot))
+    traj["median"], traj["lower"], traj["upper"] = (q[i][bt, st].numpy() for i in range(3))
+    traj["model_median"] = med_model[bt, st].numpy()
     names = twin.model.parameter_names
     par = pd.DataFrame([(ids[i], n, float(pq[0, i, j]), float(pq[1, i, j]), float(pq[2, i, j]))
                         for i in range(B) for j, n in enumerate(names) if n in twin.patient_names],

@@ -1,0 +1,187 @@
+"""The hybrid twin: closures start as the mechanism, encoder starts at the prior, M3 likelihood, ELBO,
+and the three personalisation routes."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.stats import norm
+
+import hybridtwin as ht
+from hybridtwin.neural import MechanisticDynamics, NeuralClosure, NeuralODEDynamics
+from hybridtwin.observation import ObservationModel
+from hybridtwin.personalise import fit_map, library_posterior
+from hybridtwin.twin import HybridTwin, TwinConfig
+from hybridtwin.datasets.virtual import make_virtual_cohort
+
+torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return make_virtual_cohort("vaccine_asc", n_subjects=24, n_cohorts=2, seed=1)
+
+
+def test_hybrid_starts_exactly_as_mechanistic_model():
+    closures = [NeuralClosure("S", ["M", "Ag"], constraint="nonnegative", scale=1e3, log_inputs=["M"]),
+                NeuralClosure("L", ["M"], constraint="bounded", bounds=(-1.0, 2.0)),
+                NeuralClosure("Ab", ["S", "L"], constraint="signed", log_inputs=["S", "L"]),
+                NeuralClosure("beta_S", ["M"], mode="replace")]
+    dyn = MechanisticDynamics("vaccine_asc", closures).double()
+    m = dyn.model
+    theta = m.parameter_space.default_tensor(3)
+    sched = ht.BatchSchedule.from_doses([[ht.Dose(0, 1.0, "Ag"), ht.Dose(28, 1.0, "Ag")]] * 3, m.all_state_names)
+    times = torch.linspace(0, 120, 25)
+    a = ht.solve(m, m.initial_state(theta), times, theta, schedule=sched).ys
+    b = ht.solve(dyn, m.initial_state(theta), times, theta, schedule=sched).ys
+    assert torch.equal(a, b)
+
+
+def test_closure_constraints_and_gradients_at_start():
+    c = NeuralClosure("S", ["M"], constraint="nonnegative", scale=2.0).double()
+    x = {"M": torch.linspace(-3, 3, 50)}
+    out = c.value(x)
+    assert float(out.detach().abs().max()) == 0.0
+    out.sum().backward()
+    assert c.amplitude.grad is not None and float(c.amplitude.grad) > 0  # can switch itself on
+    with torch.no_grad():
+        c.amplitude.fill_(0.7)
+        for p in c.net.parameters():
+            p.normal_()
+    assert float(c.value(x).min()) >= 0.0
+    bounded = NeuralClosure("S", ["M"], constraint="bounded", bounds=(-0.5, 1.5)).double()
+    with torch.no_grad():
+        bounded.amplitude.fill_(1.0)
+        for p in bounded.net.parameters():
+            p.normal_(std=3.0)
+    v = bounded.value(x)
+    assert float(v.min()) >= -0.5 and float(v.max()) <= 1.5
+    with pytest.raises(ValueError, match="constraint"):
+        NeuralClosure("S", ["M"], constraint="positive")
+    with pytest.raises(ValueError, match="unknown input"):
+        MechanisticDynamics("vaccine_asc", [NeuralClosure("S", ["Q"])])
+    with pytest.raises(ValueError, match="not a parameter"):
+        MechanisticDynamics("vaccine_asc", [NeuralClosure("S", ["M"], mode="replace")])
+
+
+def test_observation_likelihood_is_m3_for_censored_rows():
+    om = ObservationModel(["a", "b"], noise={"a": "additive", "b": "combined"}, sigma={"a": 0.4}).double()
+    mu = torch.tensor([[1.0, 2.0, 3.0, 0.0]])
+    y = torch.tensor([[1.3, 0.5, 2.0, 9.0]])
+    obs = torch.tensor([[0, 0, 1, 0]])
+    cens = torch.tensor([[False, True, False, False]])
+    lloq = torch.tensor([[float("nan"), 0.5, float("nan"), float("nan")]])
+    mask = torch.tensor([[True, True, True, False]])
+    ll = om.log_likelihood(mu, y, obs, torch.zeros(1, dtype=torch.long), cens, lloq, mask)[0]
+    sd_b = math.sqrt(0.5**2 + (0.1 * 3.0) ** 2)
+    assert math.isclose(float(ll[0]), norm.logpdf(1.3, 1.0, 0.4), rel_tol=1e-9)
+    assert math.isclose(float(ll[1]), norm.logcdf(0.5, 2.0, 0.4), rel_tol=1e-9)  # P(y < LLOQ), no imputed value
+    assert math.isclose(float(ll[2]), norm.logpdf(2.0, 3.0, sd_b), rel_tol=1e-9)
+    assert float(ll[3]) == 0.0  # padding
+
+
+def test_cohort_calibration_leaves_reference_cohort_alone():
+    om = ObservationModel(["a"], n_cohorts=2, cohort_calibration=["a"]).double()
+    with torch.no_grad():
+        om.log_scale.fill_(math.log(2.0))
+        om.offset.fill_(1.0)
+    g = torch.tensor([[1.0], [1.0]])
+    mu = om.calibrate(g, torch.zeros(2, 1, dtype=torch.long), torch.tensor([0, 1]))
+    assert mu[:, 0].tolist() == [1.0, 3.0]
+
+
+def test_untrained_encoder_is_the_population_prior_and_kl_vanishes(cohort):
+    twin = HybridTwin.from_data(TwinConfig(model="vaccine_asc"), cohort)
+    batch = twin.dataset(cohort).batch()
+    with torch.no_grad():
+        qm, qs = twin.posterior(batch)
+        pm, ps = twin.prior(batch.covariates)
+        out = twin.elbo(batch, n_samples=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(qm, pm) and torch.equal(qs, ps)
+    assert abs(float(out["kl"])) < 1e-12 and out["failed"] == 0
+    table = twin.population_table()
+    assert {"omega", "value", "role"} <= set(table.columns)
+    assert set(table.loc[table.role == "patient", "parameter"]) == set(twin.patient_names)
+
+
+def test_failed_solves_are_excluded_and_counted(cohort):
+    twin = HybridTwin.from_data(TwinConfig(model="vaccine_asc", solver={"rtol": 1e-5, "atol": 1e-6, "max_steps": 3}), cohort)
+    out = twin.elbo(twin.dataset(cohort).batch(), n_samples=1)
+    assert out["failed"] == len(cohort.subject_ids) and torch.isfinite(out["loss"])
+
+
+def _one_subject(seed=3, sd=0.05):
+    """A densely sampled subject with known parameters and small noise."""
+    m = ht.models.get("vaccine_asc")
+    truth = {"beta_S": 6000.0, "delta_Ab": 0.035, "beta_L": 3.0}
+    times = np.array([3, 7, 14, 21, 28, 35, 42, 56, 70, 90, 120, 150, 180.0])
+    doses = [ht.Dose(0, 1.0, "Ag"), ht.Dose(28, 1.0, "Ag")]
+    sim = ht.simulate(m, times, params=truth, doses=doses)
+    rng = np.random.default_rng(seed)
+    obs = pd.DataFrame({"subject_id": "p", "time": times, "observable": "log10_Ab",
+                        "value": sim["log10_Ab"].to_numpy() + rng.normal(0, sd, len(times))})
+    dose_table = pd.DataFrame({"subject_id": "p", "time": [0.0, 28.0], "amount": 1.0, "target": "Ag", "duration": 0.0})
+    return truth, obs, dose_table
+
+
+def test_map_recovers_known_parameters_and_routes_agree():
+    truth, obs, doses = _one_subject()
+    data = ht.data.validate(obs, doses, pd.DataFrame({"subject_id": ["p"], "age": [40.0]}), model="vaccine_asc")
+    cfg = TwinConfig(model="vaccine_asc", noise={"log10_Ab": "additive"}, population=("alpha_S", "alpha_L", "delta_S", "delta_L"),
+                     omega_init=1.0)
+    twin = HybridTwin.from_data(cfg, data)
+    with torch.no_grad():
+        twin.observation.log_sigma_add.fill_(math.log(0.05))
+    batch = twin.dataset(data).batch()
+    post = fit_map(twin, batch, max_iter=200)
+    est = dict(zip(twin.patient_names, twin.theta(post.mean)[0, twin.patient_idx].tolist()))
+    for k in ("beta_S", "delta_Ab"):  # well identified by 13 samples over 180 days
+        assert abs(est[k] / truth[k] - 1) < 0.1, (k, est[k], truth[k])
+    # beta_L (the long-lived plateau) is weakly identified over 180 days: the optimiser must still beat the truth
+    space = twin.model.parameter_space
+    z_true = space.to_unconstrained(space.tensor_from(truth))[:, twin.patient_idx]
+    nlp = ht.personalise._neg_log_posterior
+    with torch.no_grad():
+        assert float(nlp(twin, post.mean, batch)) <= float(nlp(twin, z_true, batch)) + 1e-8
+    i_s, i_l = twin.patient_names.index("beta_S"), twin.patient_names.index("beta_L")
+    assert float(post.sd[0, i_l]) > float(post.sd[0, i_s])  # ... and the Laplace sd says so
+    assert bool((post.sd > 0).all()) and bool((post.sd < twin.log_omega.exp()).all())  # data shrink uncertainty
+    lib = library_posterior(twin, batch, size=1500, seed=0)
+    assert math.isclose(float(lib.weights.sum()), 1.0, rel_tol=1e-9)
+    prior_err = (twin.prior(batch.covariates)[0] - post.mean).abs().sum()
+    assert float((lib.mean - post.mean).abs().sum()) < float(prior_err)  # matching moves toward the MAP
+
+
+def test_update_and_predict_schema():
+    truth, obs, doses = _one_subject()
+    cov = pd.DataFrame({"subject_id": ["p"], "age": [40.0]})
+    data = ht.data.validate(obs, doses, cov, model="vaccine_asc")
+    twin = HybridTwin.from_data(TwinConfig(model="vaccine_asc"), data)
+    early = obs[obs.time <= 14]
+    traj, par = twin.predict(cov, early, doses, times=[0, 30, 90], n_samples=30)
+    assert list(traj.columns) == ["subject_id", "time", "observable", "median", "lower", "upper", "model_median"]
+    assert len(traj) == 3 and (traj["lower"] <= traj["median"]).all() and (traj["median"] <= traj["upper"]).all()
+    assert set(par["parameter"]) == set(twin.patient_names)
+    batch = twin.dataset(data).batch()
+    before = ht.personalise.posterior(twin, batch)
+    after = twin.update(cov, obs, doses, steps=30, lr=0.05)
+    with torch.no_grad():
+        lp = lambda z: -ht.personalise._neg_log_posterior(twin, z, batch).sum()
+        assert float(lp(after.mean)) > float(lp(before.mean))
+    traj2, _ = twin.predict(cov, obs, doses, times=[0, 30, 90], given=after, n_samples=10)
+    assert len(traj2) == 3
+    with pytest.raises(ValueError, match="method must be one of"):
+        twin.predict(cov, early, doses, times=[0, 30], method="magic")
+
+
+def test_black_box_twin_runs_and_has_no_mechanism(cohort):
+    cfg = TwinConfig(model="vaccine_asc", black_box={"latent_dim": 3, "hidden": (16,), "state_scale": {"Ab": 1e3}})
+    twin = HybridTwin.from_data(cfg, cohort)
+    assert twin.patient_names == ["z0", "z1", "z2"]
+    out = twin.elbo(twin.dataset(cohort).batch(), n_samples=1)
+    out["loss"].backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in twin.dynamics.net.parameters())
+    with pytest.raises(ValueError, match="exclusive"):
+        TwinConfig(model="vaccine_asc", black_box={}, closures=({"target": "S", "inputs": ["M"]},))
