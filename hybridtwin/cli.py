@@ -6,6 +6,7 @@ Examples::
     hybridtwin models baccam2006           # parameters of one model
     hybridtwin simulate baccam2006 --t-end 10 --param beta=4e-5 --dose 2:5:antiviral --out flu.csv
     hybridtwin quickstart --out quickstart_output
+    hybridtwin cohort vaccine_asc --subjects 600 --cohorts 3 --seed 0 --out cohort_vaccine
 """
 
 from __future__ import annotations
@@ -116,6 +117,26 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def cmd_cohort(args) -> int:
+    from .datasets.virtual import make_virtual_cohort, write_cohort_tables
+
+    data = make_virtual_cohort(args.model, n_subjects=args.subjects, n_cohorts=args.cohorts, seed=args.seed)
+    paths = write_cohort_tables(data, args.out)
+    print(f"virtual cohort of {args.model}: {data!r}")
+    for path in paths:
+        print(f"  wrote {path}")
+    gt = data.meta["ground_truth"]
+    summary = data.summary().drop(columns=["observables"])
+    assay = gt["assay"].groupby("cohort", sort=True).first()
+    summary["assay_scale"] = summary["cohort"].map(assay["scale"])
+    summary["assay_offset"] = summary["cohort"].map(assay["offset"])
+    summary["regimen"] = summary["cohort"].map(
+        {c: ", ".join(f"{d['target']}@{d['time']:g}" for d in reg) or "-" for c, reg in gt["regimens"].items()})
+    with pd.option_context("display.width", 200):
+        print(summary.to_string(index=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hybridtwin", description="Immune digital twins: models, simulation, training.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -135,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quickstart", help="simulate every built-in model; write figures and a CSV")
     q.add_argument("--out", default="quickstart_output")
     q.set_defaults(func=cmd_quickstart)
+    c = sub.add_parser("cohort", help="simulate a multi-cohort virtual data set with known ground truth")
+    c.add_argument("model")
+    c.add_argument("--subjects", type=int, default=100, help="number of virtual subjects (default 100)")
+    c.add_argument("--cohorts", type=int, default=3, help="number of cohorts (default 3)")
+    c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    c.add_argument("--out", required=True, help="output folder for the CSV (and Parquet) tables")
+    c.set_defaults(func=cmd_cohort)
     return p
 
 

@@ -9,5 +9,6 @@ validated :class:`hybridtwin.data.CohortData` with observations, doses and covar
 """
 
 from .loaders import load_baccam2006, load_challenger2022, load_kissler2021, load_tsang2016
+from .virtual import make_virtual_cohort
 
-__all__ = ["load_baccam2006", "load_challenger2022", "load_kissler2021", "load_tsang2016"]
+__all__ = ["load_baccam2006", "load_challenger2022", "load_kissler2021", "load_tsang2016", "make_virtual_cohort"]

@@ -1,4 +1,4 @@
-"""Configuration of a virtual cohort: :class:`VirtualCohortConfig` and its per-model defaults.
+"""Configuration of a virtual cohort: :class:`VirtualCohortConfig` (defaults: ``virtual_defaults``).
 
 Every setting of :func:`hybridtwin.datasets.make_virtual_cohort` lives in one frozen, validated dataclass.
 :meth:`VirtualCohortConfig.default` fills in good defaults for a model (vaccine regimens for
@@ -41,174 +41,8 @@ import numpy as np
 from .. import models as _models
 from ..dosing import Dose
 from ..models.base import Model
-
-#: definitions of the covariate terms effects can use (``noise_j`` terms are added per config)
-TERMS = {
-    "age_decade": "(age - 50) / 10",
-    "female": "1 if sex == 'F' else 0",
-    "log_marker": "log10(baseline_marker) - 2",
-    "age_over_60": "max(age - 60, 0) / 10",
-}
-NONLINEAR_TERMS = ("age_over_60",)
-VALUE_SCALES = ("log10", "linear")
-#: per-cohort defaults cycle through these patterns
-_SCALES = (1.0, 0.9, 1.1, 0.95, 1.05)
-_OFFSETS = (0.0, 0.3, -0.2, 0.15, -0.1)
-_DENSITY = ((8, 12), (5, 8), (3, 5))
-_MARKER_SHIFT = (0.0, 0.15, -0.15, 0.3, -0.3)
-
-
-def _treatment(model: Model) -> tuple[Dose, ...] | None:
-    """The default treatment regimen used by ``treated_cohort`` (None: the model has none)."""
-    if model.name in ("baccam2006", "baccam2006_tcl"):
-        # antiviral (neuraminidase inhibitor) twice daily for 5 days from day 1
-        return (Dose(1.0, 1.0, "antiviral", interval=0.5, additional=9),)
-    return None
-
-
-def _margin(model: Model, name: str, value: float) -> float:
-    p = model.parameter_space[name]
-    lo = math.log(value / p.lower) if p.lower and p.lower > 0 else math.inf
-    hi = math.log(p.upper / value) if p.upper is not None and math.isfinite(p.upper) else math.inf
-    return min(lo, hi)
-
-
-def _generic_parameters(model: Model) -> dict[str, Any]:
-    """Vary every positive log-scale ``patient`` parameter; put effects on those furthest from their bounds."""
-    space = model.parameter_space
-    cand = [p.name for p in space if p.role == "patient" and p.transform == "log" and p.default > 0]
-    if not cand:
-        cand = [p.name for p in space if p.role != "fixed" and p.transform == "log" and p.default > 0][:3]
-    margin = {n: _margin(model, n, space[n].default) for n in cand}
-    omega = {n: round(min(0.2, margin[n] / 5.0), 3) for n in cand}
-    ranked = sorted(cand, key=lambda n: -margin[n])
-    effects = []
-    if ranked:
-        effects += [(ranked[0], "age_decade", -0.1), (ranked[0], "female", 0.1)]
-        effects += [(ranked[min(1, len(ranked) - 1)], "log_marker", 0.2)]
-        effects += [(ranked[min(2, len(ranked) - 1)], "age_over_60", -0.15)]
-    return dict(omega=omega, effects=tuple(effects))
-
-
-def _observation_defaults(model: Model) -> dict[str, Any]:
-    if model.observable_names:
-        obs = tuple(model.observable_names)
-        scales = {o: "log10" if o.lower().startswith("log") else "linear" for o in obs}
-    else:
-        obs = tuple(model.log_scale_states or model.state_names)
-        scales = {o: "linear" for o in obs}
-    return dict(observables=obs, value_scales=scales, noise_sd={o: 0.15 for o in obs})
-
-
-def _pilot_lloq(cfg: "VirtualCohortConfig", observables) -> dict[str, float | None]:
-    """Generic LLOQ: 15 % of the way from the lowest to the highest value of the typical subject's observable
-    (log10 scale, cohort 1's regimen) over the observation window, never more than 4 decades below its peak."""
-    from ..simulation import simulate
-
-    model = cfg.resolved_model
-    times = np.linspace(cfg.t_first, cfg.horizon, 201)
-    df = simulate(model, times, params=dict(cfg.population), doses=list(cfg.regimens[0]), rtol=1e-6)
-    out: dict[str, float | None] = {}
-    for o in observables:
-        v = df[o].to_numpy(dtype=float)
-        linear = cfg.value_scales[o] == "linear"
-        f = np.log10(np.clip(v, 1e-30, None)) if linear else v
-        f = f[np.isfinite(f)]
-        if f.size == 0:
-            out[o] = None
-            continue
-        lo, hi = float(f.min()), float(f.max())
-        level = float(f"{max(lo + 0.15 * (hi - lo), hi - 4.0):.3g}")
-        out[o] = 10.0 ** level if linear else level
-    return out
-
-
-def _model_defaults(model: Model, n_cohorts: int) -> dict[str, Any]:
-    k = range(n_cohorts)
-    horizon = float(model.default_t_end)
-    d: dict[str, Any] = dict(
-        cohort_names=tuple(f"cohort_{i + 1:0{len(str(n_cohorts))}d}" for i in k),
-        cohort_fractions=None,
-        age_ranges=_age_ranges(n_cohorts),
-        female_fraction=tuple(0.5 for _ in k),
-        marker_shift=tuple(_MARKER_SHIFT[i % len(_MARKER_SHIFT)] for i in k),
-        n_noise_features=3,
-        missing_covariate_fraction=0.0,
-        regimens=tuple(tuple(model.example_doses) for _ in k),
-        horizon=horizon,
-        t_first=0.0,
-        baseline_sample=False,
-        obs_per_subject=tuple(_DENSITY[i % len(_DENSITY)] for i in k),
-        sampling_power=1.0,
-        time_resolution=float(10.0 ** math.floor(math.log10(horizon / 500.0))),
-        assay_scale=tuple(_SCALES[i % len(_SCALES)] for i in k),
-        assay_offset=tuple(_OFFSETS[i % len(_OFFSETS)] for i in k),
-        rtol=1e-7,
-        **_observation_defaults(model),
-        **_generic_parameters(model),
-    )
-    if model.name == "vaccine_asc":
-        d.update(
-            omega={"beta_S": 0.4, "beta_L": 0.4, "delta_S": 0.2, "delta_Ab": 0.25},
-            effects=(("beta_S", "age_decade", -0.15), ("beta_S", "age_over_60", -0.35), ("beta_S", "female", 0.2),
-                     ("beta_S", "log_marker", 0.3), ("beta_L", "log_marker", 0.25), ("delta_Ab", "age_decade", 0.08)),
-            # prime at day 0, boost at day 21, 28, 35, ... (one boost day per cohort)
-            regimens=tuple((Dose(0.0, 1.0, "vaccine"), Dose(21.0 + 7.0 * i, 1.0, "vaccine")) for i in k),
-            horizon=180.0, baseline_sample=True, sampling_power=1.5, time_resolution=0.1,
-            noise_sd={"log10_Ab": 0.15}, lloq={"log10_Ab": 1.5},
-        )
-    elif model.name in ("baccam2006", "baccam2006_tcl"):
-        d.update(
-            omega={"beta": 0.3, "delta": 0.2, "p": 0.3, "c": 0.2},
-            effects=(("beta", "log_marker", -0.3), ("beta", "age_over_60", 0.3), ("c", "female", 0.15),
-                     ("delta", "age_decade", -0.1)),
-            regimens=tuple(() for _ in k),
-            t_first=0.5, obs_per_subject=tuple(((6, 10), (4, 7), (3, 5))[i % 3] for i in k),
-            time_resolution=0.01, noise_sd={"log10_V": 0.25},
-            lloq={"log10_V": 0.5},  # detection limit of Baccam et al. (2006), log10 TCID50/ml
-        )
-    return d
-
-
-def _age_ranges(n: int) -> tuple[tuple[float, float], ...]:
-    if n == 1:
-        return ((18.0, 85.0),)
-    return tuple((round(18.0 + 37.0 * i / (n - 1), 1), round(48.0 + 37.0 * i / (n - 1), 1)) for i in range(n))
-
-
-def _per_cohort(value, n: int, name: str, cast=float) -> tuple:
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
-        raise ValueError(f"{name} must give one entry per cohort (n_cohorts={n}), got {value!r}")
-    if len(value) != n:
-        raise ValueError(f"{name} has {len(value)} entries but n_cohorts={n}; give one entry per cohort")
-    try:
-        return tuple(cast(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} entries must be {getattr(cast, '__name__', cast)}s, got {value!r}") from None
-
-
-def _finite(x, what: str, minimum: float | None = None, strict: bool = False) -> float:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        v = math.nan
-    ok = math.isfinite(v) and (minimum is None or (v > minimum if strict else v >= minimum))
-    if not ok or isinstance(x, bool):
-        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
-        raise ValueError(f"{what} must be a finite number{bound}, got {x!r}")
-    return v
-
-
-def _int(x, what: str, minimum: int) -> int:
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < minimum:
-        raise ValueError(f"{what} must be an integer >= {minimum}, got {x!r}")
-    return int(x)
-
-
-def _mapping(value, what: str) -> dict:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{what} must be a mapping {{name: value}}, got {value!r}")
-    return dict(value)
+from .virtual_defaults import (NONLINEAR_TERMS, TERMS, VALUE_SCALES, _finite, _int, _mapping, _per_cohort,
+                               effect_triples, model_defaults, pilot_lloq, treatment)
 
 
 @dataclass(frozen=True)
@@ -287,7 +121,9 @@ class VirtualCohortConfig:
                              f"{', '.join(valid + ['nonlinear', 'treated_cohort'])}")
         nonlinear = options.pop("nonlinear", True)
         treated = options.pop("treated_cohort", None)
-        d = _model_defaults(m, n_cohorts)
+        d = model_defaults(m, n_cohorts)
+        if "effects" in options:
+            options["effects"] = effect_triples(options["effects"])
         if "omega" in options and "effects" not in options:
             keep = set(_mapping(options["omega"], "omega"))
             d["effects"] = tuple(e for e in d["effects"] if e[0] in keep)
@@ -306,7 +142,7 @@ class VirtualCohortConfig:
         if treated is not None:
             if "regimens" in options:
                 raise ValueError("give either treated_cohort or regimens, not both")
-            t = _treatment(m)
+            t = treatment(m)
             if t is None:
                 raise ValueError(f"model {m.name!r} has no default treatment; pass regimens=(one tuple of Dose per "
                                  "cohort) instead of treated_cohort")
@@ -314,16 +150,17 @@ class VirtualCohortConfig:
             if i >= n_cohorts:
                 raise ValueError(f"treated_cohort={i} is out of range for n_cohorts={n_cohorts} (0-based)")
             d["regimens"] = tuple(tuple(r) + (t if j == i else ()) for j, r in enumerate(d["regimens"]))
-        if "population" not in options:
-            omega = _mapping(d["omega"], "omega")
-            varied = list(omega) + [e[0] for e in d["effects"] if isinstance(e, (tuple, list)) and e and e[0] not in omega]
-            d["population"] = {n: m.parameter_space[n].default for n in varied if n in m.parameter_names}
+        # typical values: the model's defaults for every varied parameter, updated by ``population``
+        omega = _mapping(d["omega"], "omega")
+        varied = list(omega) + [e[0] for e in d["effects"] if isinstance(e, tuple) and e and e[0] not in omega]
+        d["population"] = {n: m.parameter_space[n].default for n in varied if n in m.parameter_names}
+        d["population"].update(_mapping(options.get("population", {}), "population"))
         given_lloq = "lloq" in options
         d["lloq"] = d.get("lloq") or {}
         cfg = cls(model=model, n_subjects=n_subjects, n_cohorts=n_cohorts, seed=seed, **d)
         todo = [o for o in cfg.observables if cfg.lloq[o] is None]
         if todo and not given_lloq:  # generic default: from a pilot simulation of the typical subject
-            cfg = cfg.replace(lloq={**cfg.lloq, **_pilot_lloq(cfg, todo)})
+            cfg = cfg.replace(lloq={**cfg.lloq, **pilot_lloq(cfg, todo)})
         return cfg
 
     def __post_init__(self) -> None:
@@ -393,11 +230,8 @@ class VirtualCohortConfig:
         space = m.parameter_space
         pop = _mapping(self.population, "population")
         omega = _mapping(self.omega, "omega")
-        effects = self.effects
-        if isinstance(effects, Mapping):  # {parameter: {term: beta}}
-            effects = tuple((p, t, b) for p, tb in effects.items() for t, b in _mapping(tb, f"effects[{p!r}]").items())
         clean = []
-        for e in effects:
+        for e in effect_triples(self.effects):
             if not (isinstance(e, (tuple, list)) and len(e) == 3):
                 raise ValueError(f"effects entries must be (parameter, term, coefficient) triples, got {e!r}")
             clean.append((str(e[0]), str(e[1]), _finite(e[2], f"effect coefficient of {e[1]!r} on {e[0]!r}")))
