@@ -190,7 +190,7 @@ def simulate(
         from tqdm.auto import tqdm
 
         chunks = tqdm(chunks, desc=f"simulate {model.name}", unit="chunk")
-    t_tensor = torch.as_tensor(grid, dtype=dtype, device=device)
+    t_tensor = torch.tensor(np.array(grid), dtype=dtype, device=device)
     ys, statuses = [], []
     with torch.no_grad():
         for start in chunks:
