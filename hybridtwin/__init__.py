@@ -9,6 +9,7 @@
 __version__ = "0.1.0"
 
 from . import models
+from .checkpoint import load
 from .dosing import BatchSchedule, Dose
 from .models import Model, Parameter
 from .parameters import ParameterSpace
@@ -17,5 +18,5 @@ from .solve import Solution, SolverConfig, Status, solve
 
 __all__ = [
     "__version__", "models", "Model", "Parameter", "ParameterSpace", "Dose", "BatchSchedule",
-    "simulate", "solve", "SolverConfig", "Solution", "Status",
+    "simulate", "load", "solve", "SolverConfig", "Solution", "Status",
 ]
