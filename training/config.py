@@ -1,0 +1,241 @@
+"""A training run as frozen, validated dataclasses, loaded from YAML (an unknown key raises ``ValueError``).
+
+A run file has four sections; every key is optional except ``name``, ``data`` and ``twin.model``::
+
+    name: vaccine_small              # the run folder is <out>/<name>/
+    out: checkpoints                 # parent folder of runs (relative to the working directory)
+    data:                            # a virtual cohort ...
+      source: virtual
+      model: vaccine_asc
+      n_subjects: 48
+      n_cohorts: 3
+      seed: 0
+      fractions: [0.75, 0.25]        # train/validation(/test) subjects, stratified by cohort
+      split_seed: 0
+    # data: {source: csv, path: my_tables}   # ... or a folder with observations.csv [doses.csv covariates.csv],
+    #                                        # relative to the YAML file
+    twin: {model: vaccine_asc, n_samples: 2} # any TwinConfig field
+    trainer: {max_epochs: 20, batch_size: 16, lr: 0.01, patience: 5, seed: 0}
+
+Example
+-------
+>>> cfg = RunConfig.from_dict({"name": "demo", "data": {"model": "vaccine_asc", "n_subjects": 20},
+...                            "twin": {"model": "vaccine_asc"}, "trainer": {"max_epochs": 2}})
+>>> cfg.trainer.max_epochs, cfg.trainer.precision, cfg.data.fractions
+(2, '64-true', (0.8, 0.1, 0.1))
+>>> RunConfig.from_dict({"name": "demo", "data": {}, "twin": {"model": "vaccine_asc"}, "trainr": {}})
+Traceback (most recent call last):
+...
+ValueError: unknown key(s) ['trainr'] in the run config; allowed: ['data', 'name', 'out', 'trainer', 'twin']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hybridtwin.twin import TwinConfig
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+PRECISIONS = {"float64": ("64-true", "64"), "float32": ("32-true", "32", "16-mixed", "bf16-mixed")}
+
+
+def _number(x, what: str, minimum: float | None = None, strict: bool = False) -> float:
+    if isinstance(x, str):  # PyYAML reads 1e-3 (no dot) as a string
+        try:
+            x = float(x)
+        except ValueError:
+            raise ValueError(f"{what} must be a number, got {x!r}") from None
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        raise ValueError(f"{what} must be a finite number, got {x!r}")
+    if minimum is not None and (x <= minimum if strict else x < minimum):
+        raise ValueError(f"{what} must be {'>' if strict else '>='} {minimum}, got {x}")
+    return float(x)
+
+
+def _integer(x, what: str, minimum: int) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or x < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {x!r}")
+    return x
+
+
+def _checked_keys(d, cls, where: str) -> dict:
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be a mapping of keys to values, got {type(d).__name__}")
+    allowed = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {allowed}")
+    return dict(d)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the subjects come from and how they are split.
+
+    source: "virtual" (``make_virtual_cohort(model, n_subjects, n_cohorts, seed, **options)``; ``model``
+    defaults to the twin's) or "csv" (``path``: a folder with observations.csv and optionally doses.csv,
+    covariates.csv). fractions: train/validation[/test] shares (validation must be > 0), stratified by
+    cohort with ``split_seed``.
+    """
+
+    source: str = "virtual"
+    model: str | None = None
+    n_subjects: int = 100
+    n_cohorts: int = 3
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+    path: str | None = None
+    fractions: tuple = (0.8, 0.1, 0.1)
+    split_seed: int = 0
+
+    def __post_init__(self):
+        if self.source not in ("virtual", "csv"):
+            raise ValueError(f"data.source must be 'virtual' or 'csv', got {self.source!r}")
+        if self.source == "csv" and not self.path:
+            raise ValueError("data.source 'csv' needs data.path: a folder with observations.csv")
+        if self.source == "virtual" and self.path:
+            raise ValueError("data.path is only for source 'csv'; remove it or set source: csv")
+        _integer(self.n_subjects, "data.n_subjects", 2)
+        _integer(self.n_cohorts, "data.n_cohorts", 1)
+        _integer(self.seed, "data.seed", 0)
+        _integer(self.split_seed, "data.split_seed", 0)
+        if not isinstance(self.options, dict):
+            raise ValueError(f"data.options must be a mapping, got {type(self.options).__name__}")
+        fr = tuple(_number(f, "data.fractions entries", 0.0) for f in self.fractions)
+        if len(fr) not in (2, 3) or abs(sum(fr) - 1.0) > 1e-9 or fr[0] <= 0 or fr[1] <= 0:
+            raise ValueError(f"data.fractions must be (train, validation[, test]) summing to 1 with train and "
+                             f"validation > 0, got {tuple(self.fractions)}")
+        object.__setattr__(self, "fractions", fr)
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """Optimisation and Lightning settings. ``patience`` epochs without a better validation loss stop the
+    run (None: never). ``precision`` None follows the twin's dtype ("64-true" for float64). ``max_steps``
+    -1 means no step limit. ``deterministic`` makes CPU runs bit-reproducible for a given seed."""
+
+    max_epochs: int = 50
+    max_steps: int = -1
+    batch_size: int = 64
+    lr: float = 1e-2
+    gradient_clip_val: float | None = 10.0
+    patience: int | None = 10
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: object = "auto"
+    strategy: str = "auto"
+    precision: str | None = None
+    deterministic: bool = True
+    n_samples: int | None = None
+    val_n_samples: int | None = None
+    log_every_n_steps: int = 10
+    progress_bar: bool = True
+
+    def __post_init__(self):
+        _integer(self.max_epochs, "trainer.max_epochs", 1)
+        if self.max_steps != -1:
+            _integer(self.max_steps, "trainer.max_steps", 1)
+        _integer(self.batch_size, "trainer.batch_size", 1)
+        object.__setattr__(self, "lr", _number(self.lr, "trainer.lr", 0.0, strict=True))
+        if self.gradient_clip_val is not None:
+            object.__setattr__(self, "gradient_clip_val",
+                               _number(self.gradient_clip_val, "trainer.gradient_clip_val", 0.0, strict=True))
+        if self.patience is not None:
+            _integer(self.patience, "trainer.patience", 1)
+        _integer(self.seed, "trainer.seed", 0)
+        _integer(self.log_every_n_steps, "trainer.log_every_n_steps", 1)
+        for name in ("n_samples", "val_n_samples"):
+            if getattr(self, name) is not None:
+                _integer(getattr(self, name), f"trainer.{name}", 1)
+        if self.accelerator not in ACCELERATORS:
+            raise ValueError(f"trainer.accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
+        d = self.devices
+        ok = d == "auto" or (isinstance(d, int) and not isinstance(d, bool) and d >= 1) or (
+            isinstance(d, (list, tuple)) and d and all(isinstance(i, int) and i >= 0 for i in d))
+        if not ok:
+            raise ValueError(f"trainer.devices must be 'auto', a positive integer or a list of device indices, "
+                             f"got {d!r}")
+        if isinstance(d, list):
+            object.__setattr__(self, "devices", tuple(d))
+        if not isinstance(self.strategy, str) or not re.fullmatch(r"[a-z_]+", self.strategy):
+            raise ValueError(f"trainer.strategy must be a Lightning strategy name such as 'auto' or 'ddp', "
+                             f"got {self.strategy!r}")
+        for name in ("deterministic", "progress_bar"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"trainer.{name} must be true or false, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: ``name``, ``data`` (:class:`DataSpec`), ``twin`` (a TwinConfig), ``trainer``
+    (:class:`TrainerSettings`) and ``out`` (the parent folder of run folders)."""
+
+    name: str
+    data: DataSpec
+    twin: TwinConfig
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    out: str = "checkpoints"
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            raise ValueError(f"name must be a folder-safe run name (letters, digits, _ . -), got {self.name!r}")
+        for attr, cls in (("data", DataSpec), ("twin", TwinConfig), ("trainer", TrainerSettings)):
+            if not isinstance(getattr(self, attr), cls):
+                raise ValueError(f"{attr} must be a {cls.__name__}, got {type(getattr(self, attr)).__name__}")
+        allowed = PRECISIONS[self.twin.dtype]
+        if self.trainer.precision is None:
+            object.__setattr__(self, "trainer", dataclasses.replace(self.trainer, precision=allowed[0]))
+        elif str(self.trainer.precision) not in allowed:
+            raise ValueError(f"trainer.precision {self.trainer.precision!r} contradicts twin.dtype "
+                             f"{self.twin.dtype!r}; use one of {list(allowed)} or leave it unset")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) / self.name
+
+    @classmethod
+    def from_dict(cls, d: dict, base_dir=None) -> "RunConfig":
+        """Build from plain types; ``base_dir`` resolves a relative ``data.path`` (the YAML file's folder)."""
+        d = _checked_keys(d, cls, "the run config")
+        for key in ("name", "data", "twin"):
+            if key not in d:
+                raise ValueError(f"the run config needs a {key!r} entry")
+        data = _checked_keys(d["data"], DataSpec, "data")
+        if data.get("path") and base_dir is not None and not Path(data["path"]).is_absolute():
+            data["path"] = str(Path(base_dir) / data["path"])
+        if "fractions" in data:
+            data["fractions"] = tuple(data["fractions"])
+        twin = _checked_keys(d["twin"], TwinConfig, "twin")
+        if "model" not in twin:
+            raise ValueError("twin needs a 'model' entry (a built-in model name, e.g. vaccine_asc)")
+        trainer = _checked_keys(d.get("trainer"), TrainerSettings, "trainer")
+        return cls(name=d["name"], data=DataSpec(**data), twin=TwinConfig.from_dict(twin),
+                   trainer=TrainerSettings(**trainer), out=str(d.get("out", "checkpoints")))
+
+    @classmethod
+    def from_yaml(cls, path) -> "RunConfig":
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"config file {p} does not exist")
+        try:
+            d = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{p} is not valid YAML: {exc}") from None
+        return cls.from_dict(d, base_dir=p.resolve().parent)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "out": self.out, "data": dataclasses.asdict(self.data),
+                "twin": self.twin.to_dict(), "trainer": dataclasses.asdict(self.trainer)}
+
+    def with_trainer(self, **changes) -> "RunConfig":
+        """A copy with some trainer settings changed (``None`` values are ignored), e.g. from the CLI."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, trainer=dataclasses.replace(self.trainer, **changes))
