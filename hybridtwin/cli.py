@@ -7,6 +7,7 @@ Examples::
     hybridtwin simulate baccam2006 --t-end 10 --param beta=4e-5 --dose 2:5:antiviral --out flu.csv
     hybridtwin quickstart --out quickstart_output
     hybridtwin cohort vaccine_asc --subjects 600 --cohorts 3 --seed 0 --out cohort_vaccine
+    hybridtwin train training/configs/vaccine_small.yaml --out checkpoints   # add --devices 2 --strategy ddp
 """
 
 from __future__ import annotations
@@ -137,6 +138,37 @@ def cmd_cohort(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import dataclasses
+    import os
+
+    try:
+        import training  # noqa: F401  (Lightning is imported here, never by the library)
+    except ImportError:
+        root = Path(__file__).resolve().parents[1]
+        if not (root / "training" / "__init__.py").is_file():
+            raise ValueError(f"the training package is not importable and not found next to hybridtwin ({root}); "
+                             "run from a clone of the repository") from None
+        sys.path.insert(0, str(root))
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from training.config import RunConfig
+    from training.train import train
+
+    cfg = RunConfig.from_yaml(args.config)
+    if args.out:
+        cfg = dataclasses.replace(cfg, out=args.out)
+    cfg = cfg.with_trainer(devices=args.devices, strategy=args.strategy, max_epochs=args.max_epochs)
+    try:
+        _, run_dir = train(cfg, resume=args.resume)
+    except MisconfigurationException as exc:
+        raise ValueError(str(exc)) from None
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        print(f"trained twin: {run_dir / 'weights.pt'} + {run_dir / 'card.json'} "
+              f"(hybridtwin.load({str(run_dir)!r})); resume with --resume; logs in {run_dir / 'logs'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hybridtwin", description="Immune digital twins: models, simulation, training.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -163,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     c.add_argument("--out", required=True, help="output folder for the CSV (and Parquet) tables")
     c.set_defaults(func=cmd_cohort)
+    t = sub.add_parser("train", help="train a twin from a YAML run config (PyTorch Lightning)")
+    t.add_argument("config", help="YAML run config, e.g. training/configs/vaccine_small.yaml")
+    t.add_argument("--devices", type=int, default=None, help="number of devices/processes (default: the config's)")
+    t.add_argument("--strategy", default=None, help="Lightning strategy, e.g. ddp (default: the config's)")
+    t.add_argument("--max-epochs", type=int, default=None, help="override trainer.max_epochs")
+    t.add_argument("--out", default=None, help="parent folder of the run folder (default: the config's 'out')")
+    t.add_argument("--resume", action="store_true", help="continue the run from <out>/<name>/last.ckpt")
+    t.set_defaults(func=cmd_train)
     return p
 
 
