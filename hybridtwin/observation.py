@@ -83,7 +83,7 @@ class ObservationModel(nn.Module):
         """Apply per-cohort assay scale/offset to model observables ``g`` (B, T) -> mu (B, T)."""
         if not bool(self.calibrated.any()):
             return g
-        c = cohort[:, None].expand_as(observable)
+        c = cohort[..., None].expand_as(observable)
         on = self.calibrated[c, observable]
         scale = torch.where(on, self.log_scale[c, observable].exp(), torch.ones_like(g))
         offset = torch.where(on, self.offset[c, observable], torch.zeros_like(g))
@@ -110,6 +110,7 @@ class ObservationModel(nn.Module):
         mu = self.calibrate(g, observable, cohort)
         return mu + self.sd(mu, observable) * torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
 
+    @torch.no_grad()
     def describe(self) -> dict:
         """Noise parameters and cohort calibrations as plain numbers."""
         out = {}
