@@ -52,12 +52,11 @@ def load_data(spec: DataSpec, twin_model: str) -> CohortData:
     return validate(tables["observations"], tables["doses"], tables["covariates"], model=twin_model)
 
 
-def _strategy(name: str):
-    if name == "ddp":  # some twin parameters (e.g. uncalibrated cohort scales, closures' unused inputs) get no grad
-        from lightning.pytorch.strategies import DDPStrategy
-
-        return DDPStrategy(find_unused_parameters=True)
-    return name
+def _strategy(name: str) -> str:
+    # some twin parameters get no gradient (e.g. the cohort scale/offset of an observable without cohort
+    # calibration), which plain DDP rejects: let DDP look for unused parameters
+    return {"ddp": "ddp_find_unused_parameters_true",
+            "ddp_spawn": "ddp_spawn_find_unused_parameters_true"}.get(name, name)
 
 
 def _loggers(run_dir: Path) -> list:
