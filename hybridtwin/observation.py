@@ -76,8 +76,9 @@ class ObservationModel(nn.Module):
         for k in cohort_calibration:
             calib[1:, self.observables.index(k)] = True
         self.register_buffer("calibrated", calib)
-        self.log_scale = nn.Parameter(torch.zeros(n_cohorts, K))
-        self.offset = nn.Parameter(torch.zeros(n_cohorts, K))
+        learn = bool(self.cohort_calibration) and n_cohorts > 1  # otherwise they stay at scale 1, offset 0
+        self.log_scale = nn.Parameter(torch.zeros(n_cohorts, K), requires_grad=learn)
+        self.offset = nn.Parameter(torch.zeros(n_cohorts, K), requires_grad=learn)
 
     def calibrate(self, g: torch.Tensor, observable: torch.Tensor, cohort: torch.Tensor) -> torch.Tensor:
         """Apply per-cohort assay scale/offset to model observables ``g`` (B, T) -> mu (B, T)."""

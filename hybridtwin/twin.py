@@ -238,7 +238,7 @@ class HybridTwin(nn.Module):
 
         Returns ``g`` (repeats*B, T) (0 where the row is padding or the solve failed) and the solve status."""
         B = len(batch)
-        idx = torch.arange(B).repeat(repeats)
+        idx = torch.arange(B, device=batch.times.device).repeat(repeats)
         times, mask = batch.times.repeat(repeats, 1), batch.mask.repeat(repeats, 1)
         y0 = self.model.initial_state(theta)
         sol = solve(self.dynamics, y0, times.to(theta.dtype), theta, schedule=batch.schedule.select(idx), mask=mask,
@@ -255,11 +255,11 @@ class HybridTwin(nn.Module):
     def context_mask(self, batch: Batch, generator: torch.Generator | None = None, full: float | None = None) -> torch.Tensor:
         """Random prefix of each subject's observations: all with probability ``full``, else 0..n earliest."""
         full = self.config.full_context if full is None else full
-        n = batch.mask.sum(1)
+        n = batch.mask.sum(1).cpu()  # random draws on the CPU generator, then moved to the batch's device
         u = torch.rand(len(batch), generator=generator)
         k = torch.floor(torch.rand(len(batch), generator=generator) * (n + 1).to(torch.float64)).long()
-        k = torch.where(u < full, n, torch.minimum(k, n))
-        rank = torch.arange(batch.mask.shape[1])[None, :]
+        k = torch.where(u < full, n, torch.minimum(k, n)).to(batch.mask.device)
+        rank = torch.arange(batch.mask.shape[1], device=batch.mask.device)[None, :]
         return batch.mask & (rank < k[:, None])
 
     def elbo(self, batch: Batch, context: torch.Tensor | None = None, n_samples: int | None = None,
@@ -269,7 +269,7 @@ class HybridTwin(nn.Module):
         ctx = batch.mask if context is None else context & batch.mask
         mean, sd = self.posterior(batch, ctx)
         B, Pp = mean.shape
-        eps = torch.randn((K, B, Pp), generator=generator, dtype=mean.dtype)
+        eps = torch.randn((K, B, Pp), generator=generator, dtype=mean.dtype).to(mean.device)
         z = (mean[None] + sd[None] * eps).reshape(K * B, Pp)
         g, status = self.observables_at(self.theta(z), batch, repeats=K)
         rows = dict(values=batch.values.repeat(K, 1), observable=batch.observable.repeat(K, 1),
