@@ -169,6 +169,38 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _read_table(path: str | None, what: str) -> pd.DataFrame | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--{what}: no such file {p}")
+    return pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+
+
+def cmd_predict(args) -> int:
+    from .checkpoint import load
+
+    twin = load(args.checkpoint)
+    cov = _read_table(args.covariates, "covariates")
+    obs, doses = _read_table(args.observations, "observations"), _read_table(args.doses, "doses")
+    if args.times is not None:
+        times = _read_table(args.times, "times") if args.times.endswith((".csv", ".parquet")) else \
+            np.linspace(0.0, float(args.times), args.n_times)
+    else:
+        times = np.linspace(0.0, twin.model.default_t_end, args.n_times)
+    traj, par = twin.predict(cov, obs, doses, times=times, method=args.method, n_samples=args.samples,
+                             level=args.level, seed=args.seed)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    traj.to_csv(out, index=False)
+    par_path = out.with_name(out.stem + "_parameters.csv")
+    par.to_csv(par_path, index=False)
+    print(f"personalised {par['subject_id'].nunique()} patient(s) by {args.method}; wrote {out} ({len(traj)} rows) "
+          f"and {par_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hybridtwin", description="Immune digital twins: models, simulation, training.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -203,6 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="parent folder of the run folder (default: the config's 'out')")
     t.add_argument("--resume", action="store_true", help="continue the run from <out>/<name>/last.ckpt")
     t.set_defaults(func=cmd_train)
+    r = sub.add_parser("predict", help="personalise new patients with a trained twin and predict with intervals")
+    r.add_argument("checkpoint", help="a run folder with weights.pt + card.json")
+    r.add_argument("--covariates", required=True, help="CSV: subject_id + the training covariates (+ optional cohort)")
+    r.add_argument("--observations", default=None, help="CSV: subject_id, time, observable, value [, lloq, censored]")
+    r.add_argument("--doses", default=None, help="CSV: subject_id, time, amount, target [, duration]")
+    r.add_argument("--times", default=None, help="end time of a grid, or a CSV of rows subject_id, time, observable")
+    r.add_argument("--n-times", type=int, default=101, help="points of the prediction grid")
+    r.add_argument("--method", default="encoder", choices=["encoder", "map", "library"])
+    r.add_argument("--samples", type=int, default=200, help="posterior samples for the intervals")
+    r.add_argument("--level", type=float, default=0.9, help="interval level (default 0.9 = 5-95%%)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", required=True, help="output CSV of trajectories (parameters go to <out>_parameters.csv)")
+    r.set_defaults(func=cmd_predict)
     return p
 
 
