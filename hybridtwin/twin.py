@@ -63,6 +63,7 @@ class TwinConfig:
     scale). closure_penalty: weight of the closures' regulariser. solver: SolverConfig keyword dict.
     dtype: "float64" or "float32". time_scale: divides times fed to the encoder (default: model horizon).
     fixed: extra parameter names to keep fixed; population: patient parameters to treat as population-level.
+    log10_covariates: numeric covariates the preprocessing log10-transforms (e.g. a biomarker concentration).
     """
 
     model: str
@@ -82,6 +83,7 @@ class TwinConfig:
     time_scale: float | None = None
     fixed: tuple = ()
     population: tuple = ()
+    log10_covariates: tuple = ()
 
     def __post_init__(self):
         model = _models.get(self.model)
@@ -111,6 +113,7 @@ class TwinConfig:
         object.__setattr__(self, "cohort_calibration", tuple(self.cohort_calibration))
         object.__setattr__(self, "fixed", tuple(self.fixed))
         object.__setattr__(self, "population", tuple(self.population))
+        object.__setattr__(self, "log10_covariates", tuple(self.log10_covariates))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -120,7 +123,7 @@ class TwinConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TwinConfig":
         d = dict(d)
-        for k in ("closures", "observables", "cohort_calibration", "fixed", "population"):
+        for k in ("closures", "observables", "cohort_calibration", "fixed", "population", "log10_covariates"):
             if k in d and d[k] is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -180,7 +183,7 @@ class HybridTwin(nn.Module):
         """Fit the covariate preprocessing on ``data`` (training subjects!) and set observable scales."""
         if preprocessor is None:
             cov = data.covariates
-            preprocessor = CovariatePreprocessor().fit(cov) if cov.shape[1] > 1 else None
+            preprocessor = CovariatePreprocessor(log10=config.log10_covariates).fit(cov) if cov.shape[1] > 1 else None
         obs = data.observations
         mean, sd = [], []
         for k in config.observables or _models.get(config.model).observable_names:

@@ -123,3 +123,14 @@ def test_vectorised_batch_equals_item_by_item_collate():
     for name in ("bolus_time", "bolus_amount", "inf_start", "inf_end", "inf_rate", "inf_target"):
         assert torch.equal(getattr(fast.schedule, name), getattr(slow.schedule, name)), name
     assert fast.subject_ids == ["s3", "s1"]
+
+
+def test_preprocessor_log10_columns():
+    train = pd.DataFrame({"subject_id": [1, 2, 3], "marker": [10.0, 100.0, 1000.0]})
+    pre = CovariatePreprocessor(log10=["marker"]).fit(train)
+    x = pre.transform(train)[:, 0]
+    assert np.allclose(x, (np.array([1.0, 2.0, 3.0]) - 2.0) / np.std([1.0, 2.0, 3.0]))
+    loaded = CovariatePreprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
+    assert np.allclose(loaded.transform(train)[:, 0], x)
+    with pytest.raises(ValueError, match="values <= 0"):
+        pre.transform(pd.DataFrame({"subject_id": [4], "marker": [0.0]}))

@@ -33,11 +33,14 @@ class CovariatePreprocessor:
 
     numeric, categorical: column lists; by default every non-``subject_id`` column is numeric if its dtype
     is numeric or boolean, categorical otherwise.
+    log10: numeric columns to log10-transform first (positive markers spanning orders of magnitude).
     """
 
-    def __init__(self, numeric: list[str] | None = None, categorical: list[str] | None = None):
+    def __init__(self, numeric: list[str] | None = None, categorical: list[str] | None = None,
+                 log10: list[str] | tuple = ()):
         self.numeric = list(numeric) if numeric is not None else None
         self.categorical = list(categorical) if categorical is not None else None
+        self.log10 = list(log10)
 
     # -- fitting with scikit-learn ----------------------------------------------------------------------------
     def fit(self, covariates: pd.DataFrame) -> "CovariatePreprocessor":
@@ -55,11 +58,14 @@ class CovariatePreprocessor:
         unknown = [c for c in numeric + categorical if c not in covariates.columns]
         if unknown:
             raise ValueError(f"covariate column(s) {unknown} are not in the table (columns: {cols})")
+        not_numeric = [c for c in self.log10 if c not in numeric]
+        if not_numeric:
+            raise ValueError(f"log10 covariate(s) {not_numeric} must be numeric columns (numeric: {numeric})")
         all_missing = [c for c in numeric if covariates[c].isna().all()]
         if all_missing:
             raise ValueError(f"numeric covariate(s) {all_missing} have no observed value in the training subjects")
         with_missing = [c for c in numeric if covariates[c].isna().any()]
-        frame = self._typed(covariates, numeric, categorical)
+        frame = self._typed(covariates, numeric, categorical, self.log10)
         transformers = []
         if numeric:
             transformers.append(("num", Pipeline([("impute", SimpleImputer(strategy="median")),
@@ -72,7 +78,7 @@ class CovariatePreprocessor:
         ct.fit(frame)
         self.numeric_, self.categorical_, self.indicator_columns_ = numeric, categorical, with_missing
         self.column_transformer_ = ct
-        state = {"numeric": numeric, "categorical": categorical, "indicators": with_missing,
+        state = {"numeric": numeric, "categorical": categorical, "indicators": with_missing, "log10": list(self.log10),
                  "median": [], "mean": [], "scale": [], "categories": []}
         if numeric:
             pipe = ct.named_transformers_["num"]
@@ -87,14 +93,19 @@ class CovariatePreprocessor:
         return self
 
     @staticmethod
-    def _typed(covariates: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
+    def _typed(covariates: pd.DataFrame, numeric: list[str], categorical: list[str], log10=()) -> pd.DataFrame:
         frame = pd.DataFrame(index=range(len(covariates)))
         for c in numeric:
             values = pd.to_numeric(covariates[c], errors="coerce")
             bad = values.isna() & covariates[c].notna()
             if bad.any():
                 raise ValueError(f"numeric covariate {c!r} has non-numeric values {covariates[c][bad].tolist()[:5]}")
-            frame[c] = values.to_numpy(dtype=float)
+            values = values.to_numpy(dtype=float)
+            if c in log10:
+                if (values <= 0).any():
+                    raise ValueError(f"covariate {c!r} is log10-transformed but has values <= 0")
+                values = np.log10(values)
+            frame[c] = values
         for c in categorical:
             col = covariates[c]
             frame[c] = np.where(col.isna(), MISSING, col.astype(str)).astype(object)
@@ -112,7 +123,7 @@ class CovariatePreprocessor:
         missing = [c for c in st["numeric"] + st["categorical"] if c not in covariates.columns]
         if missing:
             raise ValueError(f"covariate table lacks column(s) {missing} the preprocessor was fitted with")
-        frame = self._typed(covariates, st["numeric"], st["categorical"])
+        frame = self._typed(covariates, st["numeric"], st["categorical"], st.get("log10", ()))
         if getattr(self, "column_transformer_", None) is not None:
             return np.asarray(self.column_transformer_.transform(frame), dtype=float)
         return self._transform_from_state(frame)
@@ -143,9 +154,10 @@ class CovariatePreprocessor:
     def from_dict(cls, state: dict) -> "CovariatePreprocessor":
         if state.get("kind") != "CovariatePreprocessor" or state.get("version") != 1:
             raise ValueError(f"not a CovariatePreprocessor state (kind={state.get('kind')!r}, version={state.get('version')!r})")
-        pre = cls(state["numeric"], state["categorical"])
+        pre = cls(state["numeric"], state["categorical"], state.get("log10", ()))
         pre.numeric_, pre.categorical_, pre.indicator_columns_ = state["numeric"], state["categorical"], state["indicators"]
         pre.state_ = {k: state[k] for k in ("numeric", "categorical", "indicators", "median", "mean", "scale", "categories")}
+        pre.state_["log10"] = list(state.get("log10", ()))
         pre.column_transformer_ = None
         pre.feature_names_ = (state["numeric"] + [f"{c}_missing" for c in state["indicators"]]
                               + [f"{c}={v}" for c, cats in zip(state["categorical"], state["categories"]) for v in cats])
