@@ -39,7 +39,7 @@ from hybridtwin.twin import TwinConfig
 # over a 180-day window: they trade off with beta_S/beta_L) are fixed at their published/default values, as is
 # usual in NLME practice.
 TWIN = dict(model="vaccine_asc", fixed=["delta_Ag", "K_Ag", "rho_M", "M_max", "alpha_S", "alpha_L", "delta_L"],
-            cohort_calibration=["log10_Ab"],
+            cohort_calibration=["log10_Ab"], log10_covariates=["baseline_marker"],  # a concentration: log scale
             noise={"log10_Ab": "additive"}, n_samples=2, solver={"rtol": 1e-4, "atol": 1e-4, "max_steps": 2000},
             encoder={"hidden": 64, "set_dim": 32})
 FRACTIONS = (0.7, 0.1, 0.2)
@@ -66,14 +66,15 @@ def _est_log_params(twin, post: Posterior, names) -> pd.DataFrame:
     return pd.DataFrame(np.log(theta[:, idx].detach().numpy()), columns=names)
 
 
-def main(n_subjects: int = 1200, n_cohorts: int = 3, max_epochs: int = 100, batch_size: int = 64, lr: float = 1e-2,
-         n_new: int = 1000, n_samples: int = 100, seed: int = 0, out_dir=RESULTS, patience: int = 15,
+def main(n_subjects: int = 1200, n_cohorts: int = 3, max_epochs: int = 150, batch_size: int = 64, lr: float = 1e-2,
+         n_new: int = 1000, n_samples: int = 100, seed: int = 0, out_dir=RESULTS, patience: int = 25,
          tag: str = "personalisation") -> dict:
     out_dir = __import__("pathlib").Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_spec = {"model": "vaccine_asc", "n_subjects": n_subjects, "n_cohorts": n_cohorts, "seed": seed,
                  "fractions": list(FRACTIONS), "split_seed": seed}
-    trainer = {"max_epochs": max_epochs, "batch_size": batch_size, "lr": lr, "patience": patience, "seed": seed}
+    trainer = {"max_epochs": max_epochs, "batch_size": batch_size, "lr": lr, "patience": patience, "seed": seed,
+               "val_n_samples": 8}  # a less noisy validation ELBO for early stopping
     twin, run_dir, train_s, rss, gpu = train_twin(tag, data_spec, TWIN, trainer, out_dir / "runs")
     data = make_virtual_cohort("vaccine_asc", n_subjects=n_subjects, n_cohorts=n_cohorts, seed=seed)
     test = data.subset(test_split(data, FRACTIONS, seed))
@@ -173,7 +174,7 @@ def _write(result: dict, fits: dict, truth: pd.DataFrame, names: list, out_dir, 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subjects", type=int, default=1200)
-    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--new", type=int, default=1000)
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args()

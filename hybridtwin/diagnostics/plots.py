@@ -23,8 +23,9 @@ from .. import models as _models  # noqa: E402
 def plot_simulation(model, table: pd.DataFrame, title: str | None = None, doses=None):
     """One panel per state and observable of a :func:`hybridtwin.simulate` table (several subjects overlaid).
 
-    States listed in the model's ``log_scale_states`` are drawn on a log axis; dose times, if given, are
-    marked with dotted vertical lines. Returns the matplotlib Figure.
+    States listed in the model's ``log_scale_states`` are drawn on a log axis (at most 12 decades below the peak, so
+    extinct tails do not flatten the picture; log10 observables likewise); dose times, if given, are marked with
+    dotted vertical lines. Returns the matplotlib Figure.
     """
     model = _models.get(model)
     columns = [c for c in table.columns if c not in ("time", "subject_id")]
@@ -39,8 +40,14 @@ def plot_simulation(model, table: pd.DataFrame, title: str | None = None, doses=
     for ax, col in zip(axes.flat, columns):
         for _, g in groups:
             ax.plot(g["time"], g[col], lw=1.4, alpha=0.8)
-        if col in model.log_scale_states and (table[col] > 0).any():
+        values = table[col].to_numpy(dtype=float)
+        if col in model.log_scale_states and (values > 0).any():
             ax.set_yscale("log")
+            top = float(values[values > 0].max())
+            ax.set_ylim(bottom=max(float(values[values > 0].min()), top * 1e-12), top=top * 3)  # 12 decades at most
+        elif col.startswith("log10_") and len(values):
+            top = float(max(values.max(), 0.0))
+            ax.set_ylim(bottom=max(float(values.min()), top - 12.0) - 0.5, top=top + 0.5)
         for d in doses or []:
             ax.axvline(float(d.time), color="0.5", ls=":", lw=1)
         ax.set_title(col, fontsize=10)
