@@ -7,7 +7,8 @@ A :class:`NeuralClosure` reads named inputs (states, parameters, ``"t"``) and ei
   ``parameter * exp(net(inputs))``, so the replaced term keeps its sign and scale).
 
 Every closure is initialised so that the hybrid model starts *exactly* as the mechanistic one: an added term
-is gated by an amplitude that starts at 0, a replacement starts at ``exp(0) = 1`` times the parameter.
+is gated by an amplitude that starts at 0 (clamped to its range in the forward pass, straight-through gradient), a
+replacement starts at ``exp(0) = 1`` times the parameter.
 Output constraints for added terms: ``"nonnegative"`` (``amplitude * softplus``, amplitude clamped >= 0),
 ``"bounded"`` (``amplitude * (low + (high - low) * sigmoid)``, amplitude clamped to [0, 1]) or ``"signed"``
 (linear). :meth:`NeuralClosure.penalty` (L1 on the amplitude + L2 on the weights) keeps a closure small
@@ -36,6 +37,12 @@ from .mlp import MLP
 
 CONSTRAINTS = ("nonnegative", "bounded", "signed")
 MODES = ("add", "replace")
+
+
+def _through(a: torch.Tensor, low: float, high: float | None) -> torch.Tensor:
+    """``a`` clamped to [low, high] in the forward pass, with the identity's gradient (straight-through), so an
+    amplitude pushed past its bound can come back when the data ask for the term again."""
+    return a + (torch.clamp(a, min=low, max=high) - a).detach()
 
 
 class NeuralClosure(nn.Module):
@@ -101,9 +108,9 @@ class NeuralClosure(nn.Module):
         if self.constraint == "signed":
             return self.scale * raw
         if self.constraint == "nonnegative":
-            return self.scale * torch.clamp(self.amplitude, min=0.0).to(raw.dtype) * nn.functional.softplus(raw)
+            return self.scale * _through(self.amplitude, 0.0, None).to(raw.dtype) * nn.functional.softplus(raw)
         low, high = self.bounds
-        return self.scale * torch.clamp(self.amplitude, 0.0, 1.0).to(raw.dtype) * (low + (high - low) * torch.sigmoid(raw))
+        return self.scale * _through(self.amplitude, 0.0, 1.0).to(raw.dtype) * (low + (high - low) * torch.sigmoid(raw))
 
     def penalty(self) -> torch.Tensor:
         """L1 on the amplitude (if any) + L2 on the weights: small unless the data need it."""

@@ -85,12 +85,15 @@ class MechanisticDynamics(nn.Module):
 
 
 class NeuralODEDynamics(nn.Module):
-    """Black-box baseline: ``dy/dt = scale * net(log10(|y| + 1), z)`` on the states of ``model``.
+    """Black-box baseline: a generic production-loss neural ODE on the states of ``model``,
+    ``dy_s/dt = scale_s * softplus(a_s) - softplus(b_s) * y_s`` with ``(a, b) = net(log10(|y| + 1), z)``.
 
     No mechanism: only the state names, the observables, the initial state and the dose targets are
-    borrowed from ``model``. ``z`` is a per-patient latent vector of ``latent_dim`` entries (identity
+    borrowed from ``model``; the production-loss form only keeps non-negative states non-negative (immune
+    quantities are amounts). ``z`` is a per-patient latent vector of ``latent_dim`` entries (identity
     transform, role "patient") that the twin's encoder personalises like mechanistic parameters.
-    ``state_scale`` gives each state's typical magnitude (derivatives are ``state_scale * net(...)`` per day).
+    ``state_scale`` gives each state's typical magnitude (production is ``state_scale * softplus(...)`` per
+    time unit).
     """
 
     def __init__(self, model: str | Model, latent_dim: int = 4, hidden: Sequence[int] = (64, 64),
@@ -105,7 +108,9 @@ class NeuralODEDynamics(nn.Module):
         if unknown:
             raise ValueError(f"state_scale names unknown state(s) {unknown}")
         self.register_buffer("scale", torch.tensor([float(scale.get(s, 1.0)) for s in states], dtype=torch.float64))
-        self.net = MLP(len(states) + latent_dim, len(states), hidden, activation)
+        self.net = MLP(len(states) + latent_dim, 2 * len(states), hidden, activation)
+        with torch.no_grad():  # start with little production (softplus(-5) ~ 0.007) and ~unit loss rates
+            self.net.net[-1].bias[: len(states)].fill_(-5.0)
         init_params = sorted({v for v in base.initial.values() if isinstance(v, str)})
         params = [Parameter(f"z{i}", 0.0, -10.0, 10.0, transform="identity", role="patient",
                             description="black-box latent") for i in range(latent_dim)]
@@ -118,8 +123,10 @@ class NeuralODEDynamics(nn.Module):
             y = torch.stack([s[n] for n in names], dim=-1)
             z = torch.stack([p[f"z{i}"] for i in range(latent_dim)], dim=-1)
             feats = torch.cat([torch.log10(y.abs() + 1.0), z], dim=-1)
-            out = net(feats.to(net.net[0].weight.dtype)).to(y.dtype) * sc.to(y.dtype)
-            return dict(zip(names, out.unbind(-1)))
+            out = net(feats.to(net.net[0].weight.dtype)).to(y.dtype)
+            a, b = out[..., : len(names)], out[..., len(names):]
+            dy = sc.to(y.dtype) * nn.functional.softplus(a) - nn.functional.softplus(b) * y
+            return dict(zip(names, dy.unbind(-1)))
 
         self.model = Model(f"neural_ode[{base.name}]", base.state_names, params, rhs,
                            {s: base.initial[s] for s in base.state_names}, observables=base.observables,
