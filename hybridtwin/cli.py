@@ -115,7 +115,47 @@ def cmd_quickstart(args) -> int:
     pd.concat(frames, ignore_index=True).to_csv(csv, index=False)
     print(f"\nSimulated {len(frames)} built-in models with their published defaults.")
     print(f"Figures: {out.resolve()}/<model>.png\nTable:   {csv.resolve()}")
+    if args.twin_epochs > 0:
+        _quickstart_twin(out, args.twin_subjects, args.twin_epochs)
     return 0
+
+
+def _quickstart_twin(out: Path, n_subjects: int, epochs: int) -> None:
+    """Virtual vaccine cohort -> train a twin (Lightning) -> personalise new patients from early samples -> plot."""
+    import matplotlib.pyplot as plt
+
+    from training.config import RunConfig
+    from training.train import train
+
+    from .datasets import make_virtual_cohort
+    from .diagnostics.plots import plot_prediction
+
+    print(f"\nTraining a vaccine_asc twin on a virtual cohort of {n_subjects} subjects in 3 cohorts ({epochs} epochs) ...")
+    import shutil
+
+    shutil.rmtree(out / "twin_run", ignore_errors=True)
+    cfg = RunConfig.from_dict({
+        "name": "twin_run", "out": str(out),
+        "data": {"model": "vaccine_asc", "n_subjects": n_subjects, "n_cohorts": 3, "seed": 0, "fractions": [0.85, 0.15]},
+        "twin": {"model": "vaccine_asc", "cohort_calibration": ["log10_Ab"], "log10_covariates": ["baseline_marker"],
+                 "fixed": ["delta_Ag", "K_Ag", "rho_M", "M_max", "alpha_S", "alpha_L", "delta_L"], "n_samples": 2,
+                 "solver": {"rtol": 1e-4, "atol": 1e-4, "max_steps": 2000}},
+        "trainer": {"max_epochs": epochs, "batch_size": 32, "lr": 1e-2, "patience": 10, "accelerator": "cpu"}})
+    twin, run_dir = train(cfg)
+    new = make_virtual_cohort("vaccine_asc", n_subjects=4, n_cohorts=1, seed=99)
+    obs = new.observations
+    after = obs["time"] > 0
+    early = obs[(~after) | (after.groupby(obs["subject_id"]).cumsum() <= 2)]
+    cov = new.covariates.assign(cohort=twin.cohort_names[0])
+    traj, params = twin.predict(cov, early.assign(cohort=twin.cohort_names[0]), new.doses,
+                                times=np.linspace(0, 180, 61), n_samples=100)
+    traj.to_csv(out / "twin_predictions.csv", index=False)
+    params.to_csv(out / "twin_parameters.csv", index=False)
+    fig = plot_prediction(traj, obs, context=early, title="new patients personalised from their first two samples")
+    fig.savefig(out / "twin_predictions.png", dpi=110)
+    plt.close(fig)
+    print(twin.population_table()[["parameter", "role", "value", "omega"]].to_string(index=False))
+    print(f"Twin checkpoint: {run_dir.resolve()}\nPredictions:     {(out / 'twin_predictions.png').resolve()}")
 
 
 def cmd_cohort(args) -> int:
@@ -219,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_simulate)
     q = sub.add_parser("quickstart", help="simulate every built-in model; write figures and a CSV")
     q.add_argument("--out", default="quickstart_output")
+    q.add_argument("--twin-subjects", type=int, default=240, help="virtual subjects for the twin demo")
+    q.add_argument("--twin-epochs", type=int, default=30, help="training epochs of the twin demo (0: skip it)")
     q.set_defaults(func=cmd_quickstart)
     c = sub.add_parser("cohort", help="simulate a multi-cohort virtual data set with known ground truth")
     c.add_argument("model")

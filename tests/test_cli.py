@@ -33,10 +33,14 @@ def test_simulate_reports_bad_input(tmp_path, capsys):
 def test_quickstart_writes_one_png_per_model_and_a_csv(tmp_path, capsys):
     import hybridtwin.models as hm
 
-    assert main(["quickstart", "--out", str(tmp_path)]) == 0
+    assert main(["quickstart", "--out", str(tmp_path), "--twin-subjects", "30", "--twin-epochs", "1"]) == 0
     for name in hm.available():
         png = tmp_path / f"{name}.png"
         assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
     table = pd.read_csv(tmp_path / "simulations.csv")
     assert set(hm.available()) <= set(table["model"])
     assert table["value"].notna().all()
+    # the twin demo: trained checkpoint, personalised predictions with intervals, a figure
+    pred = pd.read_csv(tmp_path / "twin_predictions.csv")
+    assert pred["subject_id"].nunique() == 4 and (pred["lower"] <= pred["upper"]).all()
+    assert (tmp_path / "twin_predictions.png").exists() and (tmp_path / "twin_run" / "weights.pt").exists()

@@ -59,3 +59,51 @@ def plot_simulation(model, table: pd.DataFrame, title: str | None = None, doses=
     fig.suptitle(title or f"{model.name}: {model.description}", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_prediction(trajectories: pd.DataFrame, observations: pd.DataFrame | None = None,
+                    context: pd.DataFrame | None = None, max_subjects: int = 6, title: str | None = None):
+    """Personalised predictions: one panel per subject (and observable) with the median, the predictive
+    interval, the observations the twin was given (``context``, filled) and later ones (open); censored values
+    are drawn as downward triangles at their limit.
+
+    >>> import pandas as pd
+    >>> traj = pd.DataFrame({"subject_id": "a", "time": [0.0, 10.0], "observable": "log10_Ab", "median": [1.0, 3.0],
+    ...                      "lower": [0.5, 2.5], "upper": [1.5, 3.5]})
+    >>> len(plot_prediction(traj).axes)
+    1
+    """
+    subjects = list(pd.unique(trajectories["subject_id"]))[:max_subjects]
+    obs_names = list(pd.unique(trajectories["observable"]))
+    n = len(subjects) * len(obs_names)
+    ncol = min(3, n)
+    nrow = math.ceil(n / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
+    panels = [(s, o) for s in subjects for o in obs_names]
+    for ax, (s, o) in zip(axes.flat, panels):
+        t = trajectories[(trajectories.subject_id == s) & (trajectories.observable == o)].sort_values("time")
+        ax.fill_between(t["time"], t["lower"], t["upper"], alpha=0.25, color="C0", label="predictive interval")
+        ax.plot(t["time"], t["median"], color="C0", lw=1.5, label="median")
+        for table, filled, label in ((context, True, "given"), (observations, False, "later")):
+            if table is None:
+                continue
+            d = table[(table.subject_id == s) & (table.observable == o)]
+            if context is not None and table is observations:
+                d = d.merge(context[["subject_id", "time", "observable"]], how="left", indicator=True)
+                d = d[d["_merge"] == "left_only"]
+            cens = d["censored"].astype(bool) if "censored" in d else pd.Series(False, index=d.index)
+            ax.scatter(d.loc[~cens, "time"], d.loc[~cens, "value"], s=18, zorder=3, label=label,
+                       facecolors="k" if filled else "none", edgecolors="k")
+            if cens.any():
+                ax.scatter(d.loc[cens, "time"], d.loc[cens, "value"], marker="v", s=22, zorder=3,
+                           facecolors="k" if filled else "none", edgecolors="k")
+        ax.set_title(f"{s}: {o}", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
