@@ -64,6 +64,8 @@ class TwinConfig:
     dtype: "float64" or "float32". time_scale: divides times fed to the encoder (default: model horizon).
     fixed: extra parameter names to keep fixed; population: patient parameters to treat as population-level.
     log10_covariates: numeric covariates the preprocessing log10-transforms (e.g. a biomarker concentration).
+    covariate_penalty: weight of an L2 (Gaussian-prior) penalty on the covariate effects ``beta``, which shrinks
+        effects the data do not support (irrelevant covariates, unidentifiable parameters).
     """
 
     model: str
@@ -84,6 +86,7 @@ class TwinConfig:
     fixed: tuple = ()
     population: tuple = ()
     log10_covariates: tuple = ()
+    covariate_penalty: float = 0.0
 
     def __post_init__(self):
         model = _models.get(self.model)
@@ -95,6 +98,8 @@ class TwinConfig:
             raise ValueError(f"n_samples must be a positive integer, got {self.n_samples!r}")
         if not 0.0 <= self.full_context <= 1.0:
             raise ValueError(f"full_context must be a probability, got {self.full_context}")
+        if not self.covariate_penalty >= 0:
+            raise ValueError(f"covariate_penalty must be >= 0, got {self.covariate_penalty}")
         if not self.omega_init > 0:
             raise ValueError(f"omega_init must be > 0, got {self.omega_init}")
         known = set(model.observable_names) | set(model.all_state_names)
@@ -288,6 +293,8 @@ class HybridTwin(nn.Module):
         n_ok = okf.sum().clamp(min=1.0)
         elbo = (torch.where(ok, elbo_i, torch.zeros_like(elbo_i))).sum() / n_ok
         penalty = self.config.closure_penalty * self.dynamics.penalty().to(elbo.dtype)
+        if self.config.covariate_penalty:
+            penalty = penalty + self.config.covariate_penalty * (self.beta**2).sum().to(elbo.dtype)
         self.last_failed = int((~ok).sum())
         n_rows = ctx.sum().clamp(min=1).to(elbo.dtype)
         return {"loss": -elbo + penalty, "elbo": elbo.detach(), "loglik": (ll.mean(0) * okf).sum().detach() / n_ok,

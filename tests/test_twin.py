@@ -185,3 +185,18 @@ def test_black_box_twin_runs_and_has_no_mechanism(cohort):
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in twin.dynamics.net.parameters())
     with pytest.raises(ValueError, match="exclusive"):
         TwinConfig(model="vaccine_asc", black_box={}, closures=({"target": "S", "inputs": ["M"]},))
+
+
+def test_covariate_penalty_adds_l2_on_effects(cohort):
+    base = HybridTwin.from_data(TwinConfig(model="vaccine_asc"), cohort)
+    pen = HybridTwin.from_data(TwinConfig(model="vaccine_asc", covariate_penalty=0.5), cohort)
+    pen.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        for t in (base, pen):
+            t.beta.fill_(0.2)
+    batch = base.dataset(cohort).batch()
+    a = base.elbo(batch, n_samples=1, generator=torch.Generator().manual_seed(1))["loss"]
+    b = pen.elbo(batch, n_samples=1, generator=torch.Generator().manual_seed(1))["loss"]
+    assert math.isclose(float(b - a), 0.5 * float((base.beta**2).sum()), rel_tol=1e-9)
+    with pytest.raises(ValueError, match="covariate_penalty"):
+        TwinConfig(model="vaccine_asc", covariate_penalty=-1.0)
