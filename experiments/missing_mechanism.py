@@ -62,12 +62,13 @@ def nomemory_model() -> ht.Model:
 VARIANTS = {
     "mechanistic": dict(model="vaccine_asc_nomemory"),
     "hybrid": dict(model="vaccine_asc_nomemory", closures=[
-        # inputs scaled to O(1) over their range in the data (M stays below ~0.6 after two doses, Ag <= ~1);
+        # inputs scaled to O(1) over their range in the data (M stays below ~0.6 after two doses, Ag <= ~1); the
+        # patient's naive generation rate is an input too, so the learned term can differ between patients;
         # output scales of the order of the term to learn (ASC generation rates of the prime response)
-        dict(target="S", inputs=["M", "Ag"], constraint="nonnegative", scale=2e3, input_scale={"M": 0.5, "Ag": 0.5},
-             hidden=[32, 32], name="memory_S"),
-        dict(target="L", inputs=["M", "Ag"], constraint="nonnegative", scale=2.0, input_scale={"M": 0.5, "Ag": 0.5},
-             hidden=[32, 32], name="memory_L")]),
+        dict(target="S", inputs=["M", "Ag", "alpha_S"], constraint="nonnegative", scale=2e3,
+             input_scale={"M": 0.5, "Ag": 0.5}, log_inputs=["alpha_S"], hidden=[32, 32], name="memory_S"),
+        dict(target="L", inputs=["M", "Ag", "alpha_L"], constraint="nonnegative", scale=2.0,
+             input_scale={"M": 0.5, "Ag": 0.5}, log_inputs=["alpha_L"], hidden=[32, 32], name="memory_L")]),
     "black_box": dict(model="vaccine_asc", black_box={"latent_dim": 4, "hidden": [64, 64],
                                                       "state_scale": {"Ag": 1.0, "M": 1.0, "S": 1e3, "L": 10.0, "Ab": 1e3}}),
 }
@@ -116,8 +117,9 @@ def plot_closure(twin, out: Path, truth_beta_S: float) -> None:
     M = torch.linspace(0.0, 1.0, 60, dtype=twin.dtype)
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for Ag, colour in ((1.0, "C0"), (0.3, "C1"), (0.05, "C2")):
-        with torch.no_grad():
-            learned = closure.value({"M": M, "Ag": torch.full_like(M, Ag)})
+        with torch.no_grad():  # at the population value of the patient input
+            typical = float(twin.theta(twin.mu[None])[0, twin.model.parameter_names.index("alpha_S")])
+            learned = closure.value({"M": M, "Ag": torch.full_like(M, Ag), "alpha_S": torch.full_like(M, typical)})
         ax.plot(M, learned, color=colour, label=f"learned, Ag = {Ag}")
         ax.plot(M, truth_beta_S * M * Ag / (K_Ag + Ag), "--", color=colour, label=f"true beta_S M stim, Ag = {Ag}")
     ax.set_xlabel("memory M")
@@ -147,11 +149,16 @@ def main(n_train: int = 360, n_test: int = 100, max_epochs: int = 80, batch_size
         twins[v] = twin
         result["variants"][v] = {"train_seconds": secs, **evaluate(twin, test, n_samples, seed)}
         print(v, result["variants"][v], flush=True)
+    previous = out_dir / f"{tag}.json"
+    if set(variants) != set(VARIANTS) and previous.exists():  # a partial re-run keeps the other variants' results
+        for v, d in json.loads(previous.read_text()).get("variants", {}).items():
+            result["variants"].setdefault(v, {**d, "from_previous_run": True})
     r = result["variants"]
     if "hybrid" in r:
         for other in ("mechanistic", "black_box"):
             if other in r:
                 result[f"hybrid_over_{other}"] = r["hybrid"]["rmse_after_boost"] / r[other]["rmse_after_boost"]
+    if "hybrid" in twins:
         plot_closure(twins["hybrid"], out_dir / f"{tag}_closure.png",
                      make_virtual_cohort("vaccine_asc", 2, 1, seed=0).meta["ground_truth"]["population"]["beta_S"])
     (out_dir / f"{tag}.json").write_text(json.dumps(result, indent=2, default=float))
@@ -170,5 +177,6 @@ if __name__ == "__main__":
     ap.add_argument("--train", type=int, default=360)
     ap.add_argument("--epochs", type=int, default=80)
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     a = ap.parse_args()
-    main(n_train=a.train, max_epochs=a.epochs, out_dir=a.out)
+    main(n_train=a.train, max_epochs=a.epochs, out_dir=a.out, variants=tuple(a.variants))
