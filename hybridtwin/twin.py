@@ -49,6 +49,15 @@ from .solve import SolverConfig, Status, solve
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
+def _plain(x):
+    """Nested tuples -> lists (as JSON gives them back), so a config read from a card compares equal."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
 @dataclass(frozen=True)
 class TwinConfig:
     """Everything needed to rebuild a twin's architecture (stored in the model card).
@@ -113,7 +122,9 @@ class TwinConfig:
         allowed_enc = {"hidden", "set_dim", "use_observations", "use_doses", "use_cohort"}
         if set(self.encoder) - allowed_enc:
             raise ValueError(f"unknown encoder option(s) {sorted(set(self.encoder) - allowed_enc)}; allowed: {sorted(allowed_enc)}")
-        object.__setattr__(self, "closures", tuple(dict(c) for c in self.closures))
+        object.__setattr__(self, "closures", tuple(_plain(dict(c)) for c in self.closures))
+        if self.black_box is not None:
+            object.__setattr__(self, "black_box", _plain(dict(self.black_box)))
         object.__setattr__(self, "observables", tuple(self.observables) or tuple(model.observable_names))
         object.__setattr__(self, "cohort_calibration", tuple(self.cohort_calibration))
         object.__setattr__(self, "fixed", tuple(self.fixed))

@@ -200,3 +200,11 @@ def test_covariate_penalty_adds_l2_on_effects(cohort):
     assert math.isclose(float(b - a), 0.5 * float((base.beta**2).sum()), rel_tol=1e-9)
     with pytest.raises(ValueError, match="covariate_penalty"):
         TwinConfig(model="vaccine_asc", covariate_penalty=-1.0)
+
+
+def test_config_round_trips_through_json():
+    import json
+
+    for cfg in (TwinConfig(model="vaccine_asc", closures=[dict(target="S", inputs=("M", "Ag"), hidden=(8, 8))]),
+                TwinConfig(model="vaccine_asc", black_box={"latent_dim": 2, "hidden": (4, 4)})):
+        assert TwinConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
