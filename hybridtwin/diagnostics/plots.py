@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .. import models as _models  # noqa: E402
@@ -97,6 +98,11 @@ def plot_prediction(trajectories: pd.DataFrame, observations: pd.DataFrame | Non
             if cens.any():
                 ax.scatter(d.loc[cens, "time"], d.loc[cens, "value"], marker="v", s=22, zorder=3,
                            facecolors="k" if filled else "none", edgecolors="k")
+        if o.startswith("log10_"):  # do not let a log floor (e.g. no antibody before the first dose) flatten the panel
+            seen = [t["upper"].max()] + ([table.loc[(table.subject_id == s) & (table.observable == o), "value"].max()
+                                         for table in (observations, context) if table is not None])
+            top = float(np.nanmax(seen))
+            ax.set_ylim(bottom=max(float(np.nanmin(t["lower"])), top - 6.0) - 0.3, top=top + 0.3)
         ax.set_title(f"{s}: {o}", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
