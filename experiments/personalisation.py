@@ -69,14 +69,15 @@ def _est_log_params(twin, post: Posterior, names) -> pd.DataFrame:
 
 def main(n_subjects: int = 1200, n_cohorts: int = 3, max_epochs: int = 150, batch_size: int = 64, lr: float = 1e-2,
          n_new: int = 1000, n_samples: int = 100, seed: int = 0, out_dir=RESULTS, patience: int = 25,
-         tag: str = "personalisation") -> dict:
+         tag: str = "personalisation", twin_overrides: dict | None = None) -> dict:
     out_dir = __import__("pathlib").Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_spec = {"model": "vaccine_asc", "n_subjects": n_subjects, "n_cohorts": n_cohorts, "seed": seed,
                  "fractions": list(FRACTIONS), "split_seed": seed}
     trainer = {"max_epochs": max_epochs, "batch_size": batch_size, "lr": lr, "patience": patience, "seed": seed,
                "val_n_samples": 8}  # a less noisy validation ELBO for early stopping
-    twin, run_dir, train_s, rss, gpu = train_twin(tag, data_spec, TWIN, trainer, out_dir / "runs")
+    twin, run_dir, train_s, rss, gpu = train_twin(tag, data_spec, {**TWIN, **(twin_overrides or {})}, trainer,
+                                                  out_dir / "runs")
     data = make_virtual_cohort("vaccine_asc", n_subjects=n_subjects, n_cohorts=n_cohorts, seed=seed)
     test = data.subset(test_split(data, FRACTIONS, seed))
     ids = test.covariates["subject_id"].tolist()

@@ -208,3 +208,22 @@ def test_config_round_trips_through_json():
     for cfg in (TwinConfig(model="vaccine_asc", closures=[dict(target="S", inputs=("M", "Ag"), hidden=(8, 8))]),
                 TwinConfig(model="vaccine_asc", black_box={"latent_dim": 2, "hidden": (4, 4)})):
         assert TwinConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_fixed_parameters_stay_fixed_and_population_ones_are_shared(cohort):
+    cfg = TwinConfig(model="vaccine_asc", fixed=("delta_Ag",), population=("delta_S",))
+    twin = HybridTwin.from_data(cfg, cohort)
+    assert "delta_S" in twin.population_names and "delta_S" not in twin.patient_names
+    batch = twin.dataset(cohort).batch()
+    opt = torch.optim.Adam(twin.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        twin.elbo(batch, n_samples=1)["loss"].backward()
+        opt.step()
+    names = twin.model.parameter_names
+    with torch.no_grad():
+        theta = twin.theta(torch.randn(5, len(twin.patient_names), dtype=twin.dtype))
+    i_fixed, i_pop = names.index("delta_Ag"), names.index("delta_S")
+    assert torch.all(theta[:, i_fixed] == twin.model.default_parameters()["delta_Ag"])  # never trained
+    assert torch.all(theta[:, i_pop] == theta[0, i_pop])  # one value for every patient ...
+    assert float(theta[0, i_pop]) != twin.model.default_parameters()["delta_S"]  # ... and it is learned
