@@ -27,7 +27,6 @@ import pandas as pd
 import torch
 
 DOSE_COLUMNS = ("subject_id", "time", "amount", "target", "duration")
-OPTIONAL_DOSE_COLUMNS = ("interval", "additional")
 
 
 @dataclass(frozen=True)
@@ -92,27 +91,6 @@ def _check_number(value, name: str, where: str, minimum: float | None = None) ->
         raise ValueError(f"{where}: {name} must be finite, got {value!r}")
     if minimum is not None and v < minimum:
         raise ValueError(f"{where}: {name} must be >= {minimum:g}, got {value!r}")
-
-
-def doses_from_frame(frame: pd.DataFrame) -> dict[object, list[Dose]]:
-    """Group a dose table (``subject_id, time, amount, target[, duration, interval, additional]``) by subject."""
-    missing = [c for c in ("subject_id", "time", "amount", "target") if c not in frame.columns]
-    if missing:
-        raise ValueError(f"dose table is missing required column(s) {missing}; expected columns {list(DOSE_COLUMNS)}")
-    out: dict[object, list[Dose]] = {}
-    for i, row in frame.reset_index(drop=True).iterrows():
-        interval = row.get("interval", None)
-        interval = None if interval is None or pd.isna(interval) else float(interval)
-        additional = row.get("additional", 0)
-        additional = 0 if additional is None or pd.isna(additional) else additional
-        duration = row.get("duration", 0.0)
-        duration = 0.0 if duration is None or pd.isna(duration) else duration
-        try:
-            dose = Dose(row["time"], row["amount"], row["target"], duration, interval, additional)
-        except ValueError as exc:
-            raise ValueError(f"dose table row {i} (subject {row['subject_id']!r}): {exc}") from None
-        out.setdefault(row["subject_id"], []).append(dose)
-    return out
 
 
 @dataclass
