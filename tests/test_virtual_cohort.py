@@ -11,6 +11,7 @@ import hybridtwin as ht
 from hybridtwin.cli import main
 from hybridtwin.data import SubjectDataset, validate
 from hybridtwin.datasets import make_virtual_cohort
+from hybridtwin.datasets.virtual import read_ground_truth, write_cohort_tables
 from hybridtwin.datasets.virtual_config import VirtualCohortConfig
 
 TABLES = ("observations", "doses", "covariates", "true_parameters", "trajectories")
@@ -177,6 +178,75 @@ def test_baccam_treated_cohort_and_linear_observables():
     np.testing.assert_allclose(obs.loc[s, "value"], traj.loc[s, "value"], rtol=1e-12)
 
 
+CHALLENGE = dict(n_subjects=12, n_cohorts=3, seed=2, cohort_names=("A", "B", "C"),
+                 cohort_parameters={"V0": (0.75, 0.25, 2.0)}, omega={"beta": 0.3, "p": 0.3, "delta": 0.2})
+
+
+@pytest.fixture(scope="module")
+def challenge():
+    """An influenza challenge: the inoculum V0 differs by cohort; c has no omega (and so no effect)."""
+    return make_virtual_cohort("baccam2006", **CHALLENGE)
+
+
+def test_cohort_parameters_reach_true_parameters_and_simulation(challenge):
+    m = ht.models.get("baccam2006")
+    tp = challenge.true_parameters.set_index("subject_id")
+    cohort = challenge.observations.groupby("subject_id")["cohort"].first()
+    assert tp["V0"].groupby(cohort).unique().map(list).to_dict() == {"A": [0.75], "B": [0.25], "C": [2.0]}
+    # parameters without omega or effect take their typical value (here the model default) exactly
+    for name in ("c", "k", "T0"):
+        assert (tp[name] == m.parameter_space[name].default).all(), name
+    assert all(tp[name].nunique() == 12 for name in ("beta", "p", "delta"))
+    gt = challenge.meta["ground_truth"]
+    assert gt["cohort_parameters"] == {"V0": {"A": 0.75, "B": 0.25, "C": 2.0}}
+    assert gt["omega"] == {"beta": 0.3, "p": 0.3, "delta": 0.2} and set(gt["population"]) == {"beta", "p", "delta"}
+    assert gt["config"]["cohort_parameters"] == {"V0": (0.75, 0.25, 2.0)}
+    traj = challenge.trajectories
+    for sid in ["S0001", "S0006", "S0012"]:  # one subject of each cohort
+        rows = traj[traj["subject_id"] == sid]
+        direct = ht.simulate("baccam2006", rows["time"].to_numpy().copy(), params=tp.loc[[sid]].reset_index())
+        np.testing.assert_allclose(direct["log10_V"].to_numpy(), rows["value"].to_numpy(), rtol=0, atol=1e-5)
+        # the cohort's inoculum is the initial viral load
+        start = ht.simulate("baccam2006", np.array([0.0]), params=tp.loc[[sid]].reset_index())
+        assert start["log10_V"].item() == pytest.approx(np.log10(tp.loc[sid, "V0"]), abs=1e-12)
+
+
+def test_varied_cohort_parameter_is_the_cohort_typical_value():
+    """A parameter with a random effect and covariate effects: log p_i = log(cohort value) + effects + eta."""
+    values = (2e-5, 4e-5, 8e-5)
+    data = make_virtual_cohort("baccam2006", n_subjects=9, n_cohorts=3, seed=1, cohort_parameters={"beta": values},
+                               treated_cohort=2)
+    gt = data.meta["ground_truth"]
+    assert "beta" not in gt["population"] and gt["omega"]["beta"] == 0.3
+    k = np.repeat([0, 1, 2], 3)
+    log_typical = np.log(np.asarray(values))[k]
+    effects = gt["effects"][gt["effects"]["parameter"] == "beta"]
+    assert len(effects) > 0
+    x = sum(e["coefficient"] * gt["features"][e["term"]].to_numpy() for _, e in effects.iterrows())
+    eta = gt["random_effects"]["beta"].to_numpy()
+    assert np.abs(eta).max() > 0
+    np.testing.assert_allclose(np.log(data.true_parameters["beta"].to_numpy()), log_typical + x + eta, rtol=0,
+                               atol=1e-12)
+
+
+def test_cohort_parameters_deterministic_and_round_trip_through_files(challenge, tmp_path):
+    again = make_virtual_cohort("baccam2006", **CHALLENGE)
+    for name in TABLES:
+        pd.testing.assert_frame_equal(getattr(challenge, name), getattr(again, name))
+    write_cohort_tables(challenge, tmp_path, parquet=False)
+    gt = read_ground_truth(tmp_path / "ground_truth.json")
+    assert gt["cohort_parameters"] == challenge.meta["ground_truth"]["cohort_parameters"]
+    pd.testing.assert_frame_equal(gt["effects"], challenge.meta["ground_truth"]["effects"])
+    back = pd.read_csv(tmp_path / "true_parameters.csv")
+    pd.testing.assert_frame_equal(back, challenge.true_parameters, check_exact=True)
+    # the written config regenerates the very same cohort
+    cfg = VirtualCohortConfig.from_dict(gt["config"])
+    assert cfg == VirtualCohortConfig.default("baccam2006", **CHALLENGE)
+    rebuilt = make_virtual_cohort(cfg)
+    for name in TABLES:
+        pd.testing.assert_frame_equal(getattr(rebuilt, name), getattr(challenge, name))
+
+
 def test_missing_covariates_and_options():
     data = make_virtual_cohort("sarscov2_cd8", n_subjects=40, n_cohorts=2, seed=0, missing_covariate_fraction=0.3,
                                nonlinear=False, cohort_fractions=(3, 1), obs_per_subject=((2, 3), (6, 6)))
@@ -212,6 +282,19 @@ def test_missing_covariates_and_options():
     (dict(horizon=-5.0), "horizon must be a finite number > 0"),
     (dict(regimens=((ht.Dose(0, 1, "drug"),),) * 3), "dose target 'drug' is not known"),
     (dict(missing_covariate_fraction=1.0), "missing_covariate_fraction must be in [0, 1)"),
+    (dict(cohort_parameters=[("beta_S", (1, 2, 3))]), "cohort_parameters must be a mapping"),
+    (dict(cohort_parameters={"beta_S": (1.0, 2.0)}), "cohort_parameters['beta_S'] has 2 entries but n_cohorts=3"),
+    (dict(cohort_parameters={"beta_S": 1.0}), "cohort_parameters['beta_S'] must give one entry per cohort"),
+    (dict(cohort_parameters={"nope": (1, 1, 1)}), "unknown parameter(s) ['nope'] in cohort_parameters"),
+    (dict(cohort_parameters={"beta_S": (1, 1e9, 1)}),
+     "cohort_parameters['beta_S'][1] = 1e+09 (cohort 'cohort_2') lies outside the parameter's bounds"),
+    (dict(cohort_parameters={"Ag0": (0, -1, 0)}), "cohort_parameters['Ag0'][1] = -1 (cohort 'cohort_2') lies outside"),
+    (dict(cohort_parameters={"beta_S": (1, float("nan"), 1)}), "cohort_parameters['beta_S'][1] must be a finite"),
+    (dict(cohort_parameters={"beta_S": (1, 0, 1)}), "cohort_parameters['beta_S'][1] must be a finite number > 0"),
+    (dict(cohort_parameters={"beta_S": (1, "x", 1)}), "cohort_parameters['beta_S'][1] must be a finite number"),
+    (dict(population={"beta_S": 10.0}, cohort_parameters={"beta_S": (1, 2, 3)}),
+     "population and cohort_parameters both give ['beta_S']"),
+    (dict(omega={"beta_S": 0.1}, population={"beta_L": 5.0}), "population gives 'beta_L', which has no omega"),
 ])
 def test_bad_options_raise(options, message):
     kwargs = dict(n_subjects=12, n_cohorts=3, seed=0)

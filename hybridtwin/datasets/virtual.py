@@ -7,7 +7,8 @@ a declared noise model, applies an LLOQ and returns a validated :class:`hybridtw
 also carries ``true_parameters``, ``trajectories`` (noise-free) and ``meta["ground_truth"]``.
 
 Cohorts differ in covariate distribution (age range, baseline marker), regimen (e.g. the boost day of
-``vaccine_asc``), sampling density and assay scale/offset. All settings and their per-model defaults are
+``vaccine_asc``), sampling density and assay scale/offset, and optionally in parameters set per cohort as
+fixed effects (``cohort_parameters``, e.g. the inoculum ``V0`` of a challenge study). All settings and their per-model defaults are
 described in :class:`~hybridtwin.datasets.virtual_config.VirtualCohortConfig`.
 
 Example
@@ -36,9 +37,9 @@ from ..data import CohortData, validate
 from ..simulation import simulate
 from .virtual_config import VirtualCohortConfig
 from .virtual_defaults import MARKER_AGE_SLOPE, MARKER_REFERENCE, MARKER_SD, one_torch_thread
-from .virtual_io import ground_truth, write_cohort_tables
+from .virtual_io import ground_truth, read_ground_truth, write_cohort_tables
 
-__all__ = ["make_virtual_cohort", "VirtualCohortConfig", "write_cohort_tables"]
+__all__ = ["make_virtual_cohort", "VirtualCohortConfig", "write_cohort_tables", "read_ground_truth"]
 
 LOG10_FLOOR = 1e-30
 
@@ -63,10 +64,11 @@ def make_virtual_cohort(model, n_subjects: int | None = None, n_cohorts: int = 3
     ``true_parameters`` (one row per subject, every model parameter: pass it to :func:`hybridtwin.simulate`
     to reproduce ``trajectories``), ``trajectories`` (noise-free values of the observables at the observation
     times, row-aligned with ``observations``) and ``meta["ground_truth"]``: ``population``, ``omega``,
-    ``effects`` (DataFrame parameter/term/coefficient), ``terms`` (definitions), ``features`` (the terms per
-    subject), ``random_effects`` (eta per subject), ``noise``, ``assay`` (scale/offset/LLOQ per cohort and
-    observable), ``regimens``, ``sampling``, ``covariate_distributions``, ``observation_noise`` (eps and the
-    noisy value before censoring, row-aligned with ``observations``), ``n_clipped``, ``config``.
+    ``cohort_parameters`` (``{parameter: {cohort: value}}``), ``effects`` (DataFrame parameter/term/coefficient),
+    ``terms`` (definitions), ``features`` (the terms per subject), ``random_effects`` (eta per subject),
+    ``noise``, ``assay`` (scale/offset/LLOQ per cohort and observable), ``regimens``, ``sampling``,
+    ``covariate_distributions``, ``observation_noise`` (eps and the noisy value before censoring, row-aligned
+    with ``observations``), ``n_clipped``, ``config``.
 
     Raises ``ValueError`` for unknown or contradictory options.
 
@@ -117,15 +119,20 @@ def _covariates(cfg: VirtualCohortConfig, cohort: np.ndarray, rng, rng_missing) 
     return pd.DataFrame(shown), features
 
 
-def _parameters(cfg: VirtualCohortConfig, features: dict, rng) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+def _parameters(cfg: VirtualCohortConfig, features: dict, cohort: np.ndarray, rng) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Per-subject values: model defaults, cohort values (fixed effects), then the varied parameters."""
     m = cfg.resolved_model
-    names = list(cfg.population)
-    n = len(next(iter(features.values())))
+    names = list(cfg.omega)  # the varied parameters
+    n = len(cohort)
     eta = rng.standard_normal((n, len(names))) * np.array([cfg.omega[p] for p in names])
     table = {p.name: np.full(n, p.default) for p in m.parameter_space}
+    for name, values in cfg.cohort_parameters.items():
+        table[name] = np.asarray(values, dtype=float)[cohort]
     clipped = 0
     for j, name in enumerate(names):
-        logp = math.log(cfg.population[name]) + eta[:, j]
+        # log of the typical value: the population's, or this subject's cohort's
+        log_typical = math.log(cfg.population[name]) if name in cfg.population else np.log(table[name])
+        logp = log_typical + eta[:, j]
         for prm, term, beta in cfg.effects:
             if prm == name:
                 logp = logp + beta * features[term]
@@ -186,7 +193,7 @@ def _generate(cfg: VirtualCohortConfig) -> CohortData:
     cohort = np.repeat(np.arange(cfg.n_cohorts), cfg.cohort_sizes)
     covariates, features = _covariates(cfg, cohort, rng_cov, rng_missing)
     covariates.insert(0, "subject_id", ids)
-    params, eta, n_clipped = _parameters(cfg, features, rng_eta)
+    params, eta, n_clipped = _parameters(cfg, features, cohort, rng_eta)
     params.insert(0, "subject_id", ids)
     doses = _doses(cfg, ids, cohort)
     samples = _sampling_indices(cfg, cohort, rng_time)

@@ -32,7 +32,7 @@ ValueError: noise_sd['log10_Ab'] must be a finite number >= 0, got -1.0
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -56,6 +56,18 @@ class VirtualCohortConfig:
     male, ``log_marker`` 0, noise features 0; other parameters keep the model's defaults), ``omega`` (sd of
     the random effect ``eta ~ N(0, omega^2)`` on the natural-log scale), ``effects`` (``(parameter, term,
     beta)`` triples, terms listed in this module's docstring); ``log p_i = log p_pop + sum beta x + eta``.
+    A parameter is *varied* when it has an ``omega`` entry or an effect; ``omega`` may name any subset of
+    the parameters (a varied parameter without one gets ``omega = 0``: effects only), and a parameter that
+    is not varied takes its typical value exactly in every subject. ``population`` may name varied
+    parameters only (:meth:`default` fills in the model's default for each one not given).
+
+    ``cohort_parameters`` (``{parameter: (value in cohort 1, value in cohort 2, ...)}``, default empty) sets
+    parameters that differ by cohort as fixed effects (e.g. the inoculum ``V0`` of a challenge study): for a
+    subject of cohort ``c`` the value replaces the model default and is the typical value ``p_pop,c``, so a
+    parameter that is also varied gets ``log p_i = log p_pop,c + sum beta x + eta`` and one that is not takes
+    ``p_pop,c`` exactly. A parameter's typical value comes from one place, so ``population`` may not name a
+    parameter of ``cohort_parameters`` (``ValueError``). Values must be finite, inside the parameter's bounds
+    and, for a varied parameter, > 0.
 
     Covariates, per cohort: ``age_ranges`` (uniform), ``female_fraction``, ``marker_shift`` (added to the mean
     of ``log10(baseline_marker) = 2 - 0.1 (age - 50)/10 + shift + N(0, 0.3^2)``); ``n_noise_features``
@@ -103,6 +115,7 @@ class VirtualCohortConfig:
     assay_scale: tuple
     assay_offset: tuple
     rtol: float = 1e-7
+    cohort_parameters: Mapping[str, tuple] = field(default_factory=dict)
 
     # -- construction ------------------------------------------------------------------------------------
     @classmethod
@@ -153,7 +166,9 @@ class VirtualCohortConfig:
         # typical values: the model's defaults for every varied parameter, updated by ``population``
         omega = _mapping(d["omega"], "omega")
         varied = list(omega) + [e[0] for e in d["effects"] if isinstance(e, tuple) and e and e[0] not in omega]
-        d["population"] = {n: m.parameter_space[n].default for n in varied if n in m.parameter_names}
+        per_cohort = _mapping(options.get("cohort_parameters", {}), "cohort_parameters")
+        d["population"] = {n: m.parameter_space[n].default for n in varied
+                           if n in m.parameter_names and n not in per_cohort}
         d["population"].update(_mapping(options.get("population", {}), "population"))
         given_lloq = "lloq" in options
         d["lloq"] = d.get("lloq") or {}
@@ -246,12 +261,18 @@ class VirtualCohortConfig:
             if t not in terms:
                 raise ValueError(f"effect on {p!r} uses unknown covariate term {t!r}; terms: {', '.join(terms)}")
         varied = set(omega) | {p for p, _, _ in clean}
-        missing = sorted(varied - set(pop))
+        per_cohort = self._check_cohort_parameters(m, varied)
+        both = sorted(set(pop) & set(per_cohort))
+        if both:
+            raise ValueError(f"population and cohort_parameters both give {both}; a parameter's typical value "
+                             "comes from one place: drop it from population (the cohort values are its typical "
+                             "value in each cohort)")
+        missing = sorted(varied - set(pop) - set(per_cohort))
         if missing:
             raise ValueError(f"population has no typical value for varied parameter(s) {missing}")
         for name in sorted(set(pop) - varied):
             raise ValueError(f"population gives {name!r}, which has no omega and no effect; add it to omega "
-                             "(0 for no random effect) or drop it")
+                             "(0 for no random effect), drop it, or give it for every cohort in cohort_parameters")
         for name, v in pop.items():
             v = _finite(v, f"population[{name!r}]", 0.0, strict=True)
             prm = space[name]
@@ -263,9 +284,30 @@ class VirtualCohortConfig:
             omega[name] = _finite(v, f"omega[{name!r}]", 0.0)
         for name in varied - set(omega):
             omega[name] = 0.0
+        order = list(pop) + [k for k in per_cohort if k in varied]  # the columns of eta
         object.__setattr__(self, "population", MappingProxyType(pop))
-        object.__setattr__(self, "omega", MappingProxyType({k: omega[k] for k in pop}))
+        object.__setattr__(self, "omega", MappingProxyType({k: omega[k] for k in order}))
         object.__setattr__(self, "effects", tuple(clean))
+        object.__setattr__(self, "cohort_parameters", MappingProxyType(per_cohort))
+
+    def _check_cohort_parameters(self, m: Model, varied: set) -> dict[str, tuple]:
+        """``{name: one value per cohort}``: known names, finite values inside the bounds (> 0 if varied)."""
+        space, K = m.parameter_space, self.n_cohorts
+        given = _mapping(self.cohort_parameters, "cohort_parameters")
+        space.check_names(list(given), f" in cohort_parameters of model {m.name!r}")
+        out = {}
+        for name, values in given.items():
+            what = f"cohort_parameters[{name!r}]"
+            values = _per_cohort(values, K, what, lambda v: v)
+            values = tuple(_finite(v, f"{what}[{k}]", 0.0 if name in varied else None, strict=True)
+                           for k, v in enumerate(values))
+            prm = space[name]
+            for k, v in enumerate(values):
+                if (prm.lower is not None and v < prm.lower) or (prm.upper is not None and v > prm.upper):
+                    raise ValueError(f"{what}[{k}] = {v:g} (cohort {self.cohort_names[k]!r}) lies outside the "
+                                     f"parameter's bounds ({prm.lower}, {prm.upper})")
+            out[str(name)] = values
+        return out
 
     def _check_design(self, m: Model, K: int) -> None:
         regs = _per_cohort(self.regimens, K, "regimens", tuple)
@@ -351,6 +393,27 @@ class VirtualCohortConfig:
                 v = [list(x) if isinstance(x, tuple) else x for x in v]
             out[f.name] = v
         return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], model=None) -> "VirtualCohortConfig":
+        """The config back from :meth:`to_dict` (also after a JSON round trip, e.g. ``ground_truth.json``'s
+        ``config``); ``model`` replaces the stored model name (needed for a model that is not built in)."""
+        d = dict(_mapping(d, "config"))
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown virtual-cohort config field(s) {unknown}")
+        if model is not None:
+            d["model"] = model
+        if "regimens" in d:
+            d["regimens"] = tuple(tuple(x if isinstance(x, Dose) else Dose(**x) for x in reg) for reg in d["regimens"])
+        for name in ("cohort_names", "cohort_fractions", "age_ranges", "female_fraction", "marker_shift",
+                     "obs_per_subject", "observables", "assay_scale", "assay_offset"):
+            if isinstance(d.get(name), list):
+                d[name] = tuple(tuple(x) if isinstance(x, list) else x for x in d[name])
+        if "cohort_parameters" in d:
+            d["cohort_parameters"] = {k: tuple(v) if isinstance(v, list) else v
+                                      for k, v in _mapping(d["cohort_parameters"], "cohort_parameters").items()}
+        return cls(**d)
 
     def replace(self, **changes) -> "VirtualCohortConfig":
         """A copy with some fields changed (validated again)."""

@@ -109,13 +109,15 @@ def _observation_defaults(model: Model) -> dict[str, Any]:
 
 def pilot_lloq(cfg: "VirtualCohortConfig", observables) -> dict[str, float | None]:
     """Generic LLOQ: 5 % of the way from the lowest to the highest value of the typical subject's observable
-    (log10 scale, cohort 1's regimen) over the observation window, never more than 4 decades below its peak."""
+    (log10 scale, cohort 1's regimen and cohort parameters) over the observation window, never more than 4
+    decades below its peak."""
     from ..simulation import simulate
 
     model = cfg.resolved_model
     times = np.linspace(cfg.t_first, cfg.horizon, 201)
+    typical = {**cfg.population, **{name: values[0] for name, values in cfg.cohort_parameters.items()}}
     with one_torch_thread():
-        df = simulate(model, times, params=dict(cfg.population), doses=list(cfg.regimens[0]), rtol=1e-6)
+        df = simulate(model, times, params=typical, doses=list(cfg.regimens[0]), rtol=1e-6)
     out: dict[str, float | None] = {}
     for o in observables:
         v = df[o].to_numpy(dtype=float)

@@ -43,8 +43,12 @@ def ground_truth(cfg, ids, cohort, features, eta, n_clipped, noise, status, fail
     return {
         "model": cfg.resolved_model.name,
         "seed": cfg.seed,
-        "parameter_model": "log p_i = log p_pop + sum_k beta_k x_ik + eta_i, eta_i ~ N(0, omega^2) (natural log)",
+        "parameter_model": "log p_i = log p_pop + sum_k beta_k x_ik + eta_i, eta_i ~ N(0, omega^2) (natural log); "
+                           "p_pop = cohort_parameters[p][cohort of i] for a parameter set per cohort; "
+                           "parameters without omega or effect: p_i = p_pop exactly",
         "population": dict(cfg.population),
+        "cohort_parameters": {p: dict(zip(names, (float(v) for v in values)))
+                              for p, values in cfg.cohort_parameters.items()},
         "omega": dict(cfg.omega),
         "effects": pd.DataFrame(list(cfg.effects), columns=["parameter", "term", "coefficient"]),
         "terms": dict(cfg.terms),
@@ -66,6 +70,11 @@ def ground_truth(cfg, ids, cohort, features, eta, n_clipped, noise, status, fail
         "failed_subjects": failed,
         "config": cfg.to_dict(),
     }
+
+
+#: entries of the ground truth that are tables (written to JSON as lists of records)
+TABLE_KEYS = ("effects", "assay", "sampling", "covariate_distributions", "features", "random_effects",
+              "observation_noise")
 
 
 # -- writing ---------------------------------------------------------------------------------------------------
@@ -123,3 +132,23 @@ def write_cohort_tables(data: CohortData, out_dir, parquet: bool | None = None,
         slim = {k: v for k, v in gt.items() if k not in skip_json_keys}
         paths[-1].write_text(json.dumps(_jsonable(slim), indent=1))
     return paths
+
+
+def read_ground_truth(path) -> dict:
+    """``ground_truth.json`` (written by :func:`write_cohort_tables`) back as a dict, its tables as DataFrames
+    (``effects``, ``assay``, ...); ``VirtualCohortConfig.from_dict(gt["config"])`` rebuilds the config.
+
+    >>> import tempfile
+    >>> from hybridtwin.datasets.virtual import make_virtual_cohort
+    >>> data = make_virtual_cohort("baccam2006", n_subjects=3, n_cohorts=3, cohort_parameters={"V0": (0.75, 0.25, 2)})
+    >>> out = tempfile.mkdtemp()
+    >>> _ = write_cohort_tables(data, out, parquet=False)
+    >>> read_ground_truth(f"{out}/ground_truth.json")["cohort_parameters"]
+    {'V0': {'cohort_1': 0.75, 'cohort_2': 0.25, 'cohort_3': 2.0}}
+    """
+    gt = json.loads(Path(path).read_text())
+    for key in TABLE_KEYS:
+        if isinstance(gt.get(key), list):
+            columns = ["parameter", "term", "coefficient"] if key == "effects" and not gt[key] else None
+            gt[key] = pd.DataFrame.from_records(gt[key], columns=columns)
+    return gt
