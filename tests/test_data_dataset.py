@@ -87,14 +87,18 @@ def test_preprocessor_fits_on_training_only_and_round_trips_without_pickle():
                           "sex": ["F", "M", None, "F"]})
     new = pd.DataFrame({"subject_id": [9, 10], "age": [np.nan, 100.0], "wt": [75.0, 50.0], "sex": ["X", "M"]})
     pre = CovariatePreprocessor().fit(train)
-    x = pre.transform(new)
-    assert pre.feature_names_ == ["age", "wt", "age_missing", "sex=F", "sex=M", "sex=missing"]
-    # imputation with the training median (40), scaling with training mean/sd, unseen category -> zeros
+    with pytest.warns(UserWarning, match=r"'sex': \['X'\]"):
+        x = pre.transform(new)
+    # reference coding against the most frequent level (F); missing is its own level
+    assert pre.feature_names_ == ["age", "wt", "age_missing", "sex[M vs F]", "sex[missing vs F]"]
+    # imputation with the training median (40), scaling with training mean/sd, unseen category -> the reference
     mean_age, sd_age = np.mean([20.0, 40.0, 40.0, 60.0]), np.std([20.0, 40.0, 40.0, 60.0])
     assert np.isclose(x[0, 0], (40.0 - mean_age) / sd_age) and x[0, 2] == 1.0 and x[1, 2] == 0.0
-    assert x[0, 3:].tolist() == [0.0, 0.0, 0.0] and x[1, 3:].tolist() == [0.0, 1.0, 0.0]
+    assert x[0, 3:].tolist() == [0.0, 0.0] and x[1, 3:].tolist() == [1.0, 0.0]
     loaded = CovariatePreprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
-    assert np.allclose(loaded.transform(new), x) and loaded.feature_names_ == pre.feature_names_
+    with pytest.warns(UserWarning, match=r"'sex': \['X'\]"):
+        assert np.array_equal(loaded.transform(new), x) and loaded.feature_names_ == pre.feature_names_
+    assert np.array_equal(loaded.transform(train), pre.transform(train)) and loaded.to_dict() == pre.to_dict()
     with pytest.raises(ValueError, match="not fitted"):
         CovariatePreprocessor().transform(new)
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['wt'\]"):
