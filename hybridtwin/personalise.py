@@ -54,6 +54,20 @@ class Posterior:
 
 
 def _tables(twin, covariates: pd.DataFrame, observations, doses) -> tuple[SubjectDataset, list]:
+    """New patients' tables encoded for ``twin``: a SubjectDataset and the subject order (that of ``covariates``).
+
+    The cohort label of a patient (it selects the cohort's calibration and the encoder's cohort input) is
+    taken, in order, from
+
+    1. the ``cohort`` column of ``observations`` (one label per subject, as in training data);
+    2. else the ``cohort`` column of ``covariates`` -- unless the twin was trained with a covariate named
+       ``cohort``: that column is then the covariate and stays one (the label must come from observations);
+    3. else (no cohort information at all) the twin's reference cohort, its first training cohort; a
+       ``UserWarning`` says for how many patients, when the twin knows more than one cohort.
+
+    A label that is not one of the twin's cohorts raises a ``ValueError`` (naming the subjects and the known
+    cohorts), and so do observations and covariates that disagree on a patient's cohort.
+    """
     if not isinstance(covariates, pd.DataFrame) or "subject_id" not in covariates.columns:
         raise ValueError("covariates must be a DataFrame with a subject_id column (one row per patient)")
     if covariates["subject_id"].duplicated().any():
@@ -73,12 +87,37 @@ def _tables(twin, covariates: pd.DataFrame, observations, doses) -> tuple[Subjec
     stray = set(dose_table["subject_id"]) - set(ids)
     if stray:
         raise ValueError(f"doses for subject(s) {sorted(stray, key=str)[:10]} without a covariate row")
-    cohorts = covariates["cohort"].astype(str).tolist() if "cohort" in covariates.columns else [None] * len(ids)
+    import warnings
+
+    pre = twin.preprocessor
+    cohort_is_covariate = pre is not None and "cohort" in [*pre.numeric_, *pre.categorical_]
     known = twin.cohort_names or [DEFAULT_COHORT]
-    cohorts = [c if c in known else known[0] for c in cohorts]
+    from_obs = {}
+    if len(obs) and "cohort" in observations.columns:  # validated: present on every row, one per subject
+        from_obs = obs.groupby("subject_id", sort=False)["cohort"].first().to_dict()
+    from_cov = {}
+    if "cohort" in covariates.columns and not cohort_is_covariate:
+        from_cov = {s: str(c) for s, c in zip(ids, covariates["cohort"]) if pd.notna(c)}
+    clash = sorted((s for s in from_obs if s in from_cov and from_cov[s] != from_obs[s]), key=str)
+    if clash:
+        raise ValueError(f"subject(s) {clash[:10]}: the cohort of the observations differs from the covariates' "
+                         "'cohort' column")
+    labels = {**from_cov, **from_obs}
+    unknown = sorted((s for s, c in labels.items() if c not in known), key=str)
+    if unknown:
+        raise ValueError(f"cohort(s) {sorted({labels[s] for s in unknown})} of subject(s) {unknown[:10]} are not cohorts "
+                         f"of this twin (known: {known}); give one of these, or no cohort to use the reference "
+                         f"cohort {known[0]!r}")
+    unlabelled = [s for s in ids if s not in labels]
+    if unlabelled and len(known) > 1:
+        where = "observations" if cohort_is_covariate else "observations or covariates"
+        warnings.warn(f"{len(unlabelled)} subject(s) have no cohort label (no 'cohort' column in the {where}); "
+                      f"they use the twin's reference cohort {known[0]!r} (cohorts: {known})", UserWarning, stacklevel=3)
+    cohorts = [labels.get(s, known[0]) for s in ids]
     if len(obs):
-        obs = obs.assign(cohort=obs["subject_id"].map(dict(zip(ids, cohorts))).fillna(known[0]))
-    data = CohortData(obs, dose_table, covariates.drop(columns=[c for c in ("cohort",) if c in covariates.columns]), {})
+        obs = obs.assign(cohort=obs["subject_id"].map(dict(zip(ids, cohorts))))
+    dropped = ["cohort"] if "cohort" in covariates.columns and not cohort_is_covariate else []
+    data = CohortData(obs, dose_table, covariates.drop(columns=dropped), {})
     ds = SubjectDataset(data, model=twin.model, preprocessor=twin.preprocessor, observables=list(twin.config.observables),
                         cohorts=known, dtype=twin.dtype, subjects=ids, subject_cohorts=cohorts)
     return ds, ids
