@@ -154,7 +154,9 @@ def _quickstart_twin(out: Path, n_subjects: int, epochs: int) -> None:
     fig = plot_prediction(traj, obs, context=early, title="new patients personalised from their first two samples")
     fig.savefig(out / "twin_predictions.png", dpi=110)
     plt.close(fig)
-    print(twin.population_table()[["parameter", "role", "value", "omega"]].to_string(index=False))
+    table = twin.population_table()
+    print(table.loc[table.kind.isin(["typical", "population", "omega", "noise"]),
+                    ["quantity", "estimate", "se", "rse_percent", "lower", "upper"]].to_string(index=False))
     print(f"Twin checkpoint: {run_dir.resolve()}\nPredictions:     {(out / 'twin_predictions.png').resolve()}")
 
 

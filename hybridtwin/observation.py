@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 NOISE_MODELS = ("additive", "proportional", "combined")
+CALIBRATIONS = ("scale_offset", "offset", "scale")
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -44,11 +45,13 @@ class ObservationModel(nn.Module):
     sigma: initial noise scale(s) ``{observable: value}`` (default 0.5 additive, 0.2 proportional).
     n_cohorts: number of cohorts; ``cohort_calibration`` lists observables whose scale/offset are learned per
         cohort (cohort 0 is the reference and stays at scale 1, offset 0, so the model remains identifiable).
+    calibration: which terms of the calibration are learned: ``"scale_offset"`` (default), ``"offset"`` (an
+        additive assay shift only, e.g. a log10 offset between laboratories) or ``"scale"``.
     """
 
     def __init__(self, observables: Sequence[str], noise: Mapping[str, str] | None = None,
                  sigma: Mapping[str, float] | None = None, n_cohorts: int = 1,
-                 cohort_calibration: Sequence[str] = (), learn_noise: bool = True):
+                 cohort_calibration: Sequence[str] = (), learn_noise: bool = True, calibration: str = "scale_offset"):
         super().__init__()
         self.observables = list(observables)
         noise = dict(noise or {})
@@ -76,9 +79,12 @@ class ObservationModel(nn.Module):
         for k in cohort_calibration:
             calib[1:, self.observables.index(k)] = True
         self.register_buffer("calibrated", calib)
+        if calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
+        self.calibration = calibration
         learn = bool(self.cohort_calibration) and n_cohorts > 1  # otherwise they stay at scale 1, offset 0
-        self.log_scale = nn.Parameter(torch.zeros(n_cohorts, K), requires_grad=learn)
-        self.offset = nn.Parameter(torch.zeros(n_cohorts, K), requires_grad=learn)
+        self.log_scale = nn.Parameter(torch.zeros(n_cohorts, K), requires_grad=learn and "scale" in calibration)
+        self.offset = nn.Parameter(torch.zeros(n_cohorts, K), requires_grad=learn and "offset" in calibration)
 
     def calibrate(self, g: torch.Tensor, observable: torch.Tensor, cohort: torch.Tensor) -> torch.Tensor:
         """Apply per-cohort assay scale/offset to model observables ``g`` (B, T) -> mu (B, T)."""
@@ -106,6 +112,10 @@ class ObservationModel(nn.Module):
         ll = torch.where(censored, ll_cens, ll_obs)
         return torch.where(mask, ll, torch.zeros_like(ll))
 
+    def forward(self, g, values, observable, cohort, censored, lloq, mask) -> torch.Tensor:
+        """Same as :meth:`log_likelihood` (so ``torch.func.functional_call`` can evaluate it)."""
+        return self.log_likelihood(g, values, observable, cohort, censored, lloq, mask)
+
     def sample(self, g, observable, cohort, generator=None) -> torch.Tensor:
         """Simulated measurements (no censoring applied)."""
         mu = self.calibrate(g, observable, cohort)
@@ -122,7 +132,9 @@ class ObservationModel(nn.Module):
             if n != "additive":
                 d["sigma_proportional"] = float(self.log_sigma_prop[i].exp())
             if k in self.cohort_calibration:
-                d["cohort_scale"] = self.log_scale[:, i].exp().tolist()
-                d["cohort_offset"] = self.offset[:, i].tolist()
+                if "scale" in self.calibration:
+                    d["cohort_scale"] = self.log_scale[:, i].exp().tolist()
+                if "offset" in self.calibration:
+                    d["cohort_offset"] = self.offset[:, i].tolist()
             out[k] = d
         return out

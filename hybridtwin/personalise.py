@@ -149,7 +149,7 @@ def _grid_batch(obs_batch: Batch, rows: pd.DataFrame, ids: list, observables: li
 
 def _neg_log_posterior(twin, z, batch) -> torch.Tensor:
     """Per-subject -log p(y | z) - log p(z | x) (B,)."""
-    g, status = twin.observables_at(twin.theta(z), batch)
+    g, status = twin.observables_at(twin.theta(z, batch.cohort), batch)
     ll = twin.observation.log_likelihood(g, batch.values, batch.observable, batch.cohort, batch.censored, batch.lloq,
                                          batch.mask).sum(1)
     pm, ps = twin.prior(batch.covariates)
@@ -206,16 +206,17 @@ def library_posterior(twin, batch: Batch, size: int = 2000, grid_points: int = 4
         horizon = float(batch.times[batch.mask].max()) if bool(batch.mask.any()) else twin.time_scale
         grid = torch.linspace(0.0, max(horizon, 1e-6), grid_points, dtype=batch.times.dtype)
         s = batch.schedule
+        # one library simulation per (regimen, cohort): cohorts may differ in typical values (cohort_effects)
         keys = [tuple(torch.cat([s.bolus_time[b], s.bolus_amount[b], s.bolus_target[b].to(s.bolus_time.dtype),
-                                 s.inf_start[b], s.inf_rate[b]]).tolist()) for b in range(B)]
+                                 s.inf_start[b], s.inf_rate[b]]).tolist()) + (int(batch.cohort[b]),) for b in range(B)]
         groups: dict = {}
         for b, k in enumerate(keys):
             groups.setdefault(k, []).append(b)
         loglik = torch.zeros(B, size, dtype=center.dtype)
-        theta = twin.theta(lib)
         K = len(twin.config.observables)
         for members in groups.values():
             b0 = members[0]
+            theta = twin.theta(lib, batch.cohort[[b0] * size])
             one = Batch([None] * size, grid.expand(size, -1), torch.zeros(size, grid_points, dtype=grid.dtype),
                         torch.zeros(size, grid_points, dtype=torch.long), torch.zeros(size, grid_points, dtype=torch.bool),
                         torch.zeros(size, grid_points, dtype=grid.dtype), torch.ones(size, grid_points, dtype=torch.bool),
@@ -299,7 +300,7 @@ def predict(twin, covariates: pd.DataFrame, observations: pd.DataFrame | None = 
     with torch.no_grad():
         z = post.sample(n_samples, gen)  # (S, B, Pp)
         S, B, P = z.shape
-        theta = twin.theta(z.reshape(S * B, P))
+        theta = twin.theta(z.reshape(S * B, P), pbatch.cohort.repeat(S))
         g, status = twin.observables_at(theta, pbatch, repeats=S)
         g = g.reshape(S, B, -1)
         ok = (status == 0).reshape(S, B)
@@ -347,7 +348,7 @@ def update(twin, posterior_state: Posterior | None, covariates: pd.DataFrame, ob
         sd = log_sd.exp()
         eps = torch.randn((n_samples, *mean.shape), generator=gen, dtype=mean.dtype)
         z = (mean[None] + sd[None] * eps).reshape(-1, mean.shape[1])
-        g, status = twin.observables_at(twin.theta(z), batch, repeats=n_samples)
+        g, status = twin.observables_at(twin.theta(z, batch.cohort.repeat(n_samples)), batch, repeats=n_samples)
         K = n_samples
         ll = twin.observation.log_likelihood(g, batch.values.repeat(K, 1), batch.observable.repeat(K, 1),
                                              batch.cohort.repeat(K), batch.censored.repeat(K, 1),

@@ -65,7 +65,8 @@ class TwinConfig:
     model: built-in model name. closures: keyword dicts of :class:`NeuralClosure`. black_box: keyword dict of
     :class:`NeuralODEDynamics` (replaces the mechanism; mutually exclusive with closures). observables: names to
     fit (default: the model's observables). noise: ``{observable: additive|proportional|combined}``.
-    cohort_calibration: observables with a per-cohort assay scale/offset. covariate_effects: learn ``beta``.
+    cohort_calibration: observables with a per-cohort assay scale/offset; calibration: which of the two are
+    learned (``"scale_offset"``, ``"offset"``, ``"scale"``). covariate_effects: learn ``beta``.
     encoder: PatientEncoder options (hidden, set_dim, use_observations, use_doses, use_cohort).
     n_samples: reparameterised samples per subject in the ELBO. full_context: probability that a training
     subject shows all its observations to the encoder. omega_init: initial between-patient SD (unconstrained
@@ -75,6 +76,13 @@ class TwinConfig:
     log10_covariates: numeric covariates the preprocessing log10-transforms (e.g. a biomarker concentration).
     covariate_penalty: weight of an L2 (Gaussian-prior) penalty on the covariate effects ``beta``, which shrinks
         effects the data do not support (irrelevant covariates, unidentifiable parameters).
+    fixed_values: ``{parameter: value}`` -- parameters fixed at a value of the user's (inside the declared bounds)
+        instead of the model default; they are fixed whatever their declared role.
+    cohort_effects: parameters whose typical value differs by cohort (a fixed effect per cohort on the
+        unconstrained scale, e.g. the inoculum ``V0`` of each challenge group); the first cohort is the reference.
+    noise_sd_init: ``{observable: initial noise SD}`` (additive SD, or the proportional coefficient for
+        ``proportional`` noise); learn_noise: whether the noise SDs are estimated (False keeps them at the
+        initial values).
     """
 
     model: str
@@ -83,6 +91,7 @@ class TwinConfig:
     observables: tuple = ()
     noise: dict = field(default_factory=dict)
     cohort_calibration: tuple = ()
+    calibration: str = "scale_offset"
     covariate_effects: bool = True
     encoder: dict = field(default_factory=dict)
     n_samples: int = 4
@@ -96,6 +105,10 @@ class TwinConfig:
     population: tuple = ()
     log10_covariates: tuple = ()
     covariate_penalty: float = 0.0
+    fixed_values: dict = field(default_factory=dict)
+    cohort_effects: tuple = ()
+    noise_sd_init: dict = field(default_factory=dict)
+    learn_noise: bool = True
 
     def __post_init__(self):
         model = _models.get(self.model)
@@ -118,6 +131,23 @@ class TwinConfig:
         unknown = [p for p in list(self.fixed) + list(self.population) if p not in model.parameter_names]
         if unknown:
             raise ValueError(f"fixed/population name unknown parameter(s) {unknown} of {self.model!r}")
+        for name, value in dict(self.fixed_values).items():
+            if name not in model.parameter_names:
+                raise ValueError(f"fixed_values names unknown parameter {name!r} of {self.model!r}")
+            p = model.parameter_space[name]
+            v = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+            if not math.isfinite(v) or (p.lower is not None and v < p.lower) or (p.upper is not None and v > p.upper):
+                raise ValueError(f"fixed_values[{name!r}] must be a number within [{p.lower}, {p.upper}], got {value!r}")
+        bad = [p for p in self.cohort_effects if p not in model.parameter_names]
+        if bad:
+            raise ValueError(f"cohort_effects name unknown parameter(s) {bad} of {self.model!r}")
+        frozen = set(self.fixed) | set(self.fixed_values) | {p.name for p in model.parameter_space if p.role == "fixed"}
+        clash = [p for p in self.cohort_effects if p in frozen]
+        if clash:
+            raise ValueError(f"cohort_effects {clash} are fixed parameters; a fixed parameter has no per-cohort estimate")
+        for name, value in dict(self.noise_sd_init).items():
+            if name not in known or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"noise_sd_init[{name!r}] must name a fitted observable and be a positive number, got {value!r}")
         SolverConfig(**self.solver)  # validates
         allowed_enc = {"hidden", "set_dim", "use_observations", "use_doses", "use_cohort"}
         if set(self.encoder) - allowed_enc:
@@ -130,6 +160,9 @@ class TwinConfig:
         object.__setattr__(self, "fixed", tuple(self.fixed))
         object.__setattr__(self, "population", tuple(self.population))
         object.__setattr__(self, "log10_covariates", tuple(self.log10_covariates))
+        object.__setattr__(self, "cohort_effects", tuple(self.cohort_effects))
+        object.__setattr__(self, "fixed_values", {k: float(v) for k, v in dict(self.fixed_values).items()})
+        object.__setattr__(self, "noise_sd_init", {k: float(v) for k, v in dict(self.noise_sd_init).items()})
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -139,7 +172,8 @@ class TwinConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TwinConfig":
         d = dict(d)
-        for k in ("closures", "observables", "cohort_calibration", "fixed", "population", "log10_covariates"):
+        for k in ("closures", "observables", "cohort_calibration", "fixed", "population", "log10_covariates",
+                  "cohort_effects"):
             if k in d and d[k] is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -160,7 +194,7 @@ class HybridTwin(nn.Module):
         self.model = model
         space = model.parameter_space
         roles = {p.name: p.role for p in space}
-        for n in config.fixed:
+        for n in list(config.fixed) + list(config.fixed_values):
             roles[n] = "fixed"
         for n in config.population:
             if roles[n] == "patient":
@@ -171,7 +205,10 @@ class HybridTwin(nn.Module):
         self.population_names = [n for n in names if roles[n] == "population"]
         self.register_buffer("patient_idx", torch.tensor([names.index(n) for n in self.patient_names], dtype=torch.long))
         self.register_buffer("population_idx", torch.tensor([names.index(n) for n in self.population_names], dtype=torch.long))
-        z0 = space.to_unconstrained(space.default_tensor(1))[0]
+        defaults = space.default_tensor(1)
+        for n, v in config.fixed_values.items():
+            defaults[0, space.index(n)] = v
+        z0 = space.to_unconstrained(defaults)[0]
         self.register_buffer("z_default", z0.clone())
         self.mu = nn.Parameter(z0[self.patient_idx].clone())
         self.mu_population = nn.Parameter(z0[self.population_idx].clone())
@@ -183,8 +220,20 @@ class HybridTwin(nn.Module):
         enc_opts = dict(config.encoder)
         self.encoder = PatientEncoder(C, Pp, len(config.observables), max(1, len(self.cohort_names)),
                                       len(model.all_state_names), **enc_opts)
-        self.observation = ObservationModel(config.observables, config.noise, n_cohorts=max(1, len(self.cohort_names)),
-                                            cohort_calibration=config.cohort_calibration)
+        n_coh = max(1, len(self.cohort_names))
+        self.observation = ObservationModel(config.observables, config.noise, sigma=config.noise_sd_init or None,
+                                            n_cohorts=n_coh, cohort_calibration=config.cohort_calibration,
+                                            learn_noise=config.learn_noise, calibration=config.calibration)
+        shift_mask = torch.zeros(n_coh, len(names), dtype=torch.bool)
+        for n in config.cohort_effects:
+            shift_mask[1:, names.index(n)] = True
+        self.register_buffer("cohort_effect_mask", shift_mask)
+        # per-cohort shift of the unconstrained typical value (cohort 0 is the reference and stays at 0)
+        self.cohort_shift = nn.Parameter(torch.zeros(n_coh, len(names)), requires_grad=bool(config.cohort_effects))
+        #: population-estimate uncertainty ({"names", "estimate", "cov", "method"}) and fit diagnostics, set by the
+        #: estimation routines (:mod:`hybridtwin.estimation`) and stored in the card
+        self.uncertainty: dict | None = None
+        self.diagnostics: list = []
         self.register_buffer("obs_mean", torch.tensor(obs_mean, dtype=torch.float64))
         self.register_buffer("obs_sd", torch.tensor(obs_sd, dtype=torch.float64))
         self.time_scale = float(config.time_scale or model.default_t_end)
@@ -242,14 +291,23 @@ class HybridTwin(nn.Module):
                                dtarget, dmask, batch.cohort)
         return mean0 + dm, sd0 * torch.exp(torch.clamp(dls, -10.0, 5.0))
 
-    def theta(self, z_patient: torch.Tensor) -> torch.Tensor:
-        """(N, Pp) unconstrained patient parameters -> (N, P) constrained parameters of the dynamics."""
+    def theta(self, z_patient: torch.Tensor, cohort: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, Pp) unconstrained patient parameters -> (N, P) constrained parameters of the dynamics.
+
+        cohort: (N,) cohort indices; with ``cohort_effects`` each row gets its cohort's shift (None: the
+        reference cohort)."""
+        return self.model.parameter_space.constrain(self.z_full(z_patient, cohort))
+
+    def z_full(self, z_patient: torch.Tensor, cohort: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, Pp) unconstrained patient parameters -> (N, P) unconstrained values of every model parameter."""
         N = z_patient.shape[0]
         z = self.z_default.to(z_patient.dtype).expand(N, -1).clone()
         z = z.index_copy(1, self.patient_idx, z_patient)
         if len(self.population_idx):
             z = z.index_copy(1, self.population_idx, self.mu_population.to(z.dtype).expand(N, -1))
-        return self.model.parameter_space.constrain(z)
+        if cohort is not None and self.config.cohort_effects:
+            z = z + torch.where(self.cohort_effect_mask[cohort], self.cohort_shift[cohort].to(z.dtype), 0.0)
+        return z
 
     # -- simulation and likelihood ------------------------------------------------------------------------------------
     def observables_at(self, theta: torch.Tensor, batch: Batch, repeats: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,7 +348,7 @@ class HybridTwin(nn.Module):
         B, Pp = mean.shape
         eps = torch.randn((K, B, Pp), generator=generator, dtype=mean.dtype).to(mean.device)
         z = (mean[None] + sd[None] * eps).reshape(K * B, Pp)
-        g, status = self.observables_at(self.theta(z), batch, repeats=K)
+        g, status = self.observables_at(self.theta(z, batch.cohort.repeat(K)), batch, repeats=K)
         rows = dict(values=batch.values.repeat(K, 1), observable=batch.observable.repeat(K, 1),
                     cohort=batch.cohort.repeat(K), censored=batch.censored.repeat(K, 1), lloq=batch.lloq.repeat(K, 1),
                     mask=ctx.repeat(K, 1))
@@ -326,22 +384,13 @@ class HybridTwin(nn.Module):
         return update(self, posterior, covariates, observations, doses, **options)
 
     # -- reporting ------------------------------------------------------------------------------------------------------
-    def population_table(self) -> pd.DataFrame:
-        """Population values (constrained), between-patient SD (unconstrained scale) and covariate effects."""
-        space = self.model.parameter_space
-        with torch.no_grad():
-            z = self.theta(self.mu[None].to(self.dtype))[0]
-        rows = []
-        for i, n in enumerate(space.names):
-            role = self.roles[n]
-            row = dict(parameter=n, role=role, transform=space[n].transform, value=float(z[i]))
-            if role == "patient":
-                j = self.patient_names.index(n)
-                row["omega"] = float(self.log_omega[j].detach().exp())
-                for c, name in enumerate(self.covariate_names):
-                    row[f"beta[{name}]"] = float(self.beta[j, c].detach())
-            rows.append(row)
-        return pd.DataFrame(rows)
+    def population_table(self, level: float = 0.90) -> pd.DataFrame:
+        """One row per population quantity (typical values, omegas, covariate effects, cohort values, noise, assay
+        calibration) with estimate, SE, RSE % and a ``level`` confidence interval once the twin has been
+        estimated with standard errors; see :func:`hybridtwin.estimation.report.population_table`."""
+        from .estimation.report import population_table
+
+        return population_table(self, level)
 
     def card(self) -> dict:
         """The architecture and data encoding as plain JSON types (for checkpoints)."""
@@ -350,10 +399,14 @@ class HybridTwin(nn.Module):
                 "preprocessor": self.preprocessor.to_dict() if self.preprocessor is not None else None,
                 "dynamics": self.dynamics.config(), "patient_parameters": self.patient_names,
                 "population_parameters": self.population_names, "observables": list(self.config.observables),
-                "observation_model": self.observation.describe()}
+                "observation_model": self.observation.describe(), "uncertainty": self.uncertainty,
+                "diagnostics": list(self.diagnostics)}
 
     @classmethod
     def from_card(cls, card: dict) -> "HybridTwin":
         pre = CovariatePreprocessor.from_dict(card["preprocessor"]) if card.get("preprocessor") else None
-        return cls(TwinConfig.from_dict(card["config"]), card["covariate_names"], card["cohort_names"],
+        twin = cls(TwinConfig.from_dict(card["config"]), card["covariate_names"], card["cohort_names"],
                    card["obs_mean"], card["obs_sd"], pre)
+        twin.uncertainty = card.get("uncertainty")
+        twin.diagnostics = list(card.get("diagnostics") or [])
+        return twin

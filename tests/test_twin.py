@@ -102,8 +102,10 @@ def test_untrained_encoder_is_the_population_prior_and_kl_vanishes(cohort):
     assert torch.equal(qm, pm) and torch.equal(qs, ps)
     assert abs(float(out["kl"])) < 1e-12 and out["failed"] == 0
     table = twin.population_table()
-    assert {"omega", "value", "role"} <= set(table.columns)
-    assert set(table.loc[table.role == "patient", "parameter"]) == set(twin.patient_names)
+    assert {"quantity", "kind", "estimate", "se", "lower", "upper", "role"} <= set(table.columns)
+    assert set(table.loc[table.kind == "typical", "parameter"]) == set(twin.patient_names)
+    assert set(table.loc[table.kind == "omega", "parameter"]) == set(twin.patient_names)
+    assert table["se"].isna().all()  # no standard errors before an estimation with uncertainty
 
 
 def test_failed_solves_are_excluded_and_counted(cohort):
