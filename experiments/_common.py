@@ -30,7 +30,7 @@ def peak_rss_mb() -> float:
 
 
 def train_twin(name: str, data_spec: dict, twin_cfg: dict, trainer: dict, out: Path):
-    """Train through training.train (Lightning; accelerator="auto" picks a GPU when there is one).
+    """Train by amortised VI through training.train (Lightning; accelerator="auto" picks a GPU when there is one).
 
     Returns (twin, run_dir, seconds, peak RSS in MB, peak GPU memory in MB or None)."""
     from training.config import RunConfig
@@ -40,7 +40,7 @@ def train_twin(name: str, data_spec: dict, twin_cfg: dict, trainer: dict, out: P
 
     shutil.rmtree(Path(out) / name, ignore_errors=True)  # an experiment re-run starts a fresh run
     cfg = RunConfig.from_dict({"name": name, "out": str(out), "data": data_spec, "twin": twin_cfg,
-                               "trainer": {"progress_bar": False, **trainer}})
+                               "trainer": {"progress_bar": False, **trainer}, "estimation": {"method": "vi"}})
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()

@@ -116,12 +116,13 @@ def cmd_quickstart(args) -> int:
     print(f"\nSimulated {len(frames)} built-in models with their published defaults.")
     print(f"Figures: {out.resolve()}/<model>.png\nTable:   {csv.resolve()}")
     if args.twin_epochs > 0:
-        _quickstart_twin(out, args.twin_subjects, args.twin_epochs)
+        _quickstart_twin(out, args.twin_subjects, args.twin_epochs, args.twin_iterations)
     return 0
 
 
-def _quickstart_twin(out: Path, n_subjects: int, epochs: int) -> None:
-    """Virtual vaccine cohort -> train a twin (Lightning) -> personalise new patients from early samples -> plot."""
+def _quickstart_twin(out: Path, n_subjects: int, epochs: int, iterations: int = 150) -> None:
+    """Virtual vaccine cohort -> estimate a twin (SAEM + amortised encoder) -> personalise new patients from early
+    samples -> plot."""
     import matplotlib.pyplot as plt
 
     from training.config import RunConfig
@@ -130,7 +131,8 @@ def _quickstart_twin(out: Path, n_subjects: int, epochs: int) -> None:
     from .datasets import make_virtual_cohort
     from .diagnostics.plots import plot_prediction
 
-    print(f"\nTraining a vaccine_asc twin on a virtual cohort of {n_subjects} subjects in 3 cohorts ({epochs} epochs) ...")
+    print(f"\nEstimating a vaccine_asc twin on a virtual cohort of {n_subjects} subjects in 3 cohorts (SAEM, "
+          f"{iterations} iterations; encoder amortised over {epochs} epochs) ...")
     import shutil
 
     shutil.rmtree(out / "twin_run", ignore_errors=True)
@@ -140,7 +142,10 @@ def _quickstart_twin(out: Path, n_subjects: int, epochs: int) -> None:
         "twin": {"model": "vaccine_asc", "cohort_calibration": ["log10_Ab"], "log10_covariates": ["baseline_marker"],
                  "fixed": ["delta_Ag", "K_Ag", "rho_M", "M_max", "alpha_S", "alpha_L", "delta_L"], "n_samples": 2,
                  "solver": {"rtol": 1e-4, "atol": 1e-4, "max_steps": 2000}},
-        "trainer": {"max_epochs": epochs, "batch_size": 32, "lr": 1e-2, "patience": 10, "accelerator": "cpu"}})
+        "trainer": {"max_epochs": epochs, "batch_size": 32, "lr": 1e-2, "patience": 10, "accelerator": "cpu"},
+        "estimation": {"method": "saem",
+                       "saem": {"n_explore": max(1, int(iterations * 0.6)), "n_smooth": max(1, iterations - int(iterations * 0.6))},
+                       "amortise": {"n_simulations": 4000, "epochs": epochs}}})
     twin, run_dir = train(cfg)
     new = make_virtual_cohort("vaccine_asc", n_subjects=4, n_cohorts=1, seed=99)
     obs = new.observations
@@ -262,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quickstart", help="simulate every built-in model; write figures and a CSV")
     q.add_argument("--out", default="quickstart_output")
     q.add_argument("--twin-subjects", type=int, default=240, help="virtual subjects for the twin demo")
-    q.add_argument("--twin-epochs", type=int, default=30, help="training epochs of the twin demo (0: skip it)")
+    q.add_argument("--twin-epochs", type=int, default=30, help="encoder amortisation epochs of the twin demo (0: skip it)")
+    q.add_argument("--twin-iterations", type=int, default=150, help="SAEM iterations of the twin demo")
     q.set_defaults(func=cmd_quickstart)
     c = sub.add_parser("cohort", help="simulate a multi-cohort virtual data set with known ground truth")
     c.add_argument("model")

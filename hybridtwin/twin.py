@@ -74,6 +74,10 @@ class TwinConfig:
     dtype: "float64" or "float32". time_scale: divides times fed to the encoder (default: model horizon).
     fixed: extra parameter names to keep fixed; population: patient parameters to treat as population-level.
     log10_covariates: numeric covariates the preprocessing log10-transforms (e.g. a biomarker concentration).
+    covariate_scaling: ``{column: (centre, unit)}`` so a numeric effect is "per ``unit`` above ``centre``"
+        (default: per training SD above the training mean; the SD is recorded in the card).
+    covariate_reference: ``{column: level}``: the reference level of a categorical covariate (default: the
+        most frequent), so effects read as contrasts such as ``sex[F vs M]``.
     covariate_penalty: weight of an L2 (Gaussian-prior) penalty on the covariate effects ``beta``, which shrinks
         effects the data do not support (irrelevant covariates, unidentifiable parameters).
     fixed_values: ``{parameter: value}`` -- parameters fixed at a value of the user's (inside the declared bounds)
@@ -104,6 +108,8 @@ class TwinConfig:
     fixed: tuple = ()
     population: tuple = ()
     log10_covariates: tuple = ()
+    covariate_scaling: dict = field(default_factory=dict)
+    covariate_reference: dict = field(default_factory=dict)
     covariate_penalty: float = 0.0
     fixed_values: dict = field(default_factory=dict)
     cohort_effects: tuple = ()
@@ -161,6 +167,9 @@ class TwinConfig:
         object.__setattr__(self, "population", tuple(self.population))
         object.__setattr__(self, "log10_covariates", tuple(self.log10_covariates))
         object.__setattr__(self, "cohort_effects", tuple(self.cohort_effects))
+        object.__setattr__(self, "covariate_scaling", {str(k): [float(x) for x in v]
+                                                       for k, v in dict(self.covariate_scaling).items()})
+        object.__setattr__(self, "covariate_reference", {str(k): str(v) for k, v in dict(self.covariate_reference).items()})
         object.__setattr__(self, "fixed_values", {k: float(v) for k, v in dict(self.fixed_values).items()})
         object.__setattr__(self, "noise_sd_init", {k: float(v) for k, v in dict(self.noise_sd_init).items()})
 
@@ -248,7 +257,9 @@ class HybridTwin(nn.Module):
         """Fit the covariate preprocessing on ``data`` (training subjects!) and set observable scales."""
         if preprocessor is None:
             cov = data.covariates
-            preprocessor = CovariatePreprocessor(log10=config.log10_covariates).fit(cov) if cov.shape[1] > 1 else None
+            preprocessor = CovariatePreprocessor(log10=config.log10_covariates, scaling=config.covariate_scaling,
+                                                 reference=config.covariate_reference).fit(cov) \
+                if cov.shape[1] > 1 else None
         obs = data.observations
         mean, sd = [], []
         for k in config.observables or _models.get(config.model).observable_names:

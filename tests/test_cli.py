@@ -33,7 +33,8 @@ def test_simulate_reports_bad_input(tmp_path, capsys):
 def test_quickstart_writes_one_png_per_model_and_a_csv(tmp_path, capsys):
     import hybridtwin.models as hm
 
-    assert main(["quickstart", "--out", str(tmp_path), "--twin-subjects", "30", "--twin-epochs", "1"]) == 0
+    assert main(["quickstart", "--out", str(tmp_path), "--twin-subjects", "30", "--twin-epochs", "1",
+                 "--twin-iterations", "6"]) == 0
     for name in hm.available():
         png = tmp_path / f"{name}.png"
         assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"

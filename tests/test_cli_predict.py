@@ -21,7 +21,9 @@ def run_dir(tmp_path_factory):
     cfg = RunConfig.from_dict({"name": "tiny", "out": str(out),
                                "data": {"model": "vaccine_asc", "n_subjects": 16, "n_cohorts": 2, "fractions": [0.75, 0.25]},
                                "twin": {"model": "vaccine_asc", "n_samples": 1},
-                               "trainer": {"max_epochs": 1, "batch_size": 8, "progress_bar": False}})
+                               "trainer": {"max_epochs": 1, "batch_size": 8, "progress_bar": False},
+                               "estimation": {"saem": {"n_explore": 3, "n_smooth": 2, "n_fisher": 4, "init_steps": 2},
+                                              "amortise": {"n_simulations": 48, "epochs": 2, "batch_size": 16}}})
     return train(cfg)[1]
 
 

@@ -33,7 +33,7 @@ def tiny(out, name="tiny", **trainer) -> RunConfig:
         "name": name, "out": str(out),
         "data": {"model": "vaccine_asc", "n_subjects": 24, "n_cohorts": 2, "fractions": [0.5, 0.5]},
         "twin": {"model": "vaccine_asc", "n_samples": 1, "encoder": {"hidden": 16, "set_dim": 8}},
-        "trainer": settings})
+        "trainer": settings, "estimation": {"method": "vi"}})
 
 
 def weights(run_dir: Path) -> dict:

@@ -1,6 +1,6 @@
 """A training run as frozen, validated dataclasses, loaded from YAML (an unknown key raises ``ValueError``).
 
-A run file has four sections; every key is optional except ``name``, ``data`` and ``twin.model``::
+A run file has five sections; every key is optional except ``name``, ``data`` and ``twin.model``::
 
     name: vaccine_small              # the run folder is <out>/<name>/
     out: checkpoints                 # parent folder of runs (relative to the working directory)
@@ -16,6 +16,8 @@ A run file has four sections; every key is optional except ``name``, ``data`` an
     #                                        # relative to the YAML file
     twin: {model: vaccine_asc, n_samples: 2} # any TwinConfig field
     trainer: {max_epochs: 20, batch_size: 16, lr: 0.01, patience: 5, seed: 0}
+    estimation: {method: saem, saem: {n_explore: 150, n_smooth: 100}, amortise: {epochs: 30}}
+                                     # or {method: vi}: the ELBO trained by Lightning with the trainer settings
 
 Example
 -------
@@ -26,7 +28,7 @@ Example
 >>> RunConfig.from_dict({"name": "demo", "data": {}, "twin": {"model": "vaccine_asc"}, "trainr": {}})
 Traceback (most recent call last):
 ...
-ValueError: unknown key(s) ['trainr'] in the run config; allowed: ['data', 'name', 'out', 'trainer', 'twin']
+ValueError: unknown key(s) ['trainr'] in the run config; allowed: ['data', 'estimation', 'name', 'out', 'trainer', 'twin']
 """
 
 from __future__ import annotations
@@ -171,21 +173,63 @@ class TrainerSettings:
                 raise ValueError(f"trainer.{name} must be true or false, got {getattr(self, name)!r}")
 
 
+METHODS = ("saem", "vi")
+
+
+@dataclass(frozen=True)
+class EstimationSettings:
+    """How the population model is estimated.
+
+    method: ``"saem"`` (default: stochastic approximation EM for the marginal likelihood, then the encoder is
+    amortised on simulations from the fitted model; :mod:`hybridtwin.estimation`) or ``"vi"`` (amortised
+    variational inference, the ELBO trained by Lightning with the ``trainer`` settings). saem: keyword
+    settings of :class:`hybridtwin.estimation.SAEMConfig`; amortise: of
+    :class:`hybridtwin.estimation.AmortiseConfig` (``false`` leaves the encoder untrained).
+    """
+
+    method: str = "saem"
+    saem: dict = field(default_factory=dict)
+    amortise: object = field(default_factory=dict)
+
+    def __post_init__(self):
+        from hybridtwin.estimation import AmortiseConfig, SAEMConfig
+
+        if self.method not in METHODS:
+            raise ValueError(f"estimation.method must be one of {list(METHODS)}, got {self.method!r}")
+        if not isinstance(self.saem, dict):
+            raise ValueError(f"estimation.saem must be a mapping of SAEMConfig settings, got {self.saem!r}")
+        if self.amortise is not False and not isinstance(self.amortise, dict):
+            raise ValueError(f"estimation.amortise must be a mapping of AmortiseConfig settings or false, "
+                             f"got {self.amortise!r}")
+        for name, cls, opts in (("saem", SAEMConfig, self.saem),
+                                ("amortise", AmortiseConfig, self.amortise if isinstance(self.amortise, dict) else {})):
+            allowed = sorted(f.name for f in dataclasses.fields(cls))
+            unknown = sorted(set(opts) - set(allowed))
+            if unknown:
+                raise ValueError(f"unknown key(s) {unknown} in estimation.{name}; allowed: {allowed}")
+            if "saem" == name and "kernels" in opts:
+                opts = {**opts, "kernels": tuple(opts["kernels"])}
+            cls(**opts)  # validates the values
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One training run: ``name``, ``data`` (:class:`DataSpec`), ``twin`` (a TwinConfig), ``trainer``
-    (:class:`TrainerSettings`) and ``out`` (the parent folder of run folders)."""
+    (:class:`TrainerSettings`), ``estimation`` (:class:`EstimationSettings`) and ``out`` (the parent folder
+    of run folders)."""
 
     name: str
     data: DataSpec
     twin: TwinConfig
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     out: str = "checkpoints"
+    estimation: EstimationSettings = field(default_factory=EstimationSettings)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
             raise ValueError(f"name must be a folder-safe run name (letters, digits, _ . -), got {self.name!r}")
-        for attr, cls in (("data", DataSpec), ("twin", TwinConfig), ("trainer", TrainerSettings)):
+        for attr, cls in (("data", DataSpec), ("twin", TwinConfig), ("trainer", TrainerSettings),
+                          ("estimation", EstimationSettings)):
             if not isinstance(getattr(self, attr), cls):
                 raise ValueError(f"{attr} must be a {cls.__name__}, got {type(getattr(self, attr)).__name__}")
         allowed = PRECISIONS[self.twin.dtype]
@@ -215,8 +259,10 @@ class RunConfig:
         if "model" not in twin:
             raise ValueError("twin needs a 'model' entry (a built-in model name, e.g. vaccine_asc)")
         trainer = _checked_keys(d.get("trainer"), TrainerSettings, "trainer")
+        estimation = _checked_keys(d.get("estimation"), EstimationSettings, "estimation")
         return cls(name=d["name"], data=DataSpec(**data), twin=TwinConfig.from_dict(twin),
-                   trainer=TrainerSettings(**trainer), out=str(d.get("out", "checkpoints")))
+                   trainer=TrainerSettings(**trainer), out=str(d.get("out", "checkpoints")),
+                   estimation=EstimationSettings(**estimation))
 
     @classmethod
     def from_yaml(cls, path) -> "RunConfig":
@@ -233,7 +279,8 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "out": self.out, "data": dataclasses.asdict(self.data),
-                "twin": self.twin.to_dict(), "trainer": dataclasses.asdict(self.trainer)}
+                "twin": self.twin.to_dict(), "trainer": dataclasses.asdict(self.trainer),
+                "estimation": dataclasses.asdict(self.estimation)}
 
     def with_trainer(self, **changes) -> "RunConfig":
         """A copy with some trainer settings changed (``None`` values are ignored), e.g. from the CLI."""

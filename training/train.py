@@ -1,5 +1,10 @@
 """``train(config) -> (twin, run_dir)``: one run from a :class:`~training.config.RunConfig` (or its YAML file).
 
+With ``estimation.method: saem`` (the default) the population model is estimated by SAEM on the training
+subjects, with standard errors and degeneracy checks, and the encoder is amortised on simulations from the
+fitted model (:func:`train_saem`; the run folder gets ``weights.pt``, ``card.json``, ``saem_history.csv`` and
+``amortisation.csv``). With ``estimation.method: vi`` the ELBO is trained by Lightning, as follows.
+
 The run folder ``<out>/<name>/`` receives ``last.ckpt`` (Lightning, to resume), ``best.ckpt``, ``weights.pt`` +
 ``card.json`` (the best-validation twin, loadable with :func:`hybridtwin.load`), and ``logs/`` (CSV always,
 TensorBoard when it is installed). With ``deterministic`` (the default) two CPU runs with the same seed give
@@ -12,7 +17,7 @@ Example
 >>> cfg = RunConfig.from_dict({"name": "demo", "out": tempfile.mkdtemp(),
 ...     "data": {"model": "vaccine_asc", "n_subjects": 12, "n_cohorts": 2, "fractions": [0.5, 0.5]},
 ...     "twin": {"model": "vaccine_asc", "n_samples": 1},
-...     "trainer": {"max_epochs": 1, "batch_size": 6, "progress_bar": False}})
+...     "trainer": {"max_epochs": 1, "batch_size": 6, "progress_bar": False}, "estimation": {"method": "vi"}})
 >>> twin, run_dir = train(cfg)
 >>> sorted(p.name for p in run_dir.iterdir() if p.suffix in (".pt", ".json", ".ckpt"))
 ['best.ckpt', 'card.json', 'last.ckpt', 'weights.pt']
@@ -95,6 +100,8 @@ def train(config: RunConfig | str | Path, *, resume: bool = False):
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_yaml(config)
+    if cfg.estimation.method == "saem":
+        return train_saem(cfg, resume=resume)
     run_dir, ts = cfg.run_dir, cfg.trainer
     last = run_dir / "last.ckpt"
     if resume and not last.is_file():
@@ -147,4 +154,48 @@ def train(config: RunConfig | str | Path, *, resume: bool = False):
                    "fit_seconds": fit_seconds, "resumed": resume, "last_epoch": last_epoch}
         save(twin, run_dir, metrics=metrics, data_summary={**dm.summary(), "source": cfg.to_dict()["data"]},
              training=cfg.to_dict())
+    return twin, run_dir
+
+
+def train_saem(cfg: RunConfig, *, resume: bool = False):
+    """The ``estimation.method: saem`` route of :func:`train`: SAEM on the training subjects, standard errors,
+    degeneracy checks, an amortised encoder, then the validation ELBO (same fixed draws as the VI route) and a
+    checkpoint; ``saem_history.csv`` / ``amortisation.csv`` go beside it. Returns ``(twin, run_dir)``."""
+    from hybridtwin.estimation import AmortiseConfig, SAEMConfig, estimate
+
+    run_dir, ts, est = cfg.run_dir, cfg.trainer, cfg.estimation
+    if resume:
+        raise ValueError("an SAEM run cannot be resumed (it has no epochs to continue); rerun it without --resume "
+                         "or choose estimation.method: vi")
+    if (run_dir / CARD).exists():
+        raise ValueError(f"{run_dir} already holds a run; choose another --out or name")
+    torch.manual_seed(ts.seed)
+    data = load_data(cfg.data, cfg.twin.model)
+    dm = CohortDataModule(data, fractions=cfg.data.fractions, split_seed=cfg.data.split_seed,
+                          batch_size=ts.batch_size, seed=ts.seed)
+    twin = dm.make_twin(cfg.twin)
+    saem = SAEMConfig(**{"seed": ts.seed, "progress": ts.progress_bar, **est.saem})
+    amort = est.amortise if est.amortise is False else AmortiseConfig(
+        **{"seed": ts.seed, "progress": ts.progress_bar, **est.amortise})
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("default", category=UserWarning)
+        fit = estimate(twin, dm.train_data, saem, amort)
+    fit_seconds = time.perf_counter() - start
+    twin = twin.cpu().eval()
+    dm.setup("fit")
+    final = evaluate(twin, dm.datasets["val"], batch_size=ts.batch_size, seed=ts.seed,
+                     n_samples=ts.val_n_samples or ts.n_samples)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fit.history.to_csv(run_dir / "saem_history.csv", index=False)
+    if fit.amortisation is not None:
+        fit.amortisation.to_csv(run_dir / "amortisation.csv", index=False)
+    last = fit.history.iloc[-1]
+    metrics = {"method": "saem", "val_elbo": final["elbo"], "val_loglik": final["loglik"], "val_kl": final["kl"],
+               "val_failed": final["failed"], "complete_loglik": float(last["complete_loglik"]),
+               "saem_iterations": int(len(fit.history)), "fit_seconds": fit_seconds, "failed_subjects": len(fit.failed),
+               "amortisation_val_nll": float(fit.amortisation["val_nll"].min()) if fit.amortisation is not None else None,
+               "degeneracy_findings": [d["message"] for d in fit.diagnostics]}
+    save(twin, run_dir, metrics=metrics, data_summary={**dm.summary(), "source": cfg.to_dict()["data"]},
+         training=cfg.to_dict())
     return twin, run_dir

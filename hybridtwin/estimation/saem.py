@@ -105,6 +105,8 @@ class PopulationFit:
     unconstrained patient parameters at the estimate. scores: (B, Q) per-subject scores of the estimated
     quantities ``score_names`` (for the Fisher information), with ``score_halves`` the two half-chain means
     (Monte Carlo error). failed: subjects whose solve still failed at the end. seconds: wall time.
+    amortisation: the encoder's training history when :func:`~hybridtwin.estimation.estimate` amortised it;
+    diagnostics: the degeneracy findings.
     """
 
     history: pd.DataFrame
@@ -117,6 +119,8 @@ class PopulationFit:
     failed: list = field(default_factory=list)
     seconds: float = 0.0
     config: SAEMConfig | None = None
+    amortisation: pd.DataFrame | None = None
+    diagnostics: list = field(default_factory=list)
 
 
 class _Chains:

@@ -1,0 +1,318 @@
+"""Population estimation: SAEM recovers known truth, score-based standard errors match an analytic linear
+mixed model, degeneracy and identifiability checks fire when they should, the amortised encoder reproduces
+the exact posterior, and the new design features (cohort effects, fixed values, offset-only calibration)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import hybridtwin as ht
+from hybridtwin.data import validate
+from hybridtwin.estimation import (AmortiseConfig, DegeneracyWarning, SAEMConfig, amortise, correlation_table,
+                                   degeneracy_checks, estimate, fit_saem, identifiability, set_uncertainty)
+from hybridtwin.estimation.fisher import estimate_vector, population_columns
+from hybridtwin.models import log10_observable
+from hybridtwin.twin import HybridTwin, TwinConfig
+
+LN10 = math.log(10.0)
+
+
+def _decay_model():
+    name = "test_decay_estimation"
+    if name not in ht.models.available():
+        ht.models.register(ht.Model(
+            name=name, states=["V"],
+            parameters=[ht.Parameter("V0", 1e4, 1.0, 1e9), ht.Parameter("k", 0.5, 1e-3, 10.0),
+                        ht.Parameter("unused", 1.0, 0.1, 10.0, role="population")],
+            initial={"V": "V0"}, rhs=lambda t, s, p: {"V": -p.k * s.V},
+            observables={"log10_V": log10_observable("V")}, time_unit="day", default_t_end=4.0))
+    return name
+
+
+def decay_cohort(n=160, seed=0, times=(0.0, 1.0, 2.0, 3.0), omega=(0.5, 0.3), sigma=0.2, age_effect=0.3,
+                 n_cohorts=1, v0_by_cohort=(1.0,), offset_by_cohort=(0.0,)):
+    """Analytic data: log V0_i = log(1e4 * v0[c]) + omega_V eta; log k_i = log 0.5 + age_effect * age_sd + omega_k eta."""
+    rng = np.random.default_rng(seed)
+    age = rng.normal(50, 10, n)
+    noise = rng.normal(0, 1, n)
+    cohort = rng.integers(0, n_cohorts, n)
+    logv0 = np.log(1e4 * np.asarray(v0_by_cohort)[cohort]) + omega[0] * rng.normal(size=n)
+    logk = np.log(0.5) + age_effect * (age - 50) / 10 + omega[1] * rng.normal(size=n)
+    rows = []
+    for i in range(n):
+        for t in times:
+            y = (logv0[i] - np.exp(logk[i]) * t) / LN10 + offset_by_cohort[cohort[i]] + sigma * rng.normal()
+            rows.append((f"s{i:03d}", t, "log10_V", y, f"c{cohort[i]}"))
+    obs = pd.DataFrame(rows, columns=["subject_id", "time", "observable", "value", "cohort"])
+    cov = pd.DataFrame({"subject_id": [f"s{i:03d}" for i in range(n)], "age": age, "noise": noise})
+    return validate(obs, None, cov, model=_decay_model()), dict(logv0=logv0, logk=logk)
+
+
+def decay_twin(data, **config):
+    base = dict(model=_decay_model(), covariate_scaling={"age": (50.0, 10.0)}, solver={"rtol": 1e-7, "atol": 1e-9})
+    return HybridTwin.from_data(TwinConfig(**{**base, **config}), data)
+
+
+FAST = dict(n_explore=60, n_smooth=40, n_fisher=30, init_steps=10, progress=False)
+
+
+@pytest.fixture(scope="module")
+def decay_fit():
+    data, _ = decay_cohort()
+    twin = decay_twin(data, fixed=("unused",))
+    fit = fit_saem(twin, data, SAEMConfig(**FAST))
+    set_uncertainty(twin, fit)
+    return twin, fit, data
+
+
+def test_saem_recovers_the_truth(decay_fit):
+    twin, fit, _ = decay_fit
+    est = dict(zip(twin.uncertainty["names"], twin.uncertainty["estimate"]))
+    se = dict(zip(twin.uncertainty["names"], np.sqrt(np.diag(np.asarray(twin.uncertainty["cov"])))))
+    assert abs(math.exp(est["log_sigma_add[log10_V]"]) / 0.2 - 1) < 0.15
+    assert abs(math.exp(est["log_omega[V0]"]) / 0.5 - 1) < 0.25
+    assert abs(math.exp(est["log_omega[k]"]) / 0.3 - 1) < 0.25
+    assert abs(est["beta[k, age]"] - 0.3) < 0.1 and abs(est["beta[k, noise]"]) < 0.1
+    for name, truth in (("mu[V0]", math.log(1e4)), ("mu[k]", math.log(0.5))):
+        assert abs(est[name] - truth) < 4 * se[name], (name, est[name], truth, se[name])
+    assert all(np.isfinite(list(se.values())))
+    assert fit.failed == [] and len(fit.history) == FAST["n_explore"] + FAST["n_smooth"]
+
+
+def test_conditional_means_track_the_true_individual_parameters(decay_fit):
+    twin, fit, data = decay_fit
+    _, truth = decay_cohort()
+    order = [int(s[1:]) for s in fit.subject_ids]
+    for j, key in enumerate(("logv0", "logk")):
+        true = truth[key][order]
+        r2 = np.corrcoef(fit.posterior_mean[:, j].numpy(), true)[0, 1] ** 2
+        # calibrated conditional distributions: E[corr(E[z|y], z)^2] = 1 - E[Var(z|y)] / Var(z)
+        expected = 1 - float((fit.posterior_sd[:, j] ** 2).mean()) / float(np.var(true))
+        assert r2 > 0.5 and abs(r2 - expected) < 0.1, (key, r2, expected)
+
+
+def test_standard_errors_match_an_analytic_linear_mixed_model():
+    """k fixed: y_ij = (z_i - k t_j)/ln10 + eps is a linear mixed model; Var(mu_hat) = (omega^2 + ln10^2 sigma^2 / n) / N."""
+    n, times, omega, sigma = 300, (0.0, 1.0), 0.5, 0.3
+    data, _ = decay_cohort(n=n, seed=3, times=times, omega=(omega, 0.0), sigma=sigma, age_effect=0.0)
+    twin = decay_twin(data, fixed=("k", "unused"), covariate_effects=False)
+    fit = fit_saem(twin, data, SAEMConfig(**{**FAST, "n_fisher": 60}))
+    set_uncertainty(twin, fit)
+    se = dict(zip(twin.uncertainty["names"], np.sqrt(np.diag(np.asarray(twin.uncertainty["cov"])))))
+    om = math.exp(dict(zip(twin.uncertainty["names"], twin.uncertainty["estimate"]))["log_omega[V0]"])
+    sig = float(twin.observation.log_sigma_add[0].detach().exp())
+    analytic = math.sqrt((om**2 + LN10**2 * sig**2 / len(times)) / n)
+    assert abs(se["mu[V0]"] / analytic - 1) < 0.2, (se["mu[V0]"], analytic)
+
+
+def test_population_table_reports_se_ci_within_bounds_and_round_trips(decay_fit, tmp_path):
+    twin, _, _ = decay_fit
+    table = twin.population_table()
+    est = table[table.kind.isin(["typical", "omega", "effect", "noise"])]
+    assert est["se"].notna().all() and (est["lower"] < est["estimate"]).all() and (est["estimate"] < est["upper"]).all()
+    typ = table[table.kind == "typical"].set_index("parameter")
+    assert typ.loc["k", "lower"] >= 1e-3 and typ.loc["k", "upper"] <= 10.0
+    eff = table[(table.kind == "effect") & (table.covariate == "age")].iloc[0]
+    assert "10" in eff["unit"]  # a stated unit: per 10 years
+    wider = twin.population_table(level=0.99)
+    assert (wider.loc[est.index, "upper"] - wider.loc[est.index, "lower"] > est["upper"] - est["lower"]).all()
+    from hybridtwin.checkpoint import save
+
+    again = ht.load(save(twin, tmp_path / "fit"))
+    pd.testing.assert_frame_equal(again.population_table(), table)
+
+
+def test_cohort_effects_and_fixed_values_are_estimated():
+    data, _ = decay_cohort(n=90, seed=5, n_cohorts=3, v0_by_cohort=(1.0, 0.2, 3.0), offset_by_cohort=(0.0, 0.0, 0.0),
+                           age_effect=0.0, omega=(0.0, 0.3))  # V0: one value per cohort, no between-patient spread
+    twin = decay_twin(data, fixed_values={"unused": 2.5}, population=("V0",), cohort_effects=("V0",),
+                      covariate_effects=False)
+    assert float(twin.theta(twin.mu[None])[0, twin.model.parameter_names.index("unused")]) == pytest.approx(2.5)
+    fit = fit_saem(twin, data, SAEMConfig(**{**FAST, "n_explore": 40, "n_smooth": 30, "n_fisher": 20}))
+    set_uncertainty(twin, fit)
+    est = dict(zip(twin.uncertainty["names"], twin.uncertainty["estimate"]))
+    se = dict(zip(twin.uncertainty["names"], np.sqrt(np.diag(np.asarray(twin.uncertainty["cov"])))))
+    for name, truth in (("mu_population[V0]", math.log(1e4)), ("cohort_shift[V0, c1]", math.log(0.2)),
+                        ("cohort_shift[V0, c2]", math.log(3.0))):
+        assert se[name] < 0.3 and abs(est[name] - truth) < 3 * se[name], (name, est[name], truth, se[name])
+    table = twin.population_table()
+    v0 = table[(table.kind == "cohort")].set_index("cohort")
+    assert v0.loc["c2", "estimate"] / v0.loc["c1", "estimate"] == pytest.approx(15.0, rel=0.4)
+    assert (v0["lower"] < v0["estimate"]).all() and (v0["estimate"] < v0["upper"]).all()
+    assert table.set_index("quantity").loc["unused", "estimate"] == pytest.approx(2.5)
+
+
+def test_offset_calibration_is_estimated_and_confounding_is_reported():
+    data, _ = decay_cohort(n=100, seed=6, n_cohorts=2, v0_by_cohort=(1.0, 1.0), offset_by_cohort=(0.0, 0.5),
+                           age_effect=0.0)
+    twin = decay_twin(data, cohort_calibration=("log10_V",), calibration="offset", covariate_effects=False,
+                      fixed=("unused",))
+    assert not twin.observation.log_scale.requires_grad and twin.observation.offset.requires_grad
+    fit = fit_saem(twin, data, SAEMConfig(**FAST))
+    set_uncertainty(twin, fit)
+    est = dict(zip(twin.uncertainty["names"], twin.uncertainty["estimate"]))
+    assert abs(est["offset[log10_V, c1]"] - 0.5) < 0.1
+    # a per-cohort V0 as well: in this model a V0 shift and an additive log10 offset are the same thing
+    both = decay_twin(data, cohort_calibration=("log10_V",), calibration="offset", covariate_effects=False,
+                      fixed=("unused",), population=("V0",), cohort_effects=("V0",))
+    fit = fit_saem(both, data, SAEMConfig(**{**FAST, "n_explore": 10, "n_smooth": 6, "n_fisher": 10}))
+    set_uncertainty(both, fit)
+    pairs = correlation_table(both, threshold=0.95)
+    confounded = {tuple(sorted(p)) for p in zip(pairs["first"], pairs["second"])}
+    se = dict(zip(both.uncertainty["names"], np.sqrt(np.diag(np.asarray(both.uncertainty["cov"])))))
+    assert ("cohort_shift[V0, c1]", "offset[log10_V, c1]") in confounded or not np.isfinite(se["offset[log10_V, c1]"]) \
+        or se["offset[log10_V, c1]"] > 1.0
+
+
+def test_theta_applies_cohort_shifts_only_where_declared():
+    data, _ = decay_cohort(n=12, n_cohorts=2, v0_by_cohort=(1.0, 2.0), offset_by_cohort=(0.0, 0.0))
+    twin = decay_twin(data, cohort_effects=("V0",))
+    with torch.no_grad():
+        twin.cohort_shift[1] = 0.7  # every column; only V0's is declared
+        twin.cohort_shift[0] = 0.3  # the reference cohort never shifts
+    z = twin.mu.detach()[None].expand(2, -1)
+    th = twin.theta(z, torch.tensor([0, 1]))
+    names = twin.model.parameter_names
+    assert float(th[1, names.index("V0")] / th[0, names.index("V0")]) == pytest.approx(math.exp(0.7))
+    assert float(th[1, names.index("k")]) == pytest.approx(float(th[0, names.index("k")]))
+    assert torch.equal(twin.theta(z), twin.theta(z, torch.tensor([0, 0])))
+
+
+@pytest.mark.parametrize("config, message", [
+    (dict(fixed_values={"k": 50.0}), "within"),
+    (dict(fixed_values={"nope": 1.0}), "unknown parameter"),
+    (dict(cohort_effects=("nope",)), "unknown parameter"),
+    (dict(cohort_effects=("k",), fixed=("k",)), "fixed"),
+    (dict(noise_sd_init={"log10_V": -1.0}), "positive"),
+    (dict(calibration="both"), "calibration"),
+])
+def test_bad_design_settings_raise(config, message):
+    data, _ = decay_cohort(n=6)
+    with pytest.raises(ValueError, match=message):
+        decay_twin(data, **config)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(n_explore=-1), "n_explore"), (dict(kernels=(0, 0, 0)), "kernels"), (dict(anneal=0.0), "anneal"),
+    (dict(lr=0.0), "lr"), (dict(n_explore=0, n_smooth=0), "at least one"),
+])
+def test_bad_saem_settings_raise(settings, message):
+    with pytest.raises(ValueError, match=message):
+        SAEMConfig(**settings)
+
+
+def test_degeneracy_checks_fire_with_numbers(decay_fit):
+    twin, fit, data = decay_fit
+    assert degeneracy_checks(twin, data, fit, emit=False) == []  # a good fit raises nothing
+    def copy():
+        bad = HybridTwin.from_card(twin.card())
+        bad.load_state_dict(twin.state_dict())
+        return bad
+
+    k = twin.patient_names.index("k")
+    noisy = copy()
+    with torch.no_grad():
+        noisy.observation.log_sigma_add.fill_(math.log(3.0))  # noise larger than the data's spread
+        noisy.log_omega[k] = math.log(1e-4)  # collapsed random effect
+    with pytest.warns(DegeneracyWarning):
+        found = degeneracy_checks(noisy, data)
+    assert {f["check"] for f in found} == {"noise_vs_spread", "omega_collapsed"}
+    noise = next(f for f in found if f["check"] == "noise_vs_spread")
+    assert noise["noise_sd"] == pytest.approx(3.0) and "3" in noise["message"]
+    flat = copy()
+    with torch.no_grad():
+        flat.mu[k] = math.log(1e-3)  # k at its lower bound: a flat curve where the data decay
+    found = degeneracy_checks(flat, data, emit=False)
+    assert {"at_bound", "flat_population_curve"} <= {f["check"] for f in found}
+
+
+def test_identifiability_lists_what_the_design_cannot_inform(decay_fit):
+    twin, _, data = decay_fit
+    table = identifiability(twin, data).set_index("parameter")
+    assert table.loc["k", "informed"] and table.loc["V0", "informed"]
+    assert not table.loc["unused", "informed"] and math.isinf(table.loc["unused", "se_log"])
+    # with a single sampling time, k and V0 cannot be told apart
+    one, _ = decay_cohort(n=20, times=(1.0,))
+    t1 = identifiability(decay_twin(one, fixed=("unused",)), one).set_index("parameter")
+    assert not (t1.loc["k", "informed"] and t1.loc["V0", "informed"])
+
+
+def test_amortised_encoder_matches_the_exact_posterior():
+    """k fixed, one parameter z = log V0 observed linearly: the exact posterior is Gaussian and known."""
+    times, omega, sigma = (0.0, 1.0, 2.0), 0.6, 0.3
+    data, _ = decay_cohort(n=200, seed=11, times=times, omega=(omega, 0.0), sigma=sigma, age_effect=0.0)
+    twin = decay_twin(data, fixed=("k", "unused"), covariate_effects=False, encoder={"hidden": 32, "set_dim": 16})
+    with torch.no_grad():
+        twin.observation.log_sigma_add.fill_(math.log(sigma))
+        twin.log_omega.fill_(math.log(omega))
+        twin.mu.fill_(math.log(1e4))
+    hist = amortise(twin, data, AmortiseConfig(n_simulations=6000, epochs=25, batch_size=128, full_context=1.0,
+                                               progress=False))
+    assert hist["val_nll"].iloc[-1] < hist["val_nll"].iloc[0]
+    batch = twin.dataset(data).batch()
+    with torch.no_grad():
+        mean, sd = twin.posterior(batch)
+    # exact: z | y ~ N with precision 1/omega^2 + n/(ln10 sigma)^2, mean from y_j ln10 + k t_j
+    n = len(times)
+    prec = 1 / omega**2 + n / (LN10 * sigma) ** 2
+    y = batch.values.double() * LN10 + 0.5 * batch.times.double()
+    exact_mean = (math.log(1e4) / omega**2 + y.sum(1) / (LN10 * sigma) ** 2) / prec
+    assert float((mean[:, 0] - exact_mean).abs().mean()) < 0.05
+    assert float(sd[:, 0].mean()) == pytest.approx(prec**-0.5, rel=0.15)
+
+
+def test_estimate_runs_everything_and_stores_it(tmp_path):
+    data, _ = decay_cohort(n=60, seed=2)
+    twin = decay_twin(data, fixed=("unused",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegeneracyWarning)
+        fit = estimate(twin, data, SAEMConfig(**{**FAST, "n_explore": 20, "n_smooth": 10}),
+                       AmortiseConfig(n_simulations=500, epochs=2, progress=False))
+    assert twin.uncertainty is not None and fit.amortisation is not None and isinstance(twin.diagnostics, list)
+    assert [c["name"] for c in population_columns(twin)] == twin.uncertainty["names"]
+    assert torch.allclose(estimate_vector(twin), torch.tensor(twin.uncertainty["estimate"], dtype=torch.float64))
+
+
+def test_training_by_saem_writes_a_checked_checkpoint(tmp_path):
+    from training.config import RunConfig
+    from training.train import train
+
+    cfg = RunConfig.from_dict({
+        "name": "saem", "out": str(tmp_path),
+        "data": {"model": "vaccine_asc", "n_subjects": 24, "n_cohorts": 2, "fractions": [0.75, 0.25]},
+        "twin": {"model": "vaccine_asc", "fixed": ["delta_Ag", "K_Ag", "rho_M", "M_max", "alpha_S", "alpha_L", "delta_L"],
+                 "covariate_effects": False},
+        "trainer": {"progress_bar": False, "batch_size": 8},
+        "estimation": {"saem": {"n_explore": 4, "n_smooth": 3, "n_fisher": 4, "init_steps": 2},
+                       "amortise": {"n_simulations": 64, "epochs": 2, "batch_size": 16}}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegeneracyWarning)
+        twin, run_dir = train(cfg)
+    assert (run_dir / "saem_history.csv").is_file() and (run_dir / "amortisation.csv").is_file()
+    again = ht.load(run_dir)
+    assert again.uncertainty["names"] == twin.uncertainty["names"]
+    import json
+
+    card = json.loads((run_dir / "card.json").read_text())
+    assert card["metrics"]["method"] == "saem" and card["metrics"]["saem_iterations"] == 7
+    assert any(r["kind"] == "omega" and r["se"] is not None for r in card["population"])
+    with pytest.raises(ValueError, match="cannot be resumed"):
+        train(cfg, resume=True)
+
+
+@pytest.mark.parametrize("estimation, message", [
+    ({"method": "em"}, "estimation.method"), ({"saem": {"n_iter": 3}}, "unknown key"),
+    ({"saem": {"n_explore": -2}}, "n_explore"), ({"amortise": "yes"}, "estimation.amortise"),
+])
+def test_estimation_settings_are_validated(estimation, message):
+    from training.config import RunConfig
+
+    with pytest.raises(ValueError, match=message):
+        RunConfig.from_dict({"name": "x", "data": {"model": "vaccine_asc"}, "twin": {"model": "vaccine_asc"},
+                             "estimation": estimation})
