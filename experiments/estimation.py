@@ -195,6 +195,26 @@ def vi_estimates(twin: HybridTwin, truth: dict) -> pd.DataFrame:
                          for c, e in zip(cols, est) if c["name"] in truth])
 
 
+def _convergence_figure(history: pd.DataFrame, truth: dict, path: Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    from hybridtwin.diagnostics import plot_convergence
+
+    lines = {}
+    for name, value in truth.items():
+        inner = name[name.index("[") + 1:-1]
+        if name.startswith("mu[") or name.startswith("mu_population["):
+            lines[f"typical[{inner}]"] = math.exp(value)
+        elif name.startswith("log_omega["):
+            lines[f"omega[{inner}]"] = math.exp(value)
+        elif name.startswith("log_sigma_add["):
+            lines[f"sigma_additive[{inner}]"] = math.exp(value)
+        lines[f"est:{name}"] = value
+    fig = plot_convergence(history, lines, title=f"SAEM convergence: {title} (dashed: truth)")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def run_one(model: str, seed: int, n_train: int, n_test: int, saem: dict, amort: dict, ks, vi_epochs: int,
             cache: Path) -> dict:
     path = cache / f"{model}_seed{seed}.json"
@@ -209,6 +229,8 @@ def run_one(model: str, seed: int, n_train: int, n_test: int, saem: dict, amort:
         fit = estimate(twin, train, SAEMConfig(seed=seed, **saem), AmortiseConfig(seed=seed, **amort))
     fit_seconds = time.perf_counter() - t0
     truth = truth_vector(twin, data)
+    fit.history.to_csv(cache / f"{model}_seed{seed}_history.csv", index=False)
+    _convergence_figure(fit.history, truth, cache / f"{model}_seed{seed}_convergence.png", f"{model}, seed {seed}")
     table = compare_estimates(twin, truth)
     ident = identifiability(twin, train)
     oracle = truth_twin(twin, data)

@@ -6,9 +6,9 @@
 (4, 6)
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-from . import models
+from . import estimation, models
 from .checkpoint import load
 from .dosing import BatchSchedule, Dose
 from .models import Model, Parameter
@@ -17,6 +17,6 @@ from .simulation import simulate
 from .solve import Solution, SolverConfig, Status, solve
 
 __all__ = [
-    "__version__", "models", "Model", "Parameter", "ParameterSpace", "Dose", "BatchSchedule",
+    "__version__", "estimation", "models", "Model", "Parameter", "ParameterSpace", "Dose", "BatchSchedule",
     "simulate", "load", "solve", "SolverConfig", "Solution", "Status",
 ]

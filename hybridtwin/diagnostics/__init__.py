@@ -1,5 +1,5 @@
 """Diagnostics and plots."""
 
-from .plots import plot_prediction, plot_simulation
+from .plots import plot_convergence, plot_prediction, plot_simulation
 
-__all__ = ["plot_simulation", "plot_prediction"]
+__all__ = ["plot_convergence", "plot_simulation", "plot_prediction"]

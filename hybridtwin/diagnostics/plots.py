@@ -113,3 +113,43 @@ def plot_prediction(trajectories: pd.DataFrame, observations: pd.DataFrame | Non
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_convergence(history: pd.DataFrame, truth: dict | None = None, title: str | None = None):
+    """SAEM trajectories (:attr:`hybridtwin.estimation.PopulationFit.history`): the complete-data log-likelihood,
+    typical values, between-patient SDs, noise SDs and the parameters without random effects, one panel each,
+    with the start of the smoothing phase marked and, if given, ``truth`` (``{history column: value}``) as a
+    dashed line. Returns the matplotlib Figure.
+
+    >>> import pandas as pd
+    >>> h = pd.DataFrame({"iteration": range(4), "step": [1, 1, 1, 0.5], "complete_loglik": [-9, -5, -4, -4],
+    ...                   "omega[beta]": [0.5, 0.4, 0.3, 0.3]})
+    >>> len(plot_convergence(h, truth={"omega[beta]": 0.3}).axes)
+    2
+    """
+    if not isinstance(history, pd.DataFrame) or "iteration" not in history.columns:
+        raise ValueError("history must be the DataFrame of a PopulationFit (with an 'iteration' column)")
+    keep = ("complete_loglik", "typical[", "omega[", "sigma_", "est:cohort_shift", "est:mu_population",
+            "est:offset", "est:log_scale")
+    cols = [c for c in history.columns if c.startswith(keep)]
+    n = len(cols)
+    ncol = min(4, n)
+    nrow = math.ceil(n / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.4 * nrow), squeeze=False)
+    smooth = history.loc[history["step"] < 1, "iteration"]
+    for ax, col in zip(axes.flat, cols):
+        ax.plot(history["iteration"], history[col], lw=1.2)
+        if len(smooth):
+            ax.axvline(smooth.iloc[0], color="0.6", ls=":", lw=1)
+        if truth and col in truth:
+            ax.axhline(truth[col], color="C3", ls="--", lw=1)
+        ax.set_title(col.replace("est:", ""), fontsize=8)
+        ax.tick_params(labelsize=7)
+        if col.startswith("typical["):
+            ax.set_yscale("log")
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

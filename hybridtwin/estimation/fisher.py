@@ -97,7 +97,12 @@ class ScoreAccumulator:
         self.ode_cols = [i for i, c in enumerate(self.cols) if c["kind"] in ("population", "cohort")]
         self.ode_index = [names.index(self.cols[i]["parameter"]) for i in self.ode_cols]
 
-    def _scores(self, z: torch.Tensor, g: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    def scores(self, z: torch.Tensor, g: torch.Tensor, ok: torch.Tensor):
+        """(B, Q) per-subject complete-data scores at ``z``; also the observables and solve status used (fresh
+        from a solve when population parameters inside the ODE are estimated, else ``g``/``ok`` as given)."""
+        return self._scores(z, g, ok, with_g=True)
+
+    def _scores(self, z: torch.Tensor, g: torch.Tensor, ok: torch.Tensor, with_g: bool = False):
         twin, batch, X = self.twin, self.batch, self.X
         B = z.shape[0]
         out = torch.zeros(B, len(self.cols), dtype=torch.float64)
@@ -105,14 +110,14 @@ class ScoreAccumulator:
             coef = torch.cat([twin.mu[None], twin.beta.T], 0)[: X.shape[1]]
             omega = twin.log_omega.exp()
             r = (z - X @ coef) / omega
-        okf = ok.to(torch.float64)
         if self.ode_cols:  # d log p(y_i | z_i) / d z_full[i, j] by one backward pass through the solver
             zf = twin.z_full(z, batch.cohort).detach().requires_grad_(True)
             gg, status = twin.observables_at(twin.model.parameter_space.constrain(zf), batch)
             ll = observation_loglik(twin, gg, batch)
-            ok = ok & (status == 0)
+            ok = status == 0
             dz = torch.autograd.grad(torch.where(ok, ll, torch.zeros_like(ll)).sum(), zf)[0].double()
             g = gg.detach()
+        okf = ok.to(torch.float64)
         obs = {n: p.detach() for n, p in observation_parameters(twin)}
         jac = {}
         if obs:
@@ -136,7 +141,7 @@ class ScoreAccumulator:
             else:
                 col = jac[c["tensor"].split(".", 1)[1]][(slice(None), *idx)]
             out[:, i] = col.double() * okf
-        return out
+        return (out, g, ok) if with_g else out
 
     def add(self, z: torch.Tensor, g: torch.Tensor, ok: torch.Tensor, half: int) -> None:
         s = self._scores(z, g, ok)

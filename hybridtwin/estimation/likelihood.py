@@ -54,17 +54,22 @@ def design_matrix(batch: Batch) -> torch.Tensor:
     return torch.cat([torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device), x], dim=1)
 
 
-def ode_population_parameters(twin) -> list[tuple[str, torch.nn.Parameter]]:
-    """Parameters without between-patient variability that enter the ODE solve (gradient through the solver)."""
+def ode_population_parameters(twin, closures: bool = True) -> list[tuple[str, torch.nn.Parameter]]:
+    """Parameters without between-patient variability that enter the ODE solve (gradient through the solver):
+    population-level model parameters, cohort shifts and (with ``closures``) the dynamics' networks."""
     out = []
     if len(twin.population_idx):
         out.append(("mu_population", twin.mu_population))
     if twin.config.cohort_effects and len(twin.cohort_names) > 1:
         out.append(("cohort_shift", twin.cohort_shift))
-    for name, p in twin.dynamics.named_parameters():
-        if p.requires_grad:
-            out.append((f"dynamics.{name}", p))
+    if closures:
+        out += closure_parameters(twin)
     return out
+
+
+def closure_parameters(twin) -> list[tuple[str, torch.nn.Parameter]]:
+    """The learnable weights of the dynamics (neural closures or a black box)."""
+    return [(f"dynamics.{n}", p) for n, p in twin.dynamics.named_parameters() if p.requires_grad]
 
 
 def observation_parameters(twin) -> list[tuple[str, torch.nn.Parameter]]:

@@ -12,8 +12,10 @@ omega) dz_i`` without approximating the integral (Delyon, Lavielle & Moulines 19
 2. **stochastic approximation** of the sufficient statistics ``X'Z`` and ``sum z^2`` with step 1 during
    ``n_explore`` iterations, then ``1/k`` during ``n_smooth`` iterations (the estimates converge);
 3. **maximisation**: ``mu``, ``beta`` (least squares, or ridge with the twin's ``covariate_penalty``) and
-   ``omega`` in closed form; ``phi`` by Adam steps along Fisher's identity gradient
-   ``E[grad log p(y, z)]`` at the current samples, with the same step-size schedule. During exploration
+   ``omega`` in closed form; ``phi`` by Fisher-scoring steps along Fisher's identity gradient
+   ``E[grad log p(y, z)]`` at the current samples (the per-subject scores give both the gradient and its
+   empirical information, so the step is scale-free and accounts for correlated parameters such as a cohort's
+   inoculum and its assay offset), with the same step-size schedule; closure networks by Adam. During exploration
    ``omega`` may shrink by at most ``anneal`` per iteration (simulated annealing, as in Monolix), so
    the chains explore before the variances settle.
 
@@ -45,8 +47,11 @@ import torch
 
 from ..data import CohortData
 from ..data.dataset import Batch
-from .likelihood import (design_matrix, observation_loglik, observation_parameters, ode_population_parameters,
-                         prior_logpdf, solve_observables)
+from .likelihood import (closure_parameters, design_matrix, observation_loglik, observation_parameters,
+                         ode_population_parameters, prior_logpdf, solve_observables)
+
+#: quantities without random effects, updated by Fisher scoring (see :class:`SAEMConfig`)
+PHI_KINDS = ("population", "cohort", "noise", "assay_scale", "assay_offset")
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,10 @@ class SAEMConfig:
     iterations before the first update. kernels: moves per iteration of (independent proposals from the
     population distribution, joint random walk, one-coordinate random walk). omega_start: initial
     between-patient SD on the unconstrained scale (large, so the chains explore). anneal: during exploration
-    omega shrinks by at most this factor per iteration. lr: Adam step for the parameters without a
-    closed-form update; obs_steps: Adam steps per iteration for the observation model (cheap: no solve).
+    omega shrinks by at most this factor per iteration. Parameters without random effects (population-level
+    model parameters, cohort shifts, noise, assay calibration) take Fisher-scoring steps ``gamma I^-1 g`` along
+    the per-subject scores (``max_step`` caps each step on the unconstrained scale); closure networks take
+    Adam steps of size ``lr * gamma``.
     init_steps: Adam steps of a pooled fit (every subject at the typical values) before SAEM, to start from
     data rather than the model defaults (0: start from the twin's current values). n_fisher: iterations at
     the estimate for conditional means and scores (0: no standard errors). seed, progress: as usual.
@@ -71,14 +78,14 @@ class SAEMConfig:
     omega_start: float = 0.5
     anneal: float = 0.95
     lr: float = 0.05
-    obs_steps: int = 5
+    max_step: float = 1.0
     init_steps: int = 30
     n_fisher: int = 40
     seed: int = 0
     progress: bool = True
 
     def __post_init__(self):
-        for name in ("n_explore", "n_smooth", "n_burn", "obs_steps", "init_steps", "n_fisher", "seed"):
+        for name in ("n_explore", "n_smooth", "n_burn", "init_steps", "n_fisher", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"SAEMConfig.{name} must be an integer >= 0, got {v!r}")
@@ -90,7 +97,7 @@ class SAEMConfig:
         object.__setattr__(self, "kernels", k)
         if not (0 < self.anneal <= 1):
             raise ValueError(f"SAEMConfig.anneal must be in (0, 1], got {self.anneal!r}")
-        for name in ("omega_start", "lr"):
+        for name in ("omega_start", "lr", "max_step"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"SAEMConfig.{name} must be a positive number, got {v!r}")
@@ -216,13 +223,18 @@ def _record(twin, k: int, gamma: float, chains: _Chains, prior_mean, sd, rates: 
         for key in ("sigma_additive", "sigma_proportional"):
             if key in d:
                 row[f"{key}[{name}]"] = d[key]
+    from .fisher import estimate_vector, population_columns
+
+    cols = population_columns(twin)
+    row.update({f"est:{c['name']}": v for c, v in zip(cols, estimate_vector(twin, cols).tolist())
+                if c["kind"] in PHI_KINDS or c["kind"] == "effect"})
     row.update(rates)
     return row
 
 
 def _pooled_start(twin, batch: Batch, steps: int, progress: bool) -> None:
     """A few Adam steps of a pooled fit (every subject at its typical values, no random effects)."""
-    params = [twin.mu] + [p for _, p in ode_population_parameters(twin) if not _is_closure(p, twin)]
+    params = [twin.mu] + [p for _, p in ode_population_parameters(twin, closures=False)]
     params += [p for _, p in observation_parameters(twin)]
     opt = torch.optim.Adam(params, lr=0.1)
     from tqdm.auto import tqdm
@@ -239,10 +251,6 @@ def _pooled_start(twin, batch: Batch, steps: int, progress: bool) -> None:
         loss.backward()
         opt.step()
     twin.zero_grad(set_to_none=True)
-
-
-def _is_closure(p, twin) -> bool:
-    return any(p is q for q in twin.dynamics.parameters())
 
 
 def fit_saem(twin, data: CohortData | Batch, config: SAEMConfig | None = None, progress: bool | None = None,
@@ -280,10 +288,13 @@ def fit_saem(twin, data: CohortData | Batch, config: SAEMConfig | None = None, p
         _pooled_start(twin, batch, cfg.init_steps, show)
     with torch.no_grad():
         twin.log_omega.copy_(torch.maximum(twin.log_omega, torch.full_like(twin.log_omega, math.log(cfg.omega_start))))
-    ode_params = [p for _, p in ode_population_parameters(twin)]
-    obs_params = [p for _, p in observation_parameters(twin)]
-    opt_ode = torch.optim.Adam(ode_params, lr=cfg.lr) if ode_params else None
-    opt_obs = torch.optim.Adam(obs_params, lr=cfg.lr) if obs_params else None
+    from .fisher import ScoreAccumulator, _tensor
+
+    acc = ScoreAccumulator(twin, batch, X)
+    phi = [i for i, c in enumerate(acc.cols) if c["kind"] in PHI_KINDS]
+    ode_phi = bool(acc.ode_cols)
+    nets = [p for _, p in closure_parameters(twin)]
+    opt_nets = torch.optim.Adam(nets, lr=cfg.lr) if nets else None
 
     def prior():
         with torch.no_grad():
@@ -300,12 +311,8 @@ def fit_saem(twin, data: CohortData | Batch, config: SAEMConfig | None = None, p
     bar = tqdm(range(total), desc="SAEM", disable=not show)
     for k in bar:
         gamma = _step_size(k, cfg)
-        if opt_ode is not None:  # Fisher's identity gradient through the solver at the current samples
-            opt_ode.zero_grad()
-            g, ok = solve_observables(twin, chains.z, batch, grad=True)
-            ll = observation_loglik(twin, g, batch)
-            (-torch.where(ok, ll, torch.zeros_like(ll)).sum() / N).backward()
-            chains.g, chains.ok = g.detach(), ok
+        if ode_phi or nets:  # the population parameters inside the ODE changed: fresh observables for the chains
+            chains.g, chains.ok = solve_observables(twin, chains.z, batch)
             chains.refresh()
         mean, sd = prior()
         rates = chains.step(mean, sd, cfg.kernels, adapt=k < cfg.n_explore)
@@ -321,20 +328,25 @@ def fit_saem(twin, data: CohortData | Batch, config: SAEMConfig | None = None, p
             if D > 1:
                 twin.beta.copy_(coef[1:].T)
             twin.log_omega.copy_(torch.log(omega))
-        lr = cfg.lr * gamma
-        if opt_obs is not None:
-            for group in opt_obs.param_groups:
-                group["lr"] = lr
-            for _ in range(cfg.obs_steps):
-                opt_obs.zero_grad()
-                ll = observation_loglik(twin, chains.g, batch)
-                (-torch.where(chains.ok, ll, torch.zeros_like(ll)).sum() / N).backward()
-                opt_obs.step()
+        if phi:  # Fisher scoring along E[grad log p(y, z)] for the parameters without random effects
+            S = acc.scores(chains.z, chains.g, chains.ok)[0][:, phi]
+            grad, info = S.sum(0), S.T @ S
+            info = info + 1e-8 * torch.diagonal(info).mean().clamp(min=1e-12) * torch.eye(len(phi), dtype=info.dtype)
+            step = torch.clamp(gamma * torch.linalg.lstsq(info, grad[:, None]).solution[:, 0], -cfg.max_step,
+                               cfg.max_step)
+            with torch.no_grad():
+                for i, d in zip(phi, step.tolist()):
+                    col = acc.cols[i]
+                    _tensor(twin, col["tensor"])[col["index"]] += d
             chains.refresh()
-        if opt_ode is not None:
-            for group in opt_ode.param_groups:
-                group["lr"] = lr
-            opt_ode.step()
+        if opt_nets is not None:  # closure networks: Adam along the same gradient
+            for group in opt_nets.param_groups:
+                group["lr"] = cfg.lr * gamma
+            opt_nets.zero_grad()
+            g, ok = solve_observables(twin, chains.z, batch, grad=True)
+            ll = observation_loglik(twin, g, batch)
+            (-torch.where(ok, ll, torch.zeros_like(ll)).sum() / N).backward()
+            opt_nets.step()
         mean, sd = prior()
         rows.append(_record(twin, k, gamma, chains, mean, sd, rates))
         if show and k % 10 == 0:
@@ -342,12 +354,9 @@ def fit_saem(twin, data: CohortData | Batch, config: SAEMConfig | None = None, p
         if callback is not None:
             callback(k, twin, chains)
     twin.zero_grad(set_to_none=True)
-    if opt_ode is not None:  # the chains' observables must reflect the final population parameters
+    if ode_phi or nets:  # the chains' observables must reflect the final population parameters
         chains.g, chains.ok = solve_observables(twin, chains.z, batch)
         chains.refresh()
-    from .fisher import ScoreAccumulator
-
-    acc = ScoreAccumulator(twin, batch, X)
     s1 = torch.zeros_like(chains.z)
     s2 = torch.zeros_like(chains.z)
     n_post = max(cfg.n_fisher, 1)
