@@ -316,3 +316,25 @@ def test_estimation_settings_are_validated(estimation, message):
     with pytest.raises(ValueError, match=message):
         RunConfig.from_dict({"name": "x", "data": {"model": "vaccine_asc"}, "twin": {"model": "vaccine_asc"},
                              "estimation": estimation})
+
+
+def test_marginal_loglik_matches_the_exact_gaussian_marginal():
+    from scipy.stats import multivariate_normal
+
+    from hybridtwin.estimation.marginal import marginal_loglik
+
+    times, omega, sigma = (0.0, 1.0, 2.0), 0.6, 0.3
+    data, _ = decay_cohort(n=40, seed=12, times=times, omega=(omega, 0.0), sigma=sigma, age_effect=0.0)
+    twin = decay_twin(data, fixed=("k", "unused"), covariate_effects=False)
+    with torch.no_grad():
+        twin.observation.log_sigma_add.fill_(math.log(sigma))
+        twin.log_omega.fill_(math.log(omega))
+        twin.mu.fill_(math.log(1e4))
+    out = marginal_loglik(twin, data, n_draws=300, n_mcmc=20)
+    t = np.asarray(times)
+    cov = (omega / LN10) ** 2 * np.ones((3, 3)) + sigma**2 * np.eye(3)
+    mean = (math.log(1e4) - 0.5 * t) / LN10
+    obs = data.observations.sort_values(["subject_id", "time"])
+    exact = sum(multivariate_normal(mean, cov).logpdf(g["value"].to_numpy()) for _, g in obs.groupby("subject_id"))
+    assert abs(out["loglik"] - exact) < 0.2 + 3 * out["se"], (out["loglik"], exact, out["se"])
+    assert out["aic"] == pytest.approx(-2 * out["loglik"] + 2 * len(population_columns(twin)))

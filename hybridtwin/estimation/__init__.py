@@ -11,8 +11,9 @@ from .amortise import AmortiseConfig, amortise
 from .api import estimate
 from .checks import DegeneracyWarning, degeneracy_checks, identifiability
 from .fisher import correlation_table, population_columns, set_uncertainty
+from .marginal import marginal_loglik
 from .saem import PopulationFit, SAEMConfig, conditional_summary, fit_saem
 
 __all__ = ["AmortiseConfig", "DegeneracyWarning", "PopulationFit", "SAEMConfig", "amortise", "conditional_summary",
-           "correlation_table", "degeneracy_checks", "estimate", "fit_saem", "identifiability",
+           "correlation_table", "degeneracy_checks", "estimate", "fit_saem", "identifiability", "marginal_loglik",
            "population_columns", "set_uncertainty"]
