@@ -159,7 +159,7 @@ def forecast(twin: HybridTwin, data: CohortData, k: int, method: str, seed: int 
     cov = data.covariates.assign(cohort=data.covariates["subject_id"].map(cohort).to_numpy())
     t0 = time.perf_counter()
     pred, _ = twin.predict(cov, early, data.doses, times=late[["subject_id", "time", "observable"]], method=method,
-                           n_samples=300, seed=seed)
+                           n_samples=200, seed=seed)
     seconds = time.perf_counter() - t0
     m = late.merge(pred, on=["subject_id", "time", "observable"], how="left")
     unc = m[~m["censored"]]
@@ -248,12 +248,17 @@ def run_one(model: str, seed: int, n_train: int, n_test: int, saem: dict, amort:
               "amortisation_final_val_nll": float(fit.amortisation["val_nll"].min()),
               "population_table": twin.population_table().to_dict(orient="records")}
     if vi_epochs:
-        vi, vi_seconds = run_vi(model, train, seed, cache, vi_epochs)
-        vt = vi_estimates(vi, truth)
-        result["vi"] = {"seconds": vi_seconds, "estimates": vt.to_dict(orient="records"),
-                        "forecast": [dict(k=k, method="VI encoder", **forecast(vi, test, k, "encoder", seed))
-                                     for k in ks] + [dict(k=k, method="VI MAP", **forecast(vi, test, k, "map", seed))
-                                                     for k in ks]}
+        vi_path = cache / f"{model}_seed{seed}_vi.json"  # cached apart: the VI fit does not depend on SAEM settings
+        if vi_path.is_file():
+            result["vi"] = json.loads(vi_path.read_text())
+        else:
+            vi, vi_seconds = run_vi(model, train, seed, cache, vi_epochs)
+            vt = vi_estimates(vi, truth)
+            result["vi"] = {"seconds": vi_seconds, "estimates": vt.to_dict(orient="records"),
+                            "forecast": [dict(k=k, method="VI encoder", **forecast(vi, test, k, "encoder", seed))
+                                         for k in ks] + [dict(k=k, method="VI MAP", **forecast(vi, test, k, "map", seed))
+                                                         for k in ks]}
+            vi_path.write_text(json.dumps(result["vi"], indent=1, default=float))
     path.write_text(json.dumps(result, indent=1, default=float))
     return result
 

@@ -211,8 +211,12 @@ def cmd_train(args) -> int:
     except MisconfigurationException as exc:
         raise ValueError(str(exc)) from None
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
-        print(f"trained twin: {run_dir / 'weights.pt'} + {run_dir / 'card.json'} "
-              f"(hybridtwin.load({str(run_dir)!r})); resume with --resume; logs in {run_dir / 'logs'}")
+        if cfg.estimation.method == "saem":
+            print(f"estimated twin: {run_dir / 'weights.pt'} + {run_dir / 'card.json'} "
+                  f"(hybridtwin.load({str(run_dir)!r})); SAEM trajectory in {run_dir / 'saem_history.csv'}")
+        else:
+            print(f"trained twin: {run_dir / 'weights.pt'} + {run_dir / 'card.json'} "
+                  f"(hybridtwin.load({str(run_dir)!r})); resume with --resume; logs in {run_dir / 'logs'}")
     return 0
 
 

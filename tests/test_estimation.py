@@ -77,10 +77,11 @@ def test_saem_recovers_the_truth(decay_fit):
     se = dict(zip(twin.uncertainty["names"], np.sqrt(np.diag(np.asarray(twin.uncertainty["cov"])))))
     assert abs(math.exp(est["log_sigma_add[log10_V]"]) / 0.2 - 1) < 0.15
     assert abs(math.exp(est["log_omega[V0]"]) / 0.5 - 1) < 0.25
-    assert abs(math.exp(est["log_omega[k]"]) / 0.3 - 1) < 0.25
+    assert abs(math.exp(est["log_omega[k]"]) / 0.3 - 1) < 0.3  # 160 patients: its SE is ~0.1 on the log scale
     assert abs(est["beta[k, age]"] - 0.3) < 0.1 and abs(est["beta[k, noise]"]) < 0.1
-    for name, truth in (("mu[V0]", math.log(1e4)), ("mu[k]", math.log(0.5))):
-        assert abs(est[name] - truth) < 4 * se[name], (name, est[name], truth, se[name])
+    for name, truth in (("mu[V0]", math.log(1e4)), ("mu[k]", math.log(0.5)), ("log_omega[k]", math.log(0.3)),
+                        ("log_omega[V0]", math.log(0.5)), ("beta[k, age]", 0.3), ("beta[k, noise]", 0.0)):
+        assert abs(est[name] - truth) < 3.5 * se[name], (name, est[name], truth, se[name])
     assert all(np.isfinite(list(se.values())))
     assert fit.failed == [] and len(fit.history) == FAST["n_explore"] + FAST["n_smooth"]
 
@@ -338,3 +339,19 @@ def test_marginal_loglik_matches_the_exact_gaussian_marginal():
     exact = sum(multivariate_normal(mean, cov).logpdf(g["value"].to_numpy()) for _, g in obs.groupby("subject_id"))
     assert abs(out["loglik"] - exact) < 0.2 + 3 * out["se"], (out["loglik"], exact, out["se"])
     assert out["aic"] == pytest.approx(-2 * out["loglik"] + 2 * len(population_columns(twin)))
+
+
+def test_shipped_saem_config_parses_and_builds_its_twin():
+    from pathlib import Path
+
+    from training.config import RunConfig
+    from training.train import load_data
+
+    cfg = RunConfig.from_yaml(Path(__file__).resolve().parents[1] / "training" / "configs" / "baccam_challenge.yaml")
+    assert cfg.estimation.method == "saem" and cfg.twin.cohort_effects == ("V0",)
+    spec = cfg.data.__class__(**{**cfg.data.__dict__, "n_subjects": 9})
+    data = load_data(spec, cfg.twin.model)
+    gt = data.meta["ground_truth"]
+    assert gt["cohort_parameters"]["V0"] == {"cohort_1": 0.75, "cohort_2": 0.25, "cohort_3": 2.0}
+    twin = HybridTwin.from_data(cfg.twin, data)
+    assert "sex[F vs M]" in twin.covariate_names and twin.population_names == ["V0"]

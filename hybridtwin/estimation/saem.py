@@ -65,7 +65,11 @@ class SAEMConfig:
     omega shrinks by at most this factor per iteration. Parameters without random effects (population-level
     model parameters, cohort shifts, noise, assay calibration) take Fisher-scoring steps ``gamma I^-1 g`` along
     the per-subject scores (``max_step`` caps each step on the unconstrained scale); closure networks take
-    Adam steps of size ``lr * gamma``.
+    Adam steps of size ``lr * gamma``. From iteration ``newton_start`` (None: never) every population quantity
+    takes damped Fisher-scoring steps on the marginal likelihood instead (``newton_damping`` times the step
+    while exploring, times ``gamma`` after; each capped at ``newton_max_step``), with per-subject scores
+    averaged over iterations with weight ``score_memory``: this converges in tens of iterations where
+    EM-type updates crawl (patients whose data leave their parameters uncertain).
     init_steps: Adam steps of a pooled fit (every subject at the typical values) before SAEM, to start from
     data rather than the model defaults (0: start from the twin's current values). n_fisher: iterations at
     the estimate for conditional means and scores (0: no standard errors). seed, progress: as usual.
@@ -79,6 +83,10 @@ class SAEMConfig:
     anneal: float = 0.95
     lr: float = 0.05
     max_step: float = 1.0
+    newton_start: int | None = 50
+    newton_damping: float = 0.5
+    newton_max_step: float = 0.2
+    score_memory: float = 0.3
     init_steps: int = 30
     n_fisher: int = 40
     seed: int = 0
@@ -97,7 +105,12 @@ class SAEMConfig:
         object.__setattr__(self, "kernels", k)
         if not (0 < self.anneal <= 1):
             raise ValueError(f"SAEMConfig.anneal must be in (0, 1], got {self.anneal!r}")
-        for name in ("omega_start", "lr", "max_step"):
+        if self.newton_start is not None and (isinstance(self.newton_start, bool) or not isinstance(
+                self.newton_start, int) or self.newton_start < 0):
+            raise ValueError(f"SAEMConfig.newton_start must be an integer >= 0 or None, got {self.newton_start!r}")
+        if not (isinstance(self.score_memory, (int, float)) and 0 < self.score_memory <= 1):
+            raise ValueError(f"SAEMConfig.score_memory must be in (0, 1], got {self.score_memory!r}")
+        for name in ("omega_start", "lr", "max_step", "newton_damping", "newton_max_step"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"SAEMConfig.{name} must be a positive number, got {v!r}")
@@ -253,6 +266,63 @@ def _pooled_start(twin, batch: Batch, steps: int, progress: bool) -> None:
     twin.zero_grad(set_to_none=True)
 
 
+def _em_step(twin, acc, chains, phi, X, XtX, N, D, ridge, cfg, k, gamma, stats) -> None:
+    """SAEM's M-step: stochastic approximation of the sufficient statistics, closed-form mu, beta, omega
+    (with annealing while exploring), Fisher scoring for the parameters without random effects."""
+    from .fisher import _tensor
+
+    stats["Sxz"] = stats["Sxz"] + gamma * (X.T @ chains.z - stats["Sxz"])
+    stats["Szz"] = stats["Szz"] + gamma * ((chains.z**2).sum(0) - stats["Szz"])
+    omega_old = twin.log_omega.detach().exp()
+    coef, omega = _regression(stats["Sxz"], stats["Szz"], XtX, N, omega_old, ridge)
+    if k < cfg.n_explore:
+        omega = torch.maximum(omega, cfg.anneal * omega_old)
+    with torch.no_grad():
+        twin.mu.copy_(coef[0])
+        if D > 1:
+            twin.beta.copy_(coef[1:].T)
+        twin.log_omega.copy_(torch.log(omega))
+    if phi:  # Fisher scoring along E[grad log p(y, z)] for the parameters without random effects
+        S = acc.scores(chains.z, chains.g, chains.ok)[0][:, phi]
+        grad, info = S.sum(0), S.T @ S
+        info = info + 1e-8 * torch.diagonal(info).mean().clamp(min=1e-12) * torch.eye(len(phi), dtype=info.dtype)
+        step = torch.clamp(gamma * torch.linalg.lstsq(info, grad[:, None]).solution[:, 0], -cfg.max_step,
+                           cfg.max_step)
+        with torch.no_grad():
+            for i, d in zip(phi, step.tolist()):
+                col = acc.cols[i]
+                _tensor(twin, col["tensor"])[col["index"]] += d
+        chains.refresh()
+
+
+def _newton_step(twin, acc, chains, sbar, cfg, a: float, ridge: float, N: int):
+    """Fisher scoring on the marginal likelihood for every population quantity: the per-subject scores are
+    averaged over iterations (``score_memory``) to estimate each subject's observed-data score
+    ``E[grad log p(y_i, z_i) | y_i]``; their sum is the gradient and their covariance the observed information
+    (as for the standard errors), so the step is Newton-like instead of EM-like -- EM slows to a crawl when the
+    data leave much of each patient's parameters uncertain. Returns the updated averaged scores."""
+    from .fisher import _tensor
+
+    S = acc.scores(chains.z, chains.g, chains.ok)[0]
+    sbar = S if sbar is None else sbar + cfg.score_memory * (S - sbar)
+    grad = sbar.sum(0)
+    centred = sbar - sbar.mean(0)
+    info = centred.T @ centred
+    if ridge:
+        for i, c in enumerate(acc.cols):
+            if c["kind"] == "effect":
+                grad[i] -= 2.0 * N * ridge * float(_tensor(twin, c["tensor"])[c["index"]])
+                info[i, i] += 2.0 * N * ridge
+    info = info + 1e-6 * torch.diagonal(info).mean().clamp(min=1e-12) * torch.eye(len(grad), dtype=info.dtype)
+    step = torch.clamp(a * cfg.newton_damping * torch.linalg.lstsq(info, grad[:, None]).solution[:, 0],
+                       -cfg.newton_max_step, cfg.newton_max_step)
+    with torch.no_grad():
+        for c, d in zip(acc.cols, step.tolist()):
+            _tensor(twin, c["tensor"])[c["index"]] += d
+    chains.refresh()
+    return sbar
+
+
 def fit_saem(twin, data: CohortData | Batch, config: SAEMConfig | None = None, progress: bool | None = None,
              callback=None) -> PopulationFit:
     """Estimate the twin's population model by SAEM on ``data`` (all subjects in one batch); updates the twin
@@ -288,7 +358,7 @@ def fit_saem(twin, data: CohortData | Batch, config: SAEMConfig | None = None, p
         _pooled_start(twin, batch, cfg.init_steps, show)
     with torch.no_grad():
         twin.log_omega.copy_(torch.maximum(twin.log_omega, torch.full_like(twin.log_omega, math.log(cfg.omega_start))))
-    from .fisher import ScoreAccumulator, _tensor
+    from .fisher import ScoreAccumulator
 
     acc = ScoreAccumulator(twin, batch, X)
     phi = [i for i, c in enumerate(acc.cols) if c["kind"] in PHI_KINDS]
@@ -305,7 +375,8 @@ def fit_saem(twin, data: CohortData | Batch, config: SAEMConfig | None = None, p
     chains = _Chains(twin, batch, mean.clone(), gen)
     for _ in range(cfg.n_burn):
         chains.step(mean, sd, cfg.kernels, adapt=True)
-    Sxz, Szz = X.T @ chains.z, (chains.z**2).sum(0)
+    stats = {"Sxz": X.T @ chains.z, "Szz": (chains.z**2).sum(0)}
+    sbar = None
     rows = []
     total = cfg.n_explore + cfg.n_smooth
     bar = tqdm(range(total), desc="SAEM", disable=not show)
@@ -316,29 +387,10 @@ def fit_saem(twin, data: CohortData | Batch, config: SAEMConfig | None = None, p
             chains.refresh()
         mean, sd = prior()
         rates = chains.step(mean, sd, cfg.kernels, adapt=k < cfg.n_explore)
-        # stochastic approximation + closed-form M-step for mu, beta, omega
-        Sxz = Sxz + gamma * (X.T @ chains.z - Sxz)
-        Szz = Szz + gamma * ((chains.z**2).sum(0) - Szz)
-        omega_old = twin.log_omega.detach().exp()
-        coef, omega = _regression(Sxz, Szz, XtX, N, omega_old, ridge)
-        if k < cfg.n_explore:
-            omega = torch.maximum(omega, cfg.anneal * omega_old)
-        with torch.no_grad():
-            twin.mu.copy_(coef[0])
-            if D > 1:
-                twin.beta.copy_(coef[1:].T)
-            twin.log_omega.copy_(torch.log(omega))
-        if phi:  # Fisher scoring along E[grad log p(y, z)] for the parameters without random effects
-            S = acc.scores(chains.z, chains.g, chains.ok)[0][:, phi]
-            grad, info = S.sum(0), S.T @ S
-            info = info + 1e-8 * torch.diagonal(info).mean().clamp(min=1e-12) * torch.eye(len(phi), dtype=info.dtype)
-            step = torch.clamp(gamma * torch.linalg.lstsq(info, grad[:, None]).solution[:, 0], -cfg.max_step,
-                               cfg.max_step)
-            with torch.no_grad():
-                for i, d in zip(phi, step.tolist()):
-                    col = acc.cols[i]
-                    _tensor(twin, col["tensor"])[col["index"]] += d
-            chains.refresh()
+        if cfg.newton_start is not None and k >= cfg.newton_start:
+            sbar = _newton_step(twin, acc, chains, sbar, cfg, 1.0 if k < cfg.n_explore else gamma, ridge, N)
+        else:
+            _em_step(twin, acc, chains, phi, X, XtX, N, D, ridge, cfg, k, gamma, stats)
         if opt_nets is not None:  # closure networks: Adam along the same gradient
             for group in opt_nets.param_groups:
                 group["lr"] = cfg.lr * gamma
