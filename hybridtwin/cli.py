@@ -144,7 +144,8 @@ def _quickstart_twin(out: Path, n_subjects: int, epochs: int, iterations: int = 
                  "solver": {"rtol": 1e-4, "atol": 1e-4, "max_steps": 2000}},
         "trainer": {"max_epochs": epochs, "batch_size": 32, "lr": 1e-2, "patience": 10, "accelerator": "cpu"},
         "estimation": {"method": "saem",
-                       "saem": {"n_explore": max(1, int(iterations * 0.6)), "n_smooth": max(1, iterations - int(iterations * 0.6))},
+                       "saem": {"n_explore": max(1, int(iterations * 0.6)), "n_smooth": max(1, iterations - int(iterations * 0.6)),
+                                "n_fisher": min(40, max(2, iterations)), "init_steps": min(30, iterations)},
                        "amortise": {"n_simulations": 4000, "epochs": epochs}}})
     twin, run_dir = train(cfg)
     new = make_virtual_cohort("vaccine_asc", n_subjects=4, n_cohorts=1, seed=99)
