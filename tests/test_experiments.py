@@ -41,6 +41,7 @@ def test_benchmarks_tiny(tmp_path):
     assert int(d["solver_failed"].iloc[0]) == 0
 
 
+@pytest.mark.slow  # ~30 s: a 40-subject SAEM fit, forecasts and the report
 def test_estimation_tiny(tmp_path):
     import estimation
 
@@ -58,6 +59,7 @@ def test_estimation_tiny(tmp_path):
     assert again["results"][0]["fit_seconds"] == res["fit_seconds"]  # resumed from the cache, not refitted
 
 
+@pytest.mark.slow  # ~20 s: SAEM on 30 challenger2022 patients
 def test_estimation_real_tiny(tmp_path, shared_data):
     import estimation_real
 
