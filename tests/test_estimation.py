@@ -130,6 +130,7 @@ def test_population_table_reports_se_ci_within_bounds_and_round_trips(decay_fit,
     pd.testing.assert_frame_equal(again.population_table(), table)
 
 
+@pytest.mark.slow  # ~12 s: gradients through the solver every iteration
 def test_cohort_effects_and_fixed_values_are_estimated():
     data, _ = decay_cohort(n=90, seed=5, n_cohorts=3, v0_by_cohort=(1.0, 0.2, 3.0), offset_by_cohort=(0.0, 0.0, 0.0),
                            age_effect=0.0, omega=(0.0, 0.3))  # V0: one value per cohort, no between-patient spread
@@ -150,6 +151,7 @@ def test_cohort_effects_and_fixed_values_are_estimated():
     assert table.set_index("quantity").loc["unused", "estimate"] == pytest.approx(2.5)
 
 
+@pytest.mark.slow  # ~18 s: two fits
 def test_offset_calibration_is_estimated_and_confounding_is_reported():
     data, _ = decay_cohort(n=100, seed=6, n_cohorts=2, v0_by_cohort=(1.0, 1.0), offset_by_cohort=(0.0, 0.5),
                            age_effect=0.0)
