@@ -25,6 +25,7 @@ import torch
 
 from ..data import CohortData
 from ..data.dataset import Batch
+from .amortise import _select
 from .likelihood import observation_loglik, prior_logpdf, solve_observables
 
 
@@ -73,7 +74,7 @@ def marginal_loglik(twin, data: CohortData | Batch, n_draws: int = 200, n_mcmc: 
             z = center[None] + spread[None] * u
             log_q = (t.log_prob(u) - torch.log(spread)[None]).sum(-1)  # (k, B)
             idx = torch.arange(B).repeat(k)
-            rep = _repeat(batch, k)
+            rep = _select(batch, torch.arange(B).repeat(k))  # k copies of every subject
             g, ok = solve_observables(twin, z.reshape(k * B, -1), rep)
             ll = torch.where(ok, observation_loglik(twin, g, rep), torch.full((k * B,), -math.inf, dtype=g.dtype))
             lp = prior_logpdf(z.reshape(k * B, -1), pm[idx], ps[idx])
@@ -93,10 +94,3 @@ def marginal_loglik(twin, data: CohortData | Batch, n_draws: int = 200, n_mcmc: 
             "bic": -2 * total + n_par * math.log(max(n_obs, 1)), "per_subject": per_subject,
             "min_ess": float(ess.min()), "n_subjects": B}
 
-
-def _repeat(batch: Batch, k: int) -> Batch:
-    return Batch(list(batch.subject_ids) * k, batch.times.repeat(k, 1), batch.values.repeat(k, 1),
-                 batch.observable.repeat(k, 1), batch.censored.repeat(k, 1), batch.lloq.repeat(k, 1),
-                 batch.mask.repeat(k, 1), batch.covariates.repeat(k, 1), batch.cohort.repeat(k),
-                 batch.schedule.select(torch.arange(len(batch)).repeat(k)), batch.observable_names,
-                 batch.cohort_names)
