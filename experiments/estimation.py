@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 
 from _common import RESULTS, peak_rss_mb  # noqa: F401  (puts the project root on sys.path)
+from hybridtwin.checkpoint import load, save
 from hybridtwin.data import CohortData
 from hybridtwin.datasets import make_virtual_cohort
 from hybridtwin.estimation import AmortiseConfig, SAEMConfig, estimate, identifiability
@@ -169,6 +170,38 @@ def forecast(twin: HybridTwin, data: CohortData, k: int, method: str, seed: int 
             "seconds": seconds}
 
 
+FORECAST_ROUTES = (("twin MAP", "map"), ("twin encoder", "encoder"), ("twin encoder+IS", "encoder_is"))
+
+
+def forecasts(twin: HybridTwin, oracle: HybridTwin, test: CohortData, ks, seed: int, routes=FORECAST_ROUTES) -> list:
+    """Forecast rows of the fitted twin by each route and of the MAP under the true population model."""
+    fc = []
+    for k in ks:
+        for label, method in routes:
+            fc.append(dict(k=k, method=label, **forecast(twin, test, k, method, seed)))
+        fc.append(dict(k=k, method="truth MAP", **forecast(oracle, test, k, "map", seed)))
+    return fc
+
+
+def add_missing_routes(cache: Path, ks=(1, 2, 3)) -> None:
+    """Add forecast routes that a cached fit lacks, from its saved twin (no refit)."""
+    for path in sorted(cache.glob("*_seed*.json")):
+        if path.stem.endswith("_vi"):
+            continue
+        r = json.loads(path.read_text())
+        have = {f["method"] for f in r["forecast"]}
+        missing = tuple(rt for rt in FORECAST_ROUTES if rt[0] not in have)
+        twin_dir = cache / f"{r['model']}_seed{r['seed']}_twin"
+        if not missing or not twin_dir.is_dir():
+            continue
+        twin = load(twin_dir)
+        _, _, test = make_data(r["model"], r["n_train"], r["n_test"], r["seed"])
+        for k in ks:
+            for label, method in missing:
+                r["forecast"].append(dict(k=k, method=label, **forecast(twin, test, k, method, r["seed"])))
+        path.write_text(json.dumps(r, indent=1, default=float))
+
+
 def run_vi(model: str, train: CohortData, seed: int, out: Path, max_epochs: int) -> tuple[HybridTwin, float]:
     """The former estimator (amortised VI through Lightning) on the same training subjects."""
     from _common import train_twin
@@ -234,11 +267,8 @@ def run_one(model: str, seed: int, n_train: int, n_test: int, saem: dict, amort:
     table = compare_estimates(twin, truth)
     ident = identifiability(twin, train)
     oracle = truth_twin(twin, data)
-    fc = []
-    for k in ks:
-        for label, tw, method in (("twin MAP", twin, "map"), ("twin encoder", twin, "encoder"),
-                                  ("truth MAP", oracle, "map")):
-            fc.append(dict(k=k, method=label, **forecast(tw, test, k, method, seed)))
+    save(twin, cache / f"{model}_seed{seed}_twin")  # forecasts added later need no refit
+    fc = forecasts(twin, oracle, test, ks, seed)
     result = {"model": model, "seed": seed, "n_train": len(train.covariates), "n_test": len(test.covariates),
               "fit_seconds": fit_seconds,
               "estimates": table.to_dict(orient="records"), "forecast": fc,
@@ -297,6 +327,8 @@ def summarise(results: list[dict]) -> tuple[dict, str]:
             row[f"k{k}"] = {"rmse": rm, "coverage": cov, "twin_map_vs_truth": rm["twin MAP"] / rm["truth MAP"],
                             "encoder_vs_truth": rm["twin encoder"] / rm["truth MAP"],
                             "encoder_vs_twin_map": rm["twin encoder"] / rm["twin MAP"]}
+            if "twin encoder+IS" in rm:
+                row[f"k{k}"]["encoder_is_vs_twin_map"] = rm["twin encoder+IS"] / rm["twin MAP"]
         summary["per_fit"].append(row)
     est = pd.concat(all_est, ignore_index=True)
     summary["coverage_pooled"] = float(est[~est.irrelevant].covered.mean())
@@ -314,15 +346,19 @@ def summarise(results: list[dict]) -> tuple[dict, str]:
     lines += ["", f"Pooled over fits: 90 % CIs cover the true value in {summary['coverage_pooled']:.1%} of cases; "
               f"irrelevant covariates' CIs cover 0 in {summary['coverage_irrelevant_pooled']:.1%}.", "",
               "## Forecasts of later samples from the first k (RMSE of the predictive median; 90 % interval coverage)",
-              "", "| model | seed | k | truth MAP | twin MAP (ratio) | twin encoder (ratio to truth; to twin MAP) | coverage MAP / encoder |",
-              "|---|---|---|---|---|---|---|"]
+              "", "| model | seed | k | truth MAP | twin MAP (ratio) | twin encoder (ratio to truth; to twin MAP) | "
+              "encoder+IS (ratio to twin MAP) | coverage MAP / encoder / encoder+IS |",
+              "|---|---|---|---|---|---|---|---|"]
     for row in summary["per_fit"]:
         for key in sorted(k for k in row if k.startswith("k")):
             f = row[key]
             lines.append(f"| {row['model']} | {row['seed']} | {key[1:]} | {f['rmse']['truth MAP']:.3f} | "
                          f"{f['rmse']['twin MAP']:.3f} ({f['twin_map_vs_truth']:.3f}) | {f['rmse']['twin encoder']:.3f} "
                          f"({f['encoder_vs_truth']:.3f}; {f['encoder_vs_twin_map']:.3f}) | "
-                         f"{f['coverage']['twin MAP']:.3f} / {f['coverage']['twin encoder']:.3f} |")
+                         + (f"{f['rmse']['twin encoder+IS']:.3f} ({f['encoder_is_vs_twin_map']:.3f}) | "
+                            if "encoder_is_vs_twin_map" in f else "- | ")
+                         + f"{f['coverage']['twin MAP']:.3f} / {f['coverage']['twin encoder']:.3f} / "
+                         + (f"{f['coverage']['twin encoder+IS']:.3f} |" if "twin encoder+IS" in f["coverage"] else "- |"))
     lines += ["", "## Estimates vs truth (every fit)", ""]
     for r in results:
         est = pd.DataFrame(r["estimates"])
@@ -386,6 +422,10 @@ if __name__ == "__main__":
     ap.add_argument("--n-test", type=int, default=200)
     ap.add_argument("--vi-epochs", type=int, default=0, help="also fit the former VI estimator on the first seed")
     ap.add_argument("--summarise", action="store_true", help="only rebuild the report from the cached fits")
+    ap.add_argument("--add-routes", action="store_true",
+                    help="add forecast routes missing from cached fits (from their saved twins), then summarise")
     a = ap.parse_args()
-    res = summarise_cached() if a.summarise else main(models=tuple(a.models), seeds=tuple(a.seeds), n_train=a.n_train, n_test=a.n_test, vi_epochs=a.vi_epochs)
+    if a.add_routes:
+        add_missing_routes(RESULTS / "estimation")
+    res = summarise_cached() if a.summarise or a.add_routes else main(models=tuple(a.models), seeds=tuple(a.seeds), n_train=a.n_train, n_test=a.n_test, vi_epochs=a.vi_epochs)
     print(res["report"])

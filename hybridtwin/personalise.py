@@ -7,6 +7,12 @@ Three routes behind one interface (``method=``), so they can be compared:
 - ``"map"``: per-patient maximum a posteriori fit of the patient parameters (L-BFGS on the negative log
   posterior, prior = the population model given covariates), with a Laplace (Gauss) approximation for the
   uncertainty; also the accuracy baseline;
+- ``"encoder_is"``: the encoder's posterior corrected by importance sampling (neural importance sampling,
+  Dax et al. 2023, Phys. Rev. Lett. 130, 171403): draws from the widened encoder posterior (mixed with the
+  population prior, so no patient is left without support) are weighted by likelihood x prior / proposal;
+  exact in the limit of many draws, and it reports the effective sample size. One batched solve of
+  ``n_draws`` per patient (tens of milliseconds), and it repairs what a Gaussian encoder cannot represent
+  (e.g. a curved or strongly correlated posterior from few samples);
 - ``"library"``: matching against a library of pre-computed virtual patients drawn from the population
   model (simulated once per dosing regimen); each library member is weighted by its likelihood for the
   patient's observations and its prior density given the patient's covariates (importance sampling).
@@ -30,7 +36,7 @@ from .data import CohortData
 from .data.dataset import Batch, SubjectDataset
 from .data.schema import DEFAULT_COHORT, OBS_COLUMNS, _validate_doses, _validate_observations
 
-METHODS = ("encoder", "map", "library")
+METHODS = ("encoder", "map", "encoder_is", "library")
 
 
 @dataclass
@@ -42,6 +48,7 @@ class Posterior:
     sd: torch.Tensor | None = None  # (B, Pp)
     samples: torch.Tensor | None = None  # (B, L, Pp) library members
     weights: torch.Tensor | None = None  # (B, L) normalised
+    ess: torch.Tensor | None = None  # (B,) effective sample size of importance weights (encoder_is)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(n, B, Pp) draws."""
@@ -246,6 +253,69 @@ def library_posterior(twin, batch: Batch, size: int = 2000, grid_points: int = 4
     return Posterior(batch.subject_ids, mean, sd, lib[None].expand(B, -1, -1), weights)
 
 
+def _log_normal(z: torch.Tensor, mean: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
+    """Log density of independent normals, summed over the last dimension."""
+    return (-0.5 * ((z - mean) / sd) ** 2 - torch.log(sd)).sum(-1) - 0.5 * math.log(2 * math.pi) * z.shape[-1]
+
+
+def importance_posterior(twin, batch: Batch, n_draws: int = 256, inflate: float = 1.5, defensive: float = 0.1,
+                         seed: int = 0, max_solves: int = 50_000) -> Posterior:
+    """The encoder's posterior corrected by importance sampling (``method="encoder_is"``).
+
+    The proposal is the mixture ``(1 - defensive) N(encoder mean, (inflate * encoder sd)^2) + defensive *
+    prior(covariates)`` (defensive importance sampling: the weights stay bounded where the encoder is
+    overconfident); every draw is weighted by ``p(y | z) p(z | x) / q(z)``. Returns weighted samples with
+    their effective sample size ``ess`` per patient (near ``n_draws``: the encoder was already right; a few:
+    increase ``n_draws``). ``max_solves`` bounds the ODE solves per batched call (memory).
+
+    >>> from hybridtwin.datasets import make_virtual_cohort
+    >>> from hybridtwin.twin import HybridTwin, TwinConfig
+    >>> data = make_virtual_cohort("baccam2006", n_subjects=3, seed=0)
+    >>> twin = HybridTwin.from_data(TwinConfig(model="baccam2006"), data)
+    >>> post = importance_posterior(twin, twin.dataset(data).batch(), n_draws=32)
+    >>> tuple(post.samples.shape), bool((post.ess >= 1).all() and (post.ess <= 32).all())
+    ((3, 32, 6), True)
+    """
+    if isinstance(n_draws, bool) or not isinstance(n_draws, int) or n_draws < 2:
+        raise ValueError(f"n_draws must be an integer >= 2, got {n_draws!r}")
+    if not (isinstance(inflate, (int, float)) and math.isfinite(inflate) and inflate > 0):
+        raise ValueError(f"inflate must be a positive number, got {inflate!r}")
+    if not (isinstance(defensive, (int, float)) and 0 <= defensive < 1):
+        raise ValueError(f"defensive must be in [0, 1), got {defensive!r}")
+    gen = torch.Generator().manual_seed(seed)
+    B = len(batch)
+    with torch.no_grad():
+        em, es = twin.posterior(batch)
+        qs = es * inflate
+        pm, ps = twin.prior(batch.covariates)
+        n_prior = int(round(defensive * n_draws))
+        eps = torch.randn((n_draws, *em.shape), generator=gen, dtype=em.dtype)
+        z = torch.cat([pm[None] + ps[None] * eps[:n_prior], em[None] + qs[None] * eps[n_prior:]], 0)  # (K, B, P)
+        parts = [_log_normal(z, em[None], qs[None]) + math.log1p(-defensive)]
+        if defensive > 0:
+            parts.append(_log_normal(z, pm[None], ps[None]) + math.log(defensive))
+        log_q = torch.logsumexp(torch.stack(parts), 0)  # (K, B)
+        log_prior = _log_normal(z, pm[None], ps[None])
+        loglik = torch.empty(n_draws, B, dtype=em.dtype)
+        per_call = max(1, max_solves // max(B, 1))
+        for start in range(0, n_draws, per_call):
+            zk = z[start:start + per_call]
+            K = zk.shape[0]
+            g, status = twin.observables_at(twin.theta(zk.reshape(K * B, -1), batch.cohort.repeat(K)), batch, repeats=K)
+            ll = twin.observation.log_likelihood(g, batch.values.repeat(K, 1), batch.observable.repeat(K, 1),
+                                                 batch.cohort.repeat(K), batch.censored.repeat(K, 1),
+                                                 batch.lloq.repeat(K, 1), batch.mask.repeat(K, 1)).sum(1)
+            loglik[start:start + K] = torch.where(status == 0, ll, torch.full_like(ll, -math.inf)).reshape(K, B)
+        logw = torch.nan_to_num(loglik + log_prior - log_q, nan=-math.inf).T  # (B, K)
+        w = torch.softmax(logw, dim=1)
+        w = torch.where(torch.isfinite(logw).any(1, keepdim=True), w, torch.full_like(w, 1.0 / n_draws))
+        samples = z.permute(1, 0, 2)  # (B, K, P)
+        mean = torch.einsum("bk,bkp->bp", w, samples)
+        sd = torch.sqrt(torch.clamp(torch.einsum("bk,bkp->bp", w, samples**2) - mean**2, min=1e-12))
+        ess = 1.0 / (w**2).sum(1)
+    return Posterior(batch.subject_ids, mean, sd, samples, w, ess)
+
+
 def posterior(twin, batch: Batch, method: str = "encoder", **options) -> Posterior:
     """The posterior of the patient parameters of every subject in ``batch`` by the chosen route."""
     if method not in METHODS:
@@ -258,6 +328,8 @@ def posterior(twin, batch: Batch, method: str = "encoder", **options) -> Posteri
         with torch.no_grad():
             init = twin.posterior(batch)[0]
         return fit_map(twin, batch, init=init, **options)
+    if method == "encoder_is":
+        return importance_posterior(twin, batch, **options)
     return library_posterior(twin, batch, **options)
 
 

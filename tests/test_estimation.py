@@ -358,3 +358,30 @@ def test_shipped_saem_config_parses_and_builds_its_twin():
     assert gt["cohort_parameters"]["V0"] == {"cohort_1": 0.75, "cohort_2": 0.25, "cohort_3": 2.0}
     twin = HybridTwin.from_data(cfg.twin, data)
     assert "sex[F vs M]" in twin.covariate_names and twin.population_names == ["V0"]
+
+
+def test_information_removes_monte_carlo_noise_along_a_weak_direction():
+    """Per-subject scores are Monte Carlo means: their noise inflates the information most where the data are
+    weak (a ridge). With the noise known by construction, the batch-mean correction must bring the standard
+    error along the weak direction back to the truth, where the raw matrix understates it by a factor ~3."""
+    from hybridtwin.estimation.fisher import information
+
+    gen = torch.Generator().manual_seed(0)
+    B, nb = 4000, 4
+    true_cov = torch.tensor([[1.0, 0.0], [0.0, 0.01]], dtype=torch.float64)  # second direction: 100x weaker
+    s_true = torch.randn(B, 2, generator=gen, dtype=torch.float64) @ torch.sqrt(true_cov)
+    noise_sd = 0.3  # per batch mean and coordinate
+    batches = [s_true + noise_sd * torch.randn(B, 2, generator=gen, dtype=torch.float64) for _ in range(nb)]
+    scores = sum(batches) / nb
+    raw, raw_flag = information(scores)
+    corrected, flag = information(scores, tuple(batches))
+    assert flag and not raw_flag
+    truth_se = 1.0 / math.sqrt(B * 0.01)
+    se = lambda m: float(torch.sqrt(torch.linalg.inv(m)[1, 1]))  # noqa: E731
+    assert se(raw) < 0.6 * truth_se  # what the uncorrected matrix reports
+    assert abs(se(corrected) / truth_se - 1) < 0.15, (se(corrected), truth_se)
+    assert abs(float(torch.linalg.inv(corrected)[0, 0]) * B - 1) < 0.15  # the strong direction is left alone
+    # the correction never removes more than 1 - keep of the information along any direction
+    floor, _ = information(scores, tuple(s_true * 0 + 100 * torch.randn(B, 2, generator=gen, dtype=torch.float64)
+                                         for _ in range(nb)), keep=0.1)
+    assert bool(torch.linalg.eigvalsh(floor).min() > 0)

@@ -229,3 +229,36 @@ def test_fixed_parameters_stay_fixed_and_population_ones_are_shared(cohort):
     assert torch.all(theta[:, i_fixed] == twin.model.default_parameters()["delta_Ag"])  # never trained
     assert torch.all(theta[:, i_pop] == theta[0, i_pop])  # one value for every patient ...
     assert float(theta[0, i_pop]) != twin.model.default_parameters()["delta_S"]  # ... and it is learned
+
+
+def test_encoder_is_corrects_a_biased_proposal(monkeypatch):
+    """Importance sampling must undo a proposal that is off by one posterior SD: the weighted mean returns to
+    the MAP (the posterior is near-Gaussian here), and the effective sample size reflects the mismatch."""
+    truth, obs, doses = _one_subject()
+    data = ht.data.validate(obs, doses, pd.DataFrame({"subject_id": ["p"], "age": [40.0]}), model="vaccine_asc")
+    cfg = TwinConfig(model="vaccine_asc", noise={"log10_Ab": "additive"}, population=("alpha_S", "alpha_L", "delta_S", "delta_L"),
+                     omega_init=1.0)
+    twin = HybridTwin.from_data(cfg, data)
+    with torch.no_grad():
+        twin.observation.log_sigma_add.fill_(math.log(0.05))
+    batch = twin.dataset(data).batch()
+    post = fit_map(twin, batch, max_iter=200)
+    means = []
+    for sign in (1.0, -1.0):  # two proposals, off by one SD in opposite directions
+        shifted = post.mean + sign * post.sd
+        monkeypatch.setattr(twin, "posterior", lambda b, context=None, m=shifted: (m, post.sd))
+        fixed = ht.personalise.importance_posterior(twin, batch, n_draws=4000, inflate=2.0, seed=1)
+        means.append(fixed.mean)
+    # both estimate the same posterior mean although their proposals are 2 SD apart
+    assert bool((((means[0] - means[1]) / post.sd).abs() < 0.2).all()), means
+    # and for the well-identified parameters (near-Gaussian posterior) it is the MAP
+    err = ((fixed.mean - post.mean) / post.sd).abs()[0]
+    for name in ("beta_S", "delta_Ab"):
+        assert float(err[twin.patient_names.index(name)]) < 0.25, (name, err)
+    assert 50 < float(fixed.ess[0]) < 4000
+    assert math.isclose(float(fixed.weights.sum()), 1.0, rel_tol=1e-9)
+    assert bool(((fixed.sd / post.sd) > 0.7).all() and ((fixed.sd / post.sd) < 1.4).all())
+    with pytest.raises(ValueError, match="n_draws"):
+        ht.personalise.importance_posterior(twin, batch, n_draws=1)
+    with pytest.raises(ValueError, match="defensive"):
+        ht.personalise.importance_posterior(twin, batch, defensive=1.0)

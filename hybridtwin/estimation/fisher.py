@@ -7,8 +7,8 @@ matrix in latent variable models based on the score function", ESAIM: Proceeding
 come from the SAEM chains at the estimate: the random-effect part in closed form, the observation model by
 automatic differentiation (``torch.func.jacrev``, no solve), and population parameters inside the ODE by
 one backward pass through the batched solver per sample. The Monte Carlo error of each ``s_i`` (which
-inflates ``I``) is estimated from the two half-chains and subtracted when the result stays positive
-definite.
+inflates ``I``, most along directions the data barely inform) is estimated from batch means of the chains and
+removed (see :func:`information`).
 
 The estimated quantities are named (``mu[beta]``, ``beta[p, age]``, ``log_omega[delta]``,
 ``cohort_shift[V0, cohort_2]``, ``log_sigma_add[log10_V]``, ``offset[log10_V, cohort_2]`` ...), all on the
@@ -86,13 +86,14 @@ def estimate_vector(twin, cols: list[dict] | None = None) -> torch.Tensor:
 
 
 class ScoreAccumulator:
-    """Averages per-subject scores over posterior samples (two halves kept apart for the Monte Carlo error)."""
+    """Averages per-subject scores over posterior samples, in ``n_batches`` consecutive batches kept apart
+    (batch means give the Monte Carlo error of each subject's score)."""
 
-    def __init__(self, twin, batch: Batch, X: torch.Tensor):
+    def __init__(self, twin, batch: Batch, X: torch.Tensor, n_batches: int = 4):
         self.twin, self.batch, self.X = twin, batch, X
         self.cols = population_columns(twin)
-        self.sums = [None, None]
-        self.counts = [0, 0]
+        self.sums = [None] * n_batches
+        self.counts = [0] * n_batches
         names = twin.model.parameter_names
         self.ode_cols = [i for i, c in enumerate(self.cols) if c["kind"] in ("population", "cohort")]
         self.ode_index = [names.index(self.cols[i]["parameter"]) for i in self.ode_cols]
@@ -143,28 +144,49 @@ class ScoreAccumulator:
             out[:, i] = col.double() * okf
         return (out, g, ok) if with_g else out
 
-    def add(self, z: torch.Tensor, g: torch.Tensor, ok: torch.Tensor, half: int) -> None:
+    def add(self, z: torch.Tensor, g: torch.Tensor, ok: torch.Tensor, part: int) -> None:
+        """Add the scores at one posterior sample to batch ``part``."""
         s = self._scores(z, g, ok)
-        self.sums[half] = s if self.sums[half] is None else self.sums[half] + s
-        self.counts[half] += 1
+        self.sums[part] = s if self.sums[part] is None else self.sums[part] + s
+        self.counts[part] += 1
 
     def result(self):
-        halves = [s / max(n, 1) for s, n in zip(self.sums, self.counts) if s is not None]
-        total = sum(self.sums[h] for h in range(2) if self.sums[h] is not None) / max(sum(self.counts), 1)
-        return total, tuple(halves) if len(halves) == 2 else None, [c["name"] for c in self.cols]
+        """(mean scores (B, Q), tuple of batch means or None if fewer than 2 batches were filled, names)."""
+        filled = [(s, n) for s, n in zip(self.sums, self.counts) if s is not None]
+        total = sum(s for s, _ in filled) / max(sum(n for _, n in filled), 1)
+        means = tuple(s / n for s, n in filled)
+        return total, means if len(means) >= 2 else None, [c["name"] for c in self.cols]
 
 
-def information(scores: torch.Tensor, halves: tuple | None = None) -> tuple[torch.Tensor, bool]:
-    """Observed information ``sum_i (s_i - s_bar)(s_i - s_bar)'``, less the Monte Carlo part estimated from
-    the half-chain means when that keeps it positive definite; returns (matrix, corrected?)."""
+def information(scores: torch.Tensor, batches: tuple | None = None, keep: float = 0.1) -> tuple[torch.Tensor, bool]:
+    """Observed information ``sum_i (s_i - s_bar)(s_i - s_bar)'`` less its Monte Carlo part.
+
+    Each ``s_i`` is a Monte Carlo mean; its error adds ``sum_i Var(s_i)`` to the matrix, which matters most
+    where the data carry little information (a ridge of the likelihood), so leaving it in makes standard errors
+    too small exactly there. ``Var(s_i)`` is estimated from the batch means (``batches``, at least 2) and
+    removed in the whitened frame of the raw matrix, eigen-direction by eigen-direction, keeping at least
+    ``keep`` of the raw information along each (the estimate of the Monte Carlo part is itself noisy).
+    Returns (matrix, corrected?)."""
     s = scores - scores.mean(0)
     info = s.T @ s
-    if halves is not None:
-        d = halves[0] - halves[1]
-        corrected = info - d.T @ d / 4.0
-        if bool(torch.linalg.eigvalsh(0.5 * (corrected + corrected.T)).min() > 0):
-            return corrected, True
-    return info, False
+    if not batches or len(batches) < 2:
+        return info, False
+    m = torch.stack(batches)  # (nb, B, Q)
+    nb = m.shape[0]
+    d = (m - m.mean(0)).reshape(-1, m.shape[-1])
+    mc = d.T @ d / (nb * (nb - 1))
+    Q = info.shape[0]
+    jitter = 1e-12 * torch.diagonal(info).mean().clamp(min=1e-300) * torch.eye(Q, dtype=info.dtype)
+    evals, evecs = torch.linalg.eigh(0.5 * (info + info.T) + jitter)
+    if bool(evals.min() <= 0):
+        return info, False
+    half = evecs * torch.sqrt(evals)  # info = half half'
+    inv_half = evecs / torch.sqrt(evals)
+    a = inv_half.T @ mc @ inv_half  # Monte Carlo share, whitened
+    lam, u = torch.linalg.eigh(0.5 * (a + a.T))
+    factor = torch.clamp(1.0 - lam, min=keep, max=1.0)
+    corrected = half @ (u * factor) @ u.T @ half.T
+    return 0.5 * (corrected + corrected.T), True
 
 
 def covariance(info: torch.Tensor, rcond: float = 1e-10) -> tuple[torch.Tensor, int]:
@@ -191,7 +213,7 @@ def set_uncertainty(twin, fit) -> dict:
     cols = population_columns(twin)
     if [c["name"] for c in cols] != list(fit.score_names):
         raise ValueError("the fit's scores do not match the twin's estimated quantities (another twin?)")
-    info, corrected = information(fit.scores, fit.score_halves)
+    info, corrected = information(fit.scores, fit.score_batches)
     cov, rank = covariance(info)
     twin.uncertainty = {"method": "empirical Fisher information of per-subject scores (Delattre & Kuhn 2023)",
                         "monte_carlo_corrected": corrected, "rank": rank, "n_subjects": int(fit.scores.shape[0]),

@@ -88,7 +88,7 @@ class SAEMConfig:
     newton_max_step: float = 0.2
     score_memory: float = 0.3
     init_steps: int = 30
-    n_fisher: int = 40
+    n_fisher: int = 80
     seed: int = 0
     progress: bool = True
 
@@ -123,8 +123,8 @@ class PopulationFit:
     history: one row per iteration (complete-data log-likelihood, typical values, omegas, noise SDs,
     acceptance rates). subject_ids, posterior_mean, posterior_sd: each subject's conditional mean / SD of its
     unconstrained patient parameters at the estimate. scores: (B, Q) per-subject scores of the estimated
-    quantities ``score_names`` (for the Fisher information), with ``score_halves`` the two half-chain means
-    (Monte Carlo error). failed: subjects whose solve still failed at the end. seconds: wall time.
+    quantities ``score_names`` (for the Fisher information), with ``score_batches`` the means over consecutive
+    batches of the chain (Monte Carlo error). failed: subjects whose solve still failed at the end. seconds: wall time.
     amortisation: the encoder's training history when :func:`~hybridtwin.estimation.estimate` amortised it;
     diagnostics: the degeneracy findings.
     """
@@ -134,7 +134,7 @@ class PopulationFit:
     posterior_mean: torch.Tensor
     posterior_sd: torch.Tensor
     scores: torch.Tensor | None = None
-    score_halves: tuple | None = None
+    score_batches: tuple | None = None
     score_names: list = field(default_factory=list)
     failed: list = field(default_factory=list)
     seconds: float = 0.0
@@ -418,14 +418,14 @@ def fit_saem(twin, data: CohortData | Batch, config: SAEMConfig | None = None, p
         s1 += chains.z
         s2 += chains.z**2
         if cfg.n_fisher:
-            acc.add(chains.z, chains.g, chains.ok, half=int(m >= n_post / 2))
+            acc.add(chains.z, chains.g, chains.ok, part=min(m * 4 // n_post, 3))
     post_mean = s1 / n_post
     post_sd = torch.sqrt(torch.clamp(s2 / n_post - post_mean**2, min=0.0))
     failed = [batch.subject_ids[i] for i in torch.nonzero(~chains.ok).flatten().tolist()]
     fit = PopulationFit(history=pd.DataFrame(rows), subject_ids=list(batch.subject_ids), posterior_mean=post_mean,
                         posterior_sd=post_sd, failed=failed, config=cfg)
     if cfg.n_fisher:
-        fit.scores, fit.score_halves, fit.score_names = acc.result()
+        fit.scores, fit.score_batches, fit.score_names = acc.result()
     fit.seconds = time.perf_counter() - start
     return fit
 
