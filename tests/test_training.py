@@ -37,7 +37,9 @@ def tiny(out, name="tiny", **trainer) -> RunConfig:
 
 
 def weights(run_dir: Path) -> dict:
-    return torch.load(run_dir / "weights.pt", weights_only=True)
+    state = torch.load(run_dir / "weights.pt", weights_only=True)
+    state.pop(checkpoint.CARD_KEY)  # the card's hash, not a model tensor
+    return state
 
 
 def final_weights(run_dir: Path) -> dict:

@@ -295,6 +295,10 @@ class Model:
         return {k: fn(s, p) for k, fn in self.observables.items()}
 
     def _validate_callables(self) -> None:
+        with torch.device("cpu"):  # a check on real numbers, even when a caller builds on the meta device
+            self._check_callables()
+
+    def _check_callables(self) -> None:
         theta = self.parameter_space.default_tensor(1)
         y0 = self.initial_state(theta)
         t = torch.zeros(1, dtype=theta.dtype)
