@@ -98,6 +98,12 @@ def _tables(twin, covariates: pd.DataFrame, observations, doses) -> tuple[Subjec
 
     pre = twin.preprocessor
     cohort_is_covariate = pre is not None and "cohort" in [*pre.numeric_, *pre.categorical_]
+    used = {"subject_id", "cohort", *([*pre.numeric_, *pre.categorical_] if pre is not None else [])}
+    extra = [c for c in covariates.columns if c not in used]
+    if extra:
+        warnings.warn(f"covariate column(s) {extra} were not used to train this twin and are ignored "
+                      f"(its covariates: {[*pre.numeric_, *pre.categorical_] if pre is not None else []})",
+                      UserWarning, stacklevel=3)
     known = twin.cohort_names or [DEFAULT_COHORT]
     from_obs = {}
     if len(obs) and "cohort" in observations.columns:  # validated: present on every row, one per subject
@@ -397,7 +403,28 @@ def predict(twin, covariates: pd.DataFrame, observations: pd.DataFrame | None = 
                         for i in range(B) for j, n in enumerate(names) if n in twin.patient_names],
                        columns=["subject_id", "parameter", "median", "lower", "upper"])
     traj.attrs["method"] = par.attrs["method"] = method
+    _check_nan_rows(traj, ok, ids)
     return traj, par
+
+
+def _check_nan_rows(traj: pd.DataFrame, ok: torch.Tensor, ids: list) -> None:
+    """Predictions that could not be computed are never silent: NaN rows warn with the subjects (and the
+    share of their posterior draws whose solve failed); a prediction with no finite row at all is an error."""
+    import warnings
+
+    nan = traj["median"].isna() | traj["lower"].isna() | traj["upper"].isna()
+    if not bool(nan.any()):
+        return
+    failed_share = 1.0 - ok.double().mean(0)  # (B,)
+    subjects = list(dict.fromkeys(traj.loc[nan, "subject_id"].tolist()))
+    pos = {s: i for i, s in enumerate(ids)}
+    shown = ", ".join(f"{s!s} ({float(failed_share[pos[s]]):.0%} of draws failed to solve)" for s in subjects[:10])
+    if bool(nan.all()):
+        raise ValueError(f"no prediction could be computed: every row is NaN (subjects {shown}); the solver failed "
+                         "for these patients' parameters -- check their covariates and doses, or the solver settings "
+                         "(max_steps, tolerances) of the twin")
+    warnings.warn(f"{int(nan.sum())} of {len(traj)} prediction rows are NaN for {len(subjects)} subject(s): {shown}",
+                  RuntimeWarning, stacklevel=3)
 
 
 def update(twin, posterior_state: Posterior | None, covariates: pd.DataFrame, observations: pd.DataFrame,

@@ -151,6 +151,8 @@ class CovariatePreprocessor:
         state = {"numeric": numeric, "categorical": categorical, "indicators": with_missing, "log10": list(self.log10),
                  "scaling": [c for c in numeric if c in self.scaling], "median": [], "center": [], "scale": [],
                  "categories": levels, "reference": reference}
+        state["min"] = [float(np.nanmin(frame[c].to_numpy(dtype=float))) for c in numeric]
+        state["max"] = [float(np.nanmax(frame[c].to_numpy(dtype=float))) for c in numeric]
         for c in numeric:
             pipe = ct.named_transformers_[f"num:{c}"]
             state["median"].append(float(pipe.named_steps["impute"].statistics_[0]))
@@ -230,7 +232,10 @@ class CovariatePreprocessor:
     def transform(self, covariates: pd.DataFrame) -> np.ndarray:
         """(n_subjects, n_features) float array, rows in the order of ``covariates``.
 
-        Warns (``UserWarning``) when a categorical value was not seen in training: it encodes as the reference.
+        Warns (``UserWarning``, naming subjects and columns) when a categorical value was not seen in training
+        (it encodes as the reference) and when a numeric value lies outside the training range by more than
+        that range's width (``min - width`` .. ``max + width``, on the log10 scale for ``log10`` columns; a
+        column constant in training allows one scaling unit): the twin extrapolates there.
         """
         self._check_fitted()
         st = self.state_
@@ -247,11 +252,31 @@ class CovariatePreprocessor:
         if unseen:
             warnings.warn("covariate value(s) not seen in the training subjects -- " + "; ".join(unseen),
                           UserWarning, stacklevel=2)
+        far = self._far_outside(frame, covariates)
+        if far:
+            warnings.warn("covariate value(s) far outside the training range (beyond min - width .. max + width of the "
+                          "training values): predictions extrapolate -- " + "; ".join(far), UserWarning, stacklevel=2)
         if getattr(self, "column_transformer_", None) is not None:
             with warnings.catch_warnings():  # reported above, with column names and values
                 warnings.filterwarnings("ignore", message="Found unknown categories", category=UserWarning)
                 return np.asarray(self.column_transformer_.transform(frame), dtype=float)
         return self._transform_from_state(frame)
+
+    def _far_outside(self, frame: pd.DataFrame, covariates: pd.DataFrame) -> list[str]:
+        st = self.state_
+        if "min" not in st:  # fitted by an older version: no range recorded
+            return []
+        ids = covariates["subject_id"].tolist() if "subject_id" in covariates.columns else list(range(len(frame)))
+        out = []
+        for c, lo, hi, scale in zip(st["numeric"], st["min"], st["max"], st["scale"]):
+            width = hi - lo if hi > lo else float(scale)
+            x = frame[c].to_numpy(dtype=float)
+            bad = np.nonzero(np.isfinite(x) & ((x < lo - width) | (x > hi + width)))[0]
+            if len(bad):
+                shown = ", ".join(f"{ids[i]!s}: {covariates[c].iloc[i]!r}" for i in bad[:5])
+                log = "log10 " if c in st.get("log10", ()) else ""
+                out.append(f"{c!r} ({log}training range {lo:.4g}..{hi:.4g}) for {len(bad)} subject(s): {shown}")
+        return out
 
     def _transform_from_state(self, frame: pd.DataFrame) -> np.ndarray:
         st = self.state_
@@ -283,6 +308,8 @@ class CovariatePreprocessor:
             raise ValueError(f"not a CovariatePreprocessor state (kind={state.get('kind')!r}, version={version!r})")
         st = {k: state[k] for k in ("numeric", "categorical", "indicators", "median", "scale", "categories")}
         st["log10"] = list(state.get("log10", ()))
+        if "min" in state:
+            st["min"], st["max"] = list(state["min"]), list(state["max"])
         if version == 1:  # one column per level (reference None), numeric scaled by the training mean and SD
             st.update(center=list(state["mean"]), scaling=[], reference=[None] * len(st["categorical"]))
         else:

@@ -1,0 +1,89 @@
+"""`predict` never answers silently wrong: extrapolated or unused covariates warn, failed solves are named,
+an all-failed prediction is an error, and every pandas dtype a CSV can produce is accepted."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hybridtwin.datasets.virtual import make_virtual_cohort
+from hybridtwin.twin import HybridTwin, TwinConfig
+
+
+@pytest.fixture(scope="module")
+def setup():
+    data = make_virtual_cohort("vaccine_asc", n_subjects=8, n_cohorts=2, seed=0)
+    twin = HybridTwin.from_data(TwinConfig(model="vaccine_asc", encoder={"hidden": 8, "set_dim": 4}), data)
+    cov = data.covariates.copy()
+    cov["cohort"] = cov["subject_id"].map(data.observations.groupby("subject_id")["cohort"].first())
+    return twin, data, cov
+
+
+def _predict(twin, data, cov, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = twin.predict(cov, data.observations, data.doses, times=[0.0, 10.0, 30.0], n_samples=4, **kw)
+    return out, [str(w.message) for w in caught]
+
+
+def test_plain_prediction_is_quiet(setup):
+    twin, data, cov = setup
+    (traj, _), msgs = _predict(twin, data, cov)
+    assert not traj["median"].isna().any()
+    assert not [m for m in msgs if "outside the training range" in m or "NaN" in m or "not used" in m]
+
+
+def test_far_outside_covariate_warns_with_subject_and_column(setup):
+    twin, data, cov = setup
+    odd = cov.assign(age=np.where(cov.index == 2, 1e4, cov["age"]))
+    _, msgs = _predict(twin, data, odd)
+    hit = [m for m in msgs if "outside the training range" in m]
+    assert hit and "'age'" in hit[0] and str(cov["subject_id"].iloc[2]) in hit[0]
+    # inside the allowed band (the training range widened by its width): no warning
+    lo, hi = cov["age"].min(), cov["age"].max()
+    near = cov.assign(age=np.where(cov.index == 2, hi + 0.5 * (hi - lo), cov["age"]))
+    _, msgs = _predict(twin, data, near)
+    assert not [m for m in msgs if "outside the training range" in m]
+
+
+def test_unused_covariate_columns_warn_and_are_ignored(setup):
+    twin, data, cov = setup
+    (a, _), _ = _predict(twin, data, cov)
+    (b, _), msgs = _predict(twin, data, cov.assign(extra=1.0, other="x"))
+    assert any("['extra', 'other']" in m and "ignored" in m for m in msgs)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_string_dtypes_from_csv_are_accepted(setup):
+    twin, data, cov = setup
+    (a, _), _ = _predict(twin, data, cov)
+    typed = cov.astype({c: "string" for c in ("subject_id", "sex", "cohort")})
+    (b, _), _ = _predict(twin, data, typed)
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_dtype=False)
+
+
+def test_failed_solves_warn_with_subjects_and_all_failed_is_an_error(setup, monkeypatch):
+    twin, data, cov = setup
+    original = twin.observables_at
+    bad_subject = 1
+
+    def failing(theta, batch, repeats=1):  # every draw of one subject fails to solve
+        g, status = original(theta, batch, repeats)
+        b = torch.arange(len(batch)).repeat(repeats)
+        return g, torch.where(b == bad_subject, torch.ones_like(status), status)
+
+    monkeypatch.setattr(twin, "observables_at", failing)
+    (traj, _), msgs = _predict(twin, data, cov)
+    sid = str(cov["subject_id"].iloc[bad_subject])
+    assert traj.loc[traj["subject_id"] == sid, "median"].isna().all()
+    assert any("NaN" in m and sid in m and "100% of draws failed" in m for m in msgs)
+
+    def all_fail(theta, batch, repeats=1):
+        g, status = original(theta, batch, repeats)
+        return g, torch.ones_like(status)
+
+    monkeypatch.setattr(twin, "observables_at", all_fail)
+    with pytest.raises(ValueError, match="every row is NaN"):
+        _predict(twin, data, cov)
