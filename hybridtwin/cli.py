@@ -126,6 +126,7 @@ def _quickstart_twin(out: Path, n_subjects: int, epochs: int, iterations: int = 
     import matplotlib.pyplot as plt
 
     from training.config import RunConfig
+    from training.module import SolveFailureError
     from training.train import train
 
     from .datasets import make_virtual_cohort
@@ -201,6 +202,7 @@ def cmd_train(args) -> int:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from training.config import RunConfig
+    from training.module import SolveFailureError
     from training.train import train
 
     cfg = RunConfig.from_yaml(args.config)
@@ -209,7 +211,7 @@ def cmd_train(args) -> int:
     cfg = cfg.with_trainer(devices=args.devices, strategy=args.strategy, max_epochs=args.max_epochs)
     try:
         _, run_dir = train(cfg, resume=args.resume)
-    except MisconfigurationException as exc:
+    except (MisconfigurationException, SolveFailureError) as exc:
         raise ValueError(str(exc)) from None
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
         if cfg.estimation.method == "saem":

@@ -188,6 +188,10 @@ class TwinConfig:
         return cls(**d)
 
 
+#: ELBO per observation row assigned to a subject whose solve failed (far below any fitted value: a good fit
+#: scores around +-1 per row), so failures are penalised rather than dropped from the average
+FAILED_ELBO_PER_ROW = -1.0e3
+
 class HybridTwin(nn.Module):
     """See the module docstring. Build with :meth:`from_data` (fits covariate preprocessing and scales)."""
 
@@ -352,7 +356,11 @@ class HybridTwin(nn.Module):
 
     def elbo(self, batch: Batch, context: torch.Tensor | None = None, n_samples: int | None = None,
              generator: torch.Generator | None = None) -> dict:
-        """ELBO terms for a batch; ``context`` selects encoder input and likelihood rows (default: all)."""
+        """ELBO terms for a batch; ``context`` selects encoder input and likelihood rows (default: all).
+
+        ``elbo`` is the mean over every subject of the batch; a subject whose solve failed counts
+        ``FAILED_ELBO_PER_ROW`` per observation (and gives no gradient); ``loglik`` and ``kl`` average the
+        successful subjects; ``failed`` / ``failed_ids`` name the others."""
         K = n_samples or self.config.n_samples
         ctx = batch.mask if context is None else context & batch.mask
         mean, sd = self.posterior(batch, ctx)
@@ -371,7 +379,11 @@ class HybridTwin(nn.Module):
         elbo_i = ll.mean(0) - kl
         okf = ok.to(elbo_i.dtype)
         n_ok = okf.sum().clamp(min=1.0)
-        elbo = (torch.where(ok, elbo_i, torch.zeros_like(elbo_i))).sum() / n_ok
+        # a subject whose solve failed scores FAILED_ELBO_PER_ROW per observation: the ELBO averages over every
+        # subject, so batches and epochs with different failure counts stay comparable and an epoch in which
+        # solves fail can never look better than one in which they succeed (no gradient flows from it)
+        failed_i = FAILED_ELBO_PER_ROW * ctx.sum(1).clamp(min=1).to(elbo_i.dtype)
+        elbo = torch.where(ok, elbo_i, failed_i.detach()).sum() / B
         penalty = self.config.closure_penalty * self.dynamics.penalty().to(elbo.dtype)
         if self.config.covariate_penalty:
             penalty = penalty + self.config.covariate_penalty * (self.beta**2).sum().to(elbo.dtype)
@@ -379,6 +391,7 @@ class HybridTwin(nn.Module):
         n_rows = ctx.sum().clamp(min=1).to(elbo.dtype)
         return {"loss": -elbo + penalty, "elbo": elbo.detach(), "loglik": (ll.mean(0) * okf).sum().detach() / n_ok,
                 "kl": (kl * okf).sum().detach() / n_ok, "failed": self.last_failed, "n_subjects": B,
+                "failed_ids": [batch.subject_ids[i] for i in torch.nonzero(~ok).flatten().tolist()],
                 "loglik_per_obs": ((ll.mean(0) * okf).sum() / n_rows).detach()}
 
     # -- personalisation (see hybridtwin.personalise) ---------------------------------------------------------------

@@ -242,3 +242,23 @@ def test_csv_folder_source(tmp_path):
     assert Path(cfg.data.path) == (tmp_path / "tables").resolve()
     data = load_data(cfg.data, "vaccine_asc")
     assert len(data.subject_ids) == 12 and len(data.doses) > 0
+
+
+def test_run_whose_solves_fail_stops_with_the_subjects_named(tmp_path, capsys):
+    """The reproduction of the hardening issue: twin.solver.max_steps 40 makes every solve fail. The run must
+    stop with an error naming subjects (before: loss 0.0 was saved as the best model and exit code was 0)."""
+    from training.module import SolveFailureError
+
+    cfg = tiny(tmp_path, "broken", max_epochs=1)
+    cfg = RunConfig.from_dict({**cfg.to_dict(), "twin": {**cfg.to_dict()["twin"],
+                                                         "solver": {"max_steps": 40}}})
+    with pytest.raises(SolveFailureError, match=r"failed to solve.*max_failed_share.*\['S\d+"):
+        train(cfg)
+    assert not (tmp_path / "broken" / "weights.pt").exists()
+    # the same through the CLI: one clear line, exit code 2
+    path = tmp_path / "broken.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert main(["train", str(path), "--out", str(tmp_path / "cli")]) == 2
+    assert "failed to solve" in capsys.readouterr().err

@@ -108,10 +108,58 @@ def test_untrained_encoder_is_the_population_prior_and_kl_vanishes(cohort):
     assert table["se"].isna().all()  # no standard errors before an estimation with uncertainty
 
 
-def test_failed_solves_are_excluded_and_counted(cohort):
-    twin = HybridTwin.from_data(TwinConfig(model="vaccine_asc", solver={"rtol": 1e-5, "atol": 1e-6, "max_steps": 3}), cohort)
-    out = twin.elbo(twin.dataset(cohort).batch(), n_samples=1)
-    assert out["failed"] == len(cohort.subject_ids) and torch.isfinite(out["loss"])
+def test_failed_solves_are_penalised_counted_and_named(cohort, monkeypatch):
+    """A partly failing batch: failed subjects score FAILED_ELBO_PER_ROW per row in the ELBO (so it cannot
+    look better than with successful solves), give no gradient, and are counted and named."""
+    from hybridtwin.twin import FAILED_ELBO_PER_ROW
+
+    twin = HybridTwin.from_data(TwinConfig(model="vaccine_asc"), cohort)
+    batch = twin.dataset(cohort).batch()
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    clean = twin.elbo(batch, n_samples=1, generator=gen())
+    assert clean["failed"] == 0 and clean["failed_ids"] == []
+    original = twin.observables_at
+    bad = torch.zeros(len(batch), dtype=torch.bool)
+    bad[[1, 4]] = True
+
+    def failing(theta, b, repeats=1):
+        g, status = original(theta, b, repeats)
+        return g, torch.where(bad.repeat(repeats), torch.ones_like(status), status)
+
+    monkeypatch.setattr(twin, "observables_at", failing)
+    out = twin.elbo(batch, n_samples=1, generator=gen())
+    assert out["failed"] == 2 and out["failed_ids"] == [batch.subject_ids[1], batch.subject_ids[4]]
+    rows = batch.mask.sum(1).double()
+    # same draws: the successful subjects' terms are unchanged, the failed ones score the penalty
+    per_subject_clean = clean["elbo"] * len(batch)
+    expected = (per_subject_clean - _elbo_terms(twin, batch, original)[bad].sum()
+                + FAILED_ELBO_PER_ROW * rows[bad].sum()) / len(batch)
+    assert math.isclose(float(out["elbo"]), float(expected), rel_tol=1e-9)
+    assert float(out["elbo"]) < float(clean["elbo"])
+    out["loss"].backward()
+    grads = [p.grad for p in twin.encoder.parameters() if p.grad is not None]
+    assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
+    # every subject failing: the ELBO is the penalty, never 0
+    monkeypatch.setattr(twin, "observables_at", lambda theta, b, repeats=1: (original(theta, b, repeats)[0],
+                                                                          torch.ones(len(b) * repeats, dtype=torch.long)))
+    allfail = twin.elbo(batch, n_samples=1, generator=gen())
+    assert math.isclose(float(allfail["elbo"]), FAILED_ELBO_PER_ROW * float(rows.mean()), rel_tol=1e-12)
+
+
+def _elbo_terms(twin, batch, observables_at):
+    """Per-subject ELBO terms with the generator of the test (seed 0, one sample), computed independently."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        mean, sd = twin.posterior(batch, batch.mask)
+        eps = torch.randn((1, *mean.shape), generator=gen, dtype=mean.dtype)
+        z = (mean[None] + sd[None] * eps).reshape(-1, mean.shape[1])
+        g, _ = observables_at(twin.theta(z, batch.cohort), batch)
+        ll = twin.observation.log_likelihood(g, batch.values, batch.observable, batch.cohort, batch.censored,
+                                             batch.lloq, batch.mask).sum(1)
+        pm, ps = twin.prior(batch.covariates)
+        kl = torch.distributions.kl_divergence(torch.distributions.Normal(mean, sd),
+                                               torch.distributions.Normal(pm, ps)).sum(1)
+    return ll - kl
 
 
 def _one_subject(seed=3, sd=0.05):

@@ -120,7 +120,9 @@ class DataSpec:
 class TrainerSettings:
     """Optimisation and Lightning settings. ``patience`` epochs without a better validation loss stop the
     run (None: never). ``precision`` None follows the twin's dtype ("64-true" for float64). ``max_steps``
-    -1 means no step limit. ``deterministic`` makes CPU runs bit-reproducible for a given seed."""
+    -1 means no step limit. ``deterministic`` makes CPU runs bit-reproducible for a given seed.
+    ``max_failed_share``: a validation epoch in which a larger share of subjects fails to solve stops the run
+    with an error naming them (the model or solver settings are broken; a loss over the rest would mislead)."""
 
     max_epochs: int = 50
     max_steps: int = -1
@@ -138,6 +140,7 @@ class TrainerSettings:
     val_n_samples: int | None = None
     log_every_n_steps: int = 10
     progress_bar: bool = True
+    max_failed_share: float = 0.2
 
     def __post_init__(self):
         _integer(self.max_epochs, "trainer.max_epochs", 1)
@@ -152,6 +155,9 @@ class TrainerSettings:
             _integer(self.patience, "trainer.patience", 1)
         _integer(self.seed, "trainer.seed", 0)
         _integer(self.log_every_n_steps, "trainer.log_every_n_steps", 1)
+        m = self.max_failed_share
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= 1:
+            raise ValueError(f"trainer.max_failed_share must be a number in [0, 1], got {m!r}")
         for name in ("n_samples", "val_n_samples"):
             if getattr(self, name) is not None:
                 _integer(getattr(self, name), f"trainer.{name}", 1)

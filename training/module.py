@@ -56,6 +56,10 @@ def step_generator(seed: int, stage: str, epoch: int, batch_idx: int, rank: int 
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
 
 
+class SolveFailureError(RuntimeError):
+    """Too many subjects failed to solve in a validation epoch (see ``TrainerSettings.max_failed_share``)."""
+
+
 @torch.no_grad()
 def evaluate(twin: HybridTwin, dataset, batch_size: int = 64, seed: int = 0, n_samples: int | None = None) -> dict:
     """Subject-weighted mean ELBO terms over ``dataset`` with full context, using the validation noise
@@ -77,11 +81,13 @@ class TwinModule(L.LightningModule):
     """Train ``twin`` by maximising its ELBO with Adam.
 
     lr: learning rate; seed: seeds every step's generator; n_samples / val_n_samples: reparameterised
-    samples per subject in training / validation (default: the twin's ``n_samples``).
+    samples per subject in training / validation (default: the twin's ``n_samples``). max_failed_share: a
+    validation epoch in which more than this share of subjects fails to solve raises
+    :class:`SolveFailureError` naming them.
     """
 
     def __init__(self, twin: HybridTwin, lr: float = 1e-2, seed: int = 0, n_samples: int | None = None,
-                 val_n_samples: int | None = None):
+                 val_n_samples: int | None = None, max_failed_share: float = 0.2):
         super().__init__()
         if not isinstance(twin, HybridTwin):
             raise TypeError(f"TwinModule receives a HybridTwin, got {type(twin).__name__}")
@@ -89,6 +95,8 @@ class TwinModule(L.LightningModule):
             raise ValueError(f"lr must be > 0, got {lr}")
         self.twin = twin
         self.save_hyperparameters(ignore=["twin"])
+        self._val_failed: list = []
+        self._val_seen = 0
 
     # -- randomness ------------------------------------------------------------------------------------------------
     def step_generator(self, stage: str, batch_idx: int) -> torch.Generator:
@@ -118,6 +126,9 @@ class TwinModule(L.LightningModule):
                 value = out[key].detach() if isinstance(out[key], torch.Tensor) else float(out[key])
                 self.log(f"{stage}/{key}", value, on_step=on_step and key == "loss", on_epoch=True, batch_size=n,
                          prog_bar=key in ("loss", "elbo"), sync_dist=True)
+        if stage == "val":
+            self._val_failed.extend(out["failed_ids"])
+            self._val_seen += n
         failed = torch.tensor(float(out["failed"]), dtype=torch.float64, device=out["loss"].device)
         self.log(f"{stage}/failed", failed, on_step=False, on_epoch=True, reduce_fx="sum", batch_size=n,
                  sync_dist=True)
@@ -128,6 +139,20 @@ class TwinModule(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "val", batch_idx)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_failed, self._val_seen = [], 0
+
+    def on_validation_epoch_end(self) -> None:
+        share = len(self._val_failed) / max(self._val_seen, 1)
+        if self._val_failed and share > self.hparams.max_failed_share:
+            ids = self._val_failed
+            raise SolveFailureError(
+                f"{len(ids)} of {self._val_seen} validation subjects ({share:.0%}) failed to solve, more than "
+                f"trainer.max_failed_share = {self.hparams.max_failed_share:g}: {ids[:20]}"
+                f"{' ...' if len(ids) > 20 else ''}; the model or solver settings are broken for them (e.g. "
+                "twin.solver.max_steps too small, tolerances too tight, parameters far outside their range); "
+                "the run stops rather than optimise a loss over the remaining subjects")
 
     def test_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "test", batch_idx)

@@ -114,7 +114,8 @@ def train(config: RunConfig | str | Path, *, resume: bool = False):
                           batch_size=ts.batch_size, seed=ts.seed)
     torch.manual_seed(ts.seed)  # the twin's initial weights
     twin = dm.make_twin(cfg.twin)
-    module = TwinModule(twin, lr=ts.lr, seed=ts.seed, n_samples=ts.n_samples, val_n_samples=ts.val_n_samples)
+    module = TwinModule(twin, lr=ts.lr, seed=ts.seed, n_samples=ts.n_samples, val_n_samples=ts.val_n_samples,
+                        max_failed_share=ts.max_failed_share)
     best_ckpt = ModelCheckpoint(dirpath=str(run_dir), filename="best", monitor="val/loss", mode="min", save_top_k=1,
                                 enable_version_counter=False)
     # Lightning >= 2.5 writes save_last only when a top-k checkpoint was written too: keep "last" separately
