@@ -6,14 +6,29 @@ One row per event, sorted by ``ID`` then ``TIME``:
   gives an infusion of duration ``AMT / RATE``; ``II``/``ADDL`` repeat it), 2 = other event (counted, not
   used). ``EVID`` 3/4 (resets), ``SS`` != 0 (steady state) and modelled rates (``RATE`` -1/-2) are refused with
   a clear message rather than silently mis-read.
-- ``CENS`` 1 = left-censored: the value is below the limit held in ``DV`` (M3 convention); ``CENS`` -1
-  (right-censoring) is refused. ``LIMIT`` (the other bound, e.g. 0) is kept in the round trip; an ``LLOQ``
-  column gives the limit of quantification of every row (also uncensored ones); ``DUR`` an infusion duration.
+- ``CENS`` 1 = left-censored: the value is below the limit held in ``DV`` (M3 convention), 0 = observed;
+  ``CENS`` -1 (right-censoring) and any other value are refused. ``LIMIT`` (the other bound, e.g. 0) is kept
+  in the round trip; an ``LLOQ`` column gives the limit of quantification of every row (also uncensored
+  ones); ``DUR`` an infusion duration. A dose row with both ``RATE`` > 0 and ``DUR`` > 0 must agree
+  (``DUR == AMT / RATE`` to a relative 1e-9), otherwise it is refused; ``ADDL`` must be a non-negative
+  integer and ``II``, ``DUR`` non-negative on dose rows.
 - ``DVID`` (endpoint id) and ``CMT`` (compartment) are mapped to observable and dose-target names by the
   user's dictionaries; ``STUDY`` becomes the cohort; any other column is a (time-constant) covariate.
 
+Subject ids are strings (the rule of :mod:`hybridtwin.data.schema`). ``ID`` is the NONMEM subject number;
+``SUBJECT``, when present, holds the original (string) id and names the subject. ``ID`` and ``SUBJECT``
+must correspond one to one: two IDs sharing one SUBJECT value (e.g. ids ``"007"`` and ``"7"`` read back as
+the number 7 by a CSV reader) or one ID with several SUBJECT values are refused. Without ``SUBJECT`` the
+``ID`` values themselves are the ids (``1`` -> ``"1"``). ``from_nonmem`` also takes the path of a CSV file,
+read with ``SUBJECT`` and ``STUDY`` as strings, so ``to_nonmem(data).to_csv(path, index=False)`` followed by
+``from_nonmem(path, ...)`` keeps ids such as ``"007"``.
+
+A table must hold at least one observation (``EVID`` 0 with ``MDV`` 0), and every subject with doses needs
+an observation: dose-only tables and subjects are refused (as :func:`hybridtwin.data.validate` does).
+Duplicated column names are refused.
+
 ``to_nonmem`` writes the same layout back; ``from_nonmem(to_nonmem(data, ...), ...)`` reproduces every
-event of ``data``.
+event of ``data`` (or raises).
 
 Example
 -------
@@ -23,18 +38,19 @@ Example
 ...                    "CMT": [1, 0, 0], "DV": [0.0, 3.1, 0.5], "MDV": [1, 0, 0], "CENS": [0, 0, 1],
 ...                    "DVID": [0, 1, 1], "AGE": [40, 40, 40]})
 >>> data = from_nonmem(nm, observables={1: "log10_V"}, targets={1: "antiviral"})
->>> data.report["n_censored"], list(data.covariates.columns)
-(1, ['subject_id', 'AGE'])
+>>> data.report["n_censored"], list(data.covariates.columns), data.subject_ids
+(1, ['subject_id', 'AGE'], ['1'])
 """
 
 from __future__ import annotations
 
+import os
 from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
-from .schema import CohortData, DEFAULT_COHORT, validate
+from .schema import CohortData, DEFAULT_COHORT, normalise_subject_ids, validate
 
 RESERVED = ("ID", "TIME", "EVID", "AMT", "CMT", "RATE", "II", "ADDL", "SS", "DV", "MDV", "CENS", "LIMIT", "DVID",
             "STUDY", "SUBJECT", "DUR", "LLOQ")
@@ -50,10 +66,34 @@ def _col(df: pd.DataFrame, name: str, default: float) -> np.ndarray:
     return values.fillna(default).to_numpy(dtype=float)
 
 
+def _where(mask: np.ndarray, df: pd.DataFrame) -> str:
+    return f"rows {df.index[mask][:10].tolist()}, IDs {pd.unique(df['ID'][mask])[:10].tolist()}"
+
+
 def _refuse(mask: np.ndarray, df: pd.DataFrame, what: str) -> None:
     if mask.any():
-        rows = df.index[mask][:10].tolist()
-        raise ValueError(f"NONMEM table: {what} is not supported (rows {rows}, IDs {pd.unique(df['ID'][mask])[:10].tolist()})")
+        raise ValueError(f"NONMEM table: {what} is not supported ({_where(mask, df)})")
+
+
+def _subjects(df: pd.DataFrame) -> pd.Series:
+    """The subject id (string) of every row: SUBJECT when present, checked one to one against ID."""
+    ids = normalise_subject_ids(df["ID"], "NONMEM", "ID")
+    if "SUBJECT" not in df.columns:
+        return ids
+    subject = normalise_subject_ids(df["SUBJECT"], "NONMEM", "SUBJECT")
+    pairs = pd.DataFrame({"ID": ids, "SUBJECT": subject})
+    for key, other in (("SUBJECT", "ID"), ("ID", "SUBJECT")):
+        n = pairs.groupby(key, sort=False)[other].nunique()
+        bad = n[n > 1].index.tolist()
+        if bad:
+            mask = pairs[key].isin(bad).to_numpy()
+            seen = {k: sorted(set(g[other])) for k, g in pairs[mask].groupby(key, sort=False)}
+            shown = "; ".join(f"{key} {k!r}: {other} {v}" for k, v in list(seen.items())[:10])
+            raise ValueError(f"NONMEM table: ID and SUBJECT must correspond one to one; {shown} (rows "
+                             f"{df.index[mask][:10].tolist()}). If SUBJECT holds string ids such as '007', read "
+                             "the file with SUBJECT as strings (pd.read_csv(path, dtype={'SUBJECT': str}) or "
+                             "from_nonmem(path))")
+    return subject
 
 
 def _map(codes: np.ndarray, mapping: Mapping | None, what: str, df: pd.DataFrame, mask: np.ndarray) -> np.ndarray:
@@ -68,9 +108,9 @@ def _map(codes: np.ndarray, mapping: Mapping | None, what: str, df: pd.DataFrame
     return out
 
 
-def from_nonmem(df: pd.DataFrame, observables: Mapping | None = None, targets: Mapping | None = None,
-                covariates: list[str] | None = None, model=None) -> CohortData:
-    """Read a NONMEM-style event table into a validated :class:`CohortData`.
+def from_nonmem(df: pd.DataFrame | str | os.PathLike, observables: Mapping | None = None,
+                targets: Mapping | None = None, covariates: list[str] | None = None, model=None) -> CohortData:
+    """Read a NONMEM-style event table (a DataFrame, or a CSV file's path) into a validated :class:`CohortData`.
 
     observables: ``{DVID: observable name}`` (without it, the DVID code itself is the name; a table without
         DVID has one observable named ``"DV"``).
@@ -78,8 +118,14 @@ def from_nonmem(df: pd.DataFrame, observables: Mapping | None = None, targets: M
     covariates: the covariate columns (default: every non-reserved column); each must be constant within a
         subject (time-varying covariates are refused).
     """
+    if isinstance(df, (str, os.PathLike)):
+        df = pd.read_csv(df, dtype={"SUBJECT": str, "STUDY": str})
     if not isinstance(df, pd.DataFrame):
-        raise ValueError(f"from_nonmem takes a DataFrame, got {type(df).__name__}")
+        raise ValueError(f"from_nonmem takes a DataFrame or the path of a CSV file, got {type(df).__name__}")
+    dup = df.columns[df.columns.duplicated()]
+    if len(dup):
+        raise ValueError(f"NONMEM table has duplicated column name(s) {list(pd.unique(dup))}; each column must "
+                         f"appear once (columns: {list(df.columns)})")
     missing = [c for c in ("ID", "TIME", "DV") if c not in df.columns]
     if missing:
         raise ValueError(f"NONMEM table is missing required column(s) {missing}; it has {list(df.columns)}")
@@ -93,9 +139,21 @@ def from_nonmem(df: pd.DataFrame, observables: Mapping | None = None, targets: M
     _refuse((evid == 1) & (rate < 0), df, "a modelled rate or duration (RATE -1/-2)")
     cens = _col(df, "CENS", 0.0)
     _refuse(cens < 0, df, "right-censoring (CENS = -1)")
-    subject = df["SUBJECT"] if "SUBJECT" in df.columns else df["ID"]
+    bad_cens = ~np.isin(cens, (0.0, 1.0))
+    if bad_cens.any():
+        raise ValueError(f"NONMEM column 'CENS' must be 0 (observed) or 1 (below the limit in DV); got "
+                         f"{sorted(set(cens[bad_cens].tolist()))[:5]} in {_where(bad_cens, df)}")
+    subject = _subjects(df)
 
     is_obs = (evid == 0) & (mdv == 0)
+    is_dose = evid == 1
+    if not is_obs.any():
+        raise ValueError(f"NONMEM table has no observation rows (EVID 0 with MDV 0, value in column 'DV'): {len(df)} "
+                         f"rows, {int(is_dose.sum())} of them doses; every subject needs at least one observation")
+    dose_only = np.asarray(is_dose & ~subject.isin(set(subject[is_obs])).to_numpy())
+    if dose_only.any():
+        raise ValueError(f"NONMEM table: subject(s) {list(pd.unique(subject[dose_only]))[:10]} have dose rows but no "
+                         f"observation (EVID 0 with MDV 0) ({_where(dose_only, df)}); every subject needs one")
     obs_names = (_map(_col(df, "DVID", 0.0), observables, "DVID", df, is_obs) if "DVID" in df.columns
                  else np.full(len(df), "DV", dtype=object))
     obs = pd.DataFrame({"subject_id": subject[is_obs].to_numpy(), "time": df["TIME"][is_obs].to_numpy(),
@@ -109,15 +167,33 @@ def from_nonmem(df: pd.DataFrame, observables: Mapping | None = None, targets: M
         obs["limit"] = _col(df, "LIMIT", np.nan)[is_obs]
     obs["cohort"] = df["STUDY"][is_obs].astype(str).to_numpy() if "STUDY" in df.columns else DEFAULT_COHORT
 
-    is_dose = evid == 1
     amt = _col(df, "AMT", 0.0)
     duration = np.where(rate > 0, amt / np.where(rate > 0, rate, 1.0), 0.0)
     if "DUR" in df.columns:
-        duration = np.where(_col(df, "DUR", 0.0) > 0, _col(df, "DUR", 0.0), duration)
+        dur = _col(df, "DUR", 0.0)
+        negative = is_dose & (dur < 0)
+        if negative.any():
+            raise ValueError(f"NONMEM column 'DUR' is negative on dose rows ({_where(negative, df)})")
+        both = is_dose & (rate > 0) & (dur > 0)
+        clash = both & ~(np.abs(dur - duration) <= 1e-9 * np.maximum(np.abs(dur), np.abs(duration)))
+        if clash.any():
+            i = np.nonzero(clash)[0][:5]
+            raise ValueError(f"NONMEM columns 'RATE' and 'DUR' disagree on dose rows ({_where(clash, df)}): DUR "
+                             f"{dur[i].tolist()} but AMT / RATE = {duration[i].tolist()}; give one of them, or "
+                             "consistent values")
+        duration = np.where(dur > 0, dur, duration)
     doses = pd.DataFrame({"subject_id": subject[is_dose].to_numpy(), "time": df["TIME"][is_dose].to_numpy(),
                           "amount": amt[is_dose], "target": _map(_col(df, "CMT", 0.0), targets, "CMT", df, is_dose)[is_dose],
                           "duration": duration[is_dose]})
     ii, addl = _col(df, "II", np.nan), _col(df, "ADDL", 0.0)
+    bad_addl = is_dose & ((addl < 0) | (addl != np.round(addl)))
+    if bad_addl.any():
+        raise ValueError(f"NONMEM column 'ADDL' must be a non-negative integer on dose rows; got "
+                         f"{addl[bad_addl][:5].tolist()} in {_where(bad_addl, df)}")
+    bad_ii = is_dose & (ii < 0)
+    if bad_ii.any():
+        raise ValueError(f"NONMEM column 'II' is negative on dose rows; got {ii[bad_ii][:5].tolist()} in "
+                         f"{_where(bad_ii, df)}")
     doses["interval"] = np.where(ii[is_dose] > 0, ii[is_dose], np.nan)
     doses["additional"] = addl[is_dose].astype(int)
 
@@ -126,6 +202,10 @@ def from_nonmem(df: pd.DataFrame, observables: Mapping | None = None, targets: M
     if unknown:
         raise ValueError(f"covariate column(s) {unknown} are not in the NONMEM table")
     cov = pd.DataFrame({"subject_id": subject.to_numpy()})
+    reserved = [c for c in cov_cols if c in ("subject_id",)]
+    if reserved:
+        raise ValueError("NONMEM table: a column named 'subject_id' would be read as a covariate and clash with the "
+                         "subject ids (taken from SUBJECT, else ID); rename it or leave it out of `covariates`")
     for c in cov_cols:
         cov[c] = df[c].to_numpy()
     if cov_cols:
@@ -156,9 +236,15 @@ def to_nonmem(data: CohortData, observables: Mapping | None = None, targets: Map
     """Write a :class:`CohortData` as one NONMEM event table (``ID`` numeric; the original id in ``SUBJECT``).
 
     observables: ``{observable name: DVID}`` (default: 1, 2, ... in sorted order); targets: ``{target name:
-    CMT}`` (default: 1, 2, ... in sorted order). Covariates become constant columns on every row of a subject.
+    CMT}`` (default: 1, 2, ... in sorted order). Covariates become constant columns on every row of a subject;
+    a covariate named like a NONMEM column (``AMT``, ``DV`` ...) is refused. ``SUBJECT`` holds the string ids:
+    write the table with ``to_csv(path, index=False)`` and read it back with ``from_nonmem(path)`` (or with
+    ``dtype={"SUBJECT": str}``) to keep ids such as ``"007"``.
     """
     obs, doses = data.observations, data.doses
+    clash = [c for c in data.covariates.columns if c in RESERVED or c == "_order"]
+    if clash:
+        raise ValueError(f"to_nonmem: covariate column(s) {clash} have the name of a NONMEM column; rename them")
     observables = dict(observables or {n: i + 1 for i, n in enumerate(sorted(obs["observable"].unique()))})
     targets = dict(targets or {n: i + 1 for i, n in enumerate(sorted(doses["target"].unique()))})
     for names, mapping, what in ((obs["observable"], observables, "observable"), (doses["target"], targets, "target")):

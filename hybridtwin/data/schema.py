@@ -14,6 +14,30 @@ Three tables describe a multi-cohort longitudinal data set:
 ``ValueError`` naming the column, the subjects and the offending rows (row labels of the table as given).
 Nothing is silently dropped: what a loader excludes on purpose is counted in ``CohortData.report``.
 
+Subject ids are strings
+-----------------------
+:func:`validate` turns the ``subject_id`` column of every table into Python strings
+(:func:`normalise_subject_ids`), one rule for every table and for :mod:`hybridtwin.data.nonmem`:
+
+- a column of strings is kept as it is (``"007"``, ``"7"`` and ``"07"`` are three subjects);
+- a column of integers becomes their decimal strings (``1`` -> ``"1"``), as read from a CSV file;
+- a column of floats (e.g. integers that a CSV reader turned into floats) is accepted only if every value is
+  a whole number (below 2**53), and becomes the integer's string (``1.0`` -> ``"1"``); ``1.5`` is refused;
+- a column that mixes value types (``1`` and ``"1"``, ``True`` and ``1``, ``1`` and ``1.0`` in an object
+  column), booleans, other types, missing ids (NaN/None/empty strings) and strings with leading or
+  trailing white space are refused, naming the rows.
+
+Each table is converted on its own, so integer ids in the observations match the same integers in the
+covariates. Tables are sorted by these strings (``"10"`` sorts before ``"2"``).
+
+Times and scope
+---------------
+Times are on the data's own clock and may be negative (e.g. days relative to symptom onset or to the peak
+viral load, as in some real-data loaders); pass ``min_time=0.0`` to :func:`validate` to refuse, naming the
+subjects and their times, observations and doses before the time origin of a simulation. Every subject
+needs at least one observation: an empty observations table and doses of subjects without observations are
+refused. Duplicated column names are refused in every table.
+
 Example
 -------
 >>> import pandas as pd
@@ -81,9 +105,13 @@ class CohortData:
     def subset(self, subject_ids: Iterable) -> "CohortData":
         """The data of the given subjects only (tables keep their order; report recomputed)."""
         keep = set(subject_ids)
-        unknown = keep - set(self.subject_ids)
+        known = set(self.subject_ids)
+        unknown = keep - known
         if unknown:
-            raise ValueError(f"subset: unknown subject(s) {sorted(unknown, key=str)[:10]}")
+            hint = ""
+            if any(not isinstance(s, str) and str(s) in known for s in unknown):
+                hint = " (subject ids are strings after validate(): use e.g. '1', not 1)"
+            raise ValueError(f"subset: unknown subject(s) {sorted(unknown, key=str)[:10]}{hint}")
 
         def cut(df):
             return None if df is None else df[df["subject_id"].isin(keep)].reset_index(drop=True)
@@ -122,6 +150,10 @@ def _rows(mask: np.ndarray, frame: pd.DataFrame, limit: int = 10) -> str:
 def _require(frame: pd.DataFrame, required: Iterable[str], table: str) -> None:
     if not isinstance(frame, pd.DataFrame):
         raise ValueError(f"{table} must be a pandas DataFrame, got {type(frame).__name__}")
+    dup = frame.columns[frame.columns.duplicated()]
+    if len(dup):
+        raise ValueError(f"{table} table has duplicated column name(s) {list(pd.unique(dup))}; "
+                         f"each column must appear once (columns: {list(frame.columns)})")
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise ValueError(
@@ -140,6 +172,108 @@ def _numeric(frame: pd.DataFrame, column: str, table: str, allow_nan: bool = Fal
     if bad.any():
         raise ValueError(f"{table} column {column!r} has non-finite values in {_rows(bad, frame)}")
     return values
+
+
+_MAX_EXACT_FLOAT = 2.0 ** 53
+
+
+def _id_kind(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "bool"
+    if isinstance(value, (int, np.integer)):
+        return "int"
+    if isinstance(value, (float, np.floating)):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    return type(value).__name__
+
+
+def _row_list(index: pd.Index, mask: np.ndarray, limit: int = 10) -> str:
+    idx = np.nonzero(np.asarray(mask))[0]
+    more = f" (+{len(idx) - limit} more)" if len(idx) > limit else ""
+    return f"{index[idx[:limit]].tolist()}{more}"
+
+
+def _float_id_strings(values: np.ndarray, index: pd.Index, table: str, column: str) -> list[str]:
+    bad = ~np.isfinite(values) | (np.abs(values) >= _MAX_EXACT_FLOAT)
+    bad[~bad] = values[~bad] != np.round(values[~bad])
+    if bad.any():
+        raise ValueError(f"{table} column {column!r} holds floats that are not whole numbers "
+                         f"{values[bad][:5].tolist()} in rows {_row_list(index, bad)}; float ids are accepted only "
+                         "when every one is a whole number (1.0 -> '1'); give ids as strings or integers")
+    return [str(int(v)) for v in values]
+
+
+def normalise_subject_ids(ids, table: str = "observations", column: str = "subject_id") -> pd.Series:
+    """The subject ids of one table column as Python strings (the rule of the module docstring).
+
+    Returns a Series with the index of ``ids``; raises ``ValueError`` naming ``table``, ``column`` and the
+    row labels for missing ids, mixed value types, booleans, non-whole floats, unsupported types and strings
+    with surrounding white space.
+    """
+    s = ids if isinstance(ids, pd.Series) else pd.Series(ids)
+    index = s.index
+    missing = s.isna().to_numpy()
+    if missing.any():
+        raise ValueError(f"{table} column {column!r} has missing ids (NaN/None) in rows {_row_list(index, missing)}")
+    if pd.api.types.is_bool_dtype(s.dtype):
+        raise ValueError(f"{table} column {column!r} holds booleans; subject ids must be strings or integers "
+                         f"(rows {_row_list(index, np.ones(len(s), dtype=bool))})")
+    if pd.api.types.is_integer_dtype(s.dtype):
+        out = [str(int(v)) for v in s.to_numpy()]
+    elif pd.api.types.is_float_dtype(s.dtype):
+        out = _float_id_strings(s.to_numpy(dtype=float), index, table, column)
+    else:
+        values = s.astype(object).to_numpy()
+        kinds = np.array([_id_kind(v) for v in values], dtype=object)
+        found = list(pd.unique(kinds))
+        if len(found) > 1:
+            parts = []
+            for k in found:
+                m = kinds == k
+                parts.append(f"{k} in rows {_row_list(index, m, 5)} (e.g. {values[m][0]!r})")
+            raise ValueError(f"{table} column {column!r} mixes id types: {'; '.join(parts)}. Ids of one table must "
+                             "be all strings or all integers (1 and '1', or True and 1, or 1 and 1.0 would be "
+                             "ambiguous)")
+        kind = found[0] if found else "str"
+        if kind == "str":
+            out = [str(v) for v in values]
+            blank = np.array([v.strip() == "" for v in out], dtype=bool)
+            if blank.any():
+                raise ValueError(f"{table} column {column!r} has empty ids in rows {_row_list(index, blank)}")
+            padded = np.array([v != v.strip() for v in out], dtype=bool)
+            if padded.any():
+                raise ValueError(f"{table} column {column!r} has ids with leading or trailing white space "
+                                 f"{[out[i] for i in np.nonzero(padded)[0][:5]]} in rows {_row_list(index, padded)}; "
+                                 "strip them first (they would be subjects distinct from the stripped ids)")
+        elif kind == "int":
+            out = [str(int(v)) for v in values]
+        elif kind == "float":
+            out = _float_id_strings(values.astype(float), index, table, column)
+        else:
+            what = "booleans" if kind == "bool" else f"values of type {kind}"
+            raise ValueError(f"{table} column {column!r} holds {what}; subject ids must be strings or integers "
+                             f"(rows {_row_list(index, np.ones(len(s), dtype=bool))})")
+    return pd.Series(out, index=index, dtype=object, name=column)
+
+
+def _with_string_ids(frame: pd.DataFrame | None, required: Iterable[str], table: str) -> pd.DataFrame | None:
+    if frame is None:
+        return None
+    _require(frame, required, table)
+    return frame.assign(subject_id=normalise_subject_ids(frame["subject_id"], table).to_numpy())
+
+
+def _check_min_time(frame: pd.DataFrame, min_time: float, table: str) -> None:
+    early = (frame["time"] < min_time).to_numpy()
+    if early.any():
+        bad = frame.loc[early]
+        per = bad.groupby("subject_id", sort=False)["time"].apply(lambda t: sorted(t.tolist()))
+        shown = "; ".join(f"subject {k!r}: {v[:5]}" for k, v in list(per.items())[:10])
+        more = f" (+{len(per) - 10} more subjects)" if len(per) > 10 else ""
+        raise ValueError(f"{table}: {int(early.sum())} time(s) before min_time={min_time:g} in {len(per)} subject(s): "
+                         f"{shown}{more}; shift the times to the model's clock before fitting")
 
 
 def _check_subject_ids(frame: pd.DataFrame, table: str) -> None:
@@ -302,22 +436,39 @@ def _counts(obs: pd.DataFrame, doses: pd.DataFrame, cov: pd.DataFrame) -> dict:
 
 
 def validate(observations: pd.DataFrame, doses: pd.DataFrame | None = None, covariates: pd.DataFrame | None = None,
-             model=None) -> CohortData:
+             model=None, min_time: float | None = None) -> CohortData:
     """Check, type and sort the three tables; see the module docstring.
 
     ``model`` (a name or :class:`hybridtwin.Model`) additionally checks observables (model observables or
-    states) and dose targets (states, drug compartments, intervention names). Raises ``ValueError`` naming
-    the column, subjects and rows for: missing columns, non-numeric or non-finite times/values, negative
-    amounts, duplicate (subject, time, observable) rows, unknown observables or dose targets, covariates or
-    doses of unknown subjects, censored rows without a limit, a subject in several cohorts.
+    states) and dose targets (states, drug compartments, intervention names). ``min_time`` (default None:
+    any finite time, negative ones included) refuses observations and doses earlier than it. Subject ids
+    become strings (module docstring). Raises ``ValueError`` naming the column, subjects and rows for:
+    missing or duplicated columns, an empty observations table, missing or ambiguous subject ids,
+    non-numeric or non-finite times/values, times before ``min_time``, negative amounts, duplicate
+    (subject, time, observable) rows, unknown observables or dose targets, covariates or doses of unknown
+    subjects, censored rows without a limit, a subject in several cohorts.
     """
     if model is not None:
         from .. import models as _models
 
         model = _models.get(model)
+    _require(observations, OBS_REQUIRED, "observations")
+    if len(observations) == 0:
+        raise ValueError("observations table is empty (0 rows): every subject needs at least one observation "
+                         f"(columns: {list(observations.columns)})")
+    observations = _with_string_ids(observations, OBS_REQUIRED, "observations")
+    if doses is not None and len(doses):
+        doses = _with_string_ids(doses, DOSE_REQUIRED, "doses")
+    covariates = _with_string_ids(covariates, ("subject_id",), "covariates")
     obs, notes = _validate_observations(observations, model)
     subjects = set(obs["subject_id"])
     dose_table = _validate_doses(doses, model, subjects)
+    if min_time is not None:
+        min_time = float(min_time)
+        if not np.isfinite(min_time):
+            raise ValueError(f"min_time must be a finite number or None, got {min_time}")
+        _check_min_time(obs, min_time, "observations")
+        _check_min_time(dose_table, min_time, "doses")
     cov, cov_notes = _validate_covariates(covariates, list(pd.unique(obs["subject_id"])))
     report = _counts(obs, dose_table, cov)
     report.update(notes)
