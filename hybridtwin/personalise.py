@@ -34,7 +34,8 @@ import torch
 
 from .data import CohortData
 from .data.dataset import Batch, SubjectDataset
-from .data.schema import DEFAULT_COHORT, OBS_COLUMNS, _validate_doses, _validate_observations
+from .data.schema import (DEFAULT_COHORT, OBS_COLUMNS, OBS_REQUIRED, _validate_doses, _validate_observations,
+                          _with_string_ids, normalise_subject_ids)
 
 METHODS = ("encoder", "map", "encoder_is", "library")
 
@@ -77,10 +78,13 @@ def _tables(twin, covariates: pd.DataFrame, observations, doses) -> tuple[Subjec
     """
     if not isinstance(covariates, pd.DataFrame) or "subject_id" not in covariates.columns:
         raise ValueError("covariates must be a DataFrame with a subject_id column (one row per patient)")
+    covariates = covariates.assign(subject_id=normalise_subject_ids(covariates["subject_id"], "covariates"))
     if covariates["subject_id"].duplicated().any():
-        raise ValueError("covariates must have one row per subject")
+        dup = covariates.loc[covariates["subject_id"].duplicated(), "subject_id"].tolist()
+        raise ValueError(f"covariates must have one row per subject; repeated: {dup[:10]}")
     ids = covariates["subject_id"].tolist()
     if observations is not None and len(observations):
+        observations = _with_string_ids(observations, OBS_REQUIRED, "observations")
         obs, _ = _validate_observations(observations, twin.model)
         stray = set(obs["subject_id"]) - set(ids)
         if stray:
@@ -90,6 +94,8 @@ def _tables(twin, covariates: pd.DataFrame, observations, doses) -> tuple[Subjec
             raise ValueError(f"observable(s) {sorted(unknown)} were not fitted by this twin ({list(twin.config.observables)})")
     else:
         obs = pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(OBS_COLUMNS, (object, float, str, float, str, float, bool))})
+    if doses is not None and len(doses):
+        doses = _with_string_ids(doses, ("subject_id",), "doses")
     dose_table = _validate_doses(doses, twin.model, set()) if doses is not None else _validate_doses(None, None, set())
     stray = set(dose_table["subject_id"]) - set(ids)
     if stray:

@@ -87,3 +87,16 @@ def test_failed_solves_warn_with_subjects_and_all_failed_is_an_error(setup, monk
     monkeypatch.setattr(twin, "observables_at", all_fail)
     with pytest.raises(ValueError, match="every row is NaN"):
         _predict(twin, data, cov)
+
+
+def test_integer_ids_follow_the_string_rule_in_predict(setup):
+    twin, data, cov = setup
+    ids = {s: i + 1 for i, s in enumerate(cov["subject_id"])}
+    obs = data.observations.assign(subject_id=data.observations["subject_id"].map(ids))
+    doses = data.doses.assign(subject_id=data.doses["subject_id"].map(ids))
+    (traj, _), _ = _predict(twin, data.__class__(obs, doses, data.covariates, dict(data.meta)),
+                            cov.assign(subject_id=cov["subject_id"].map(ids)))
+    assert sorted(traj["subject_id"].unique()) == sorted(str(v) for v in ids.values())
+    mixed = cov.assign(subject_id=[1, "1", *range(2, len(cov))])
+    with pytest.raises(ValueError, match="covariates"):
+        _predict(twin, data, mixed)
