@@ -14,11 +14,20 @@ Example
 >>> from hybridtwin.dosing import Dose
 >>> [d.time for d in Dose(0.0, 100.0, "M", interval=7.0, additional=2).expand()]
 [0.0, 7.0, 14.0]
+
+A schedule may expand to at most :data:`MAX_EXPANDED_DOSES` single doses per subject (a guard against a
+mistyped ``additional`` that would otherwise run for minutes):
+
+>>> Dose(0.0, 1.0, "M", interval=1.0, additional=10**7)
+Traceback (most recent call last):
+...
+ValueError: Dose(time=0.0, amount=1.0, target='M'): additional=10000000 expands to 10000001 single doses, more than MAX_EXPANDED_DOSES = 10000 per subject
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -27,6 +36,11 @@ import pandas as pd
 import torch
 
 DOSE_COLUMNS = ("subject_id", "time", "amount", "target", "duration")
+
+#: Most single doses one subject's schedule may expand to (after NONMEM II/ADDL repetition). Larger schedules
+#: are refused with an error naming the subject and the dose: they are almost always a typo in ``additional``
+#: and would take minutes to pad and integrate.
+MAX_EXPANDED_DOSES = 10_000
 
 
 @dataclass(frozen=True)
@@ -39,8 +53,10 @@ class Dose:
     amount: total amount of one dose (>= 0), in the target state's unit.
     target: a model state or drug compartment name.
     duration: 0 for a bolus, > 0 for a zero-order infusion delivering ``amount`` over ``duration``.
-    interval: time between repeated doses (NONMEM II); required when ``additional > 0``.
-    additional: number of additional doses after the first (NONMEM ADDL).
+    interval: time between repeated doses (NONMEM II); required when ``additional > 0`` and refused when
+        ``additional == 0`` (it would be silently ignored).
+    additional: number of additional doses after the first (NONMEM ADDL); ``additional + 1`` may not exceed
+        :data:`MAX_EXPANDED_DOSES`.
     """
 
     time: float
@@ -58,8 +74,14 @@ class Dose:
         _check_number(self.duration, "duration", where, minimum=0.0)
         if not isinstance(self.target, str) or not self.target:
             raise ValueError(f"{where}: target must be a state or compartment name, got {self.target!r}")
-        if isinstance(self.additional, bool) or int(self.additional) != self.additional or self.additional < 0:
+        if not _is_count(self.additional):
             raise ValueError(f"{where}: additional (ADDL) must be a non-negative integer, got {self.additional!r}")
+        _check_expansion(self.additional, where)
+        if self.additional == 0 and self.interval is not None:
+            raise ValueError(
+                f"{where}: interval={self.interval!r} is given but additional=0, so no dose would repeat; "
+                "give additional (ADDL, the number of repeats) or drop the interval"
+            )
         if self.additional > 0:
             if self.interval is None:
                 raise ValueError(f"{where}: additional={self.additional} repeated doses need an interval (II)")
@@ -75,11 +97,30 @@ class Dose:
         return float(self.duration) == 0.0
 
     def expand(self) -> list["Dose"]:
-        """The explicit list of single doses this (possibly repeated) dose stands for."""
+        """The explicit list of single doses this (possibly repeated) dose stands for (at most
+        :data:`MAX_EXPANDED_DOSES`)."""
+        _check_expansion(self.additional, f"Dose(time={self.time!r}, amount={self.amount!r}, target={self.target!r})")
         return [
             Dose(float(self.time) + i * float(self.interval or 0.0), self.amount, self.target, self.duration)
             for i in range(self.additional + 1)
         ]
+
+
+def _is_count(value) -> bool:
+    """A non-negative whole number (not a bool, not NaN/inf)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    v = float(value)
+    return math.isfinite(v) and v >= 0 and v == int(v)
+
+
+def _check_expansion(additional, where: str) -> None:
+    n = int(additional) + 1
+    if n > MAX_EXPANDED_DOSES:
+        raise ValueError(
+            f"{where}: additional={int(additional)} expands to {n} single doses, more than "
+            f"MAX_EXPANDED_DOSES = {MAX_EXPANDED_DOSES} per subject"
+        )
 
 
 def _check_number(value, name: str, where: str, minimum: float | None = None) -> None:
@@ -135,10 +176,19 @@ class BatchSchedule:
             idx = torch.zeros((B, 1), dtype=torch.long, device=device)
             return BatchSchedule(inf_, zeros, idx, inf_.clone(), inf_.clone(), zeros.clone(), idx.clone())
         for b, sched in enumerate(schedules):
+            sched = list(sched)
             bol, inf = [], []
             for dose in sched:
                 if not isinstance(dose, Dose):
                     raise TypeError(f"subject {b}: schedules must contain Dose objects, got {type(dose).__name__}")
+            total = sum(d.additional + 1 for d in sched)
+            if total > MAX_EXPANDED_DOSES:
+                big = max(sched, key=lambda d: d.additional)
+                raise ValueError(
+                    f"subject {b}: its {len(sched)} dose(s) expand to {total} single doses, more than "
+                    f"MAX_EXPANDED_DOSES = {MAX_EXPANDED_DOSES} per subject (largest: {big})"
+                )
+            for dose in sched:
                 if dose.target not in state_names:
                     raise ValueError(
                         f"dose target {dose.target!r} (subject {b}) is not a state or drug compartment of the model; "
@@ -195,22 +245,27 @@ class BatchSchedule:
             raise ValueError(f"dose table is missing required column(s) {missing}; expected columns {list(DOSE_COLUMNS)}")
         n = len(frame)
 
-        def col(name, default):
+        def col(name, default, fill_nan=False):
+            """A numeric column; ``default`` when absent; NaN cells become ``default`` only if ``fill_nan``."""
             if name not in frame.columns:
                 return np.full(n, default, dtype=float)
             try:
                 v = pd.to_numeric(frame[name], errors="raise").to_numpy(dtype=float)
             except (TypeError, ValueError):
                 raise ValueError(f"dose table column {name!r} must be numeric") from None
-            return np.where(np.isnan(v), default, v) if default is not None else v
+            return np.where(np.isnan(v), default, v) if fill_nan else v
 
-        time, amount = col("time", None), col("amount", None)
-        duration, interval, additional = col("duration", 0.0), col("interval", np.nan), col("additional", 0.0)
+        # a missing duration column means boluses, but a NaN duration is an error (not silently a bolus);
+        # a NaN interval means "no interval" and a NaN additional "no repeats" (as in NONMEM exports)
+        time, amount = col("time", np.nan), col("amount", np.nan)
+        duration = col("duration", 0.0)
+        interval, additional = col("interval", np.nan), col("additional", 0.0, fill_nan=True)
         checks = [
             (~np.isfinite(time) | (time < 0), "time must be finite and >= 0"),
             (~np.isfinite(amount) | (amount < 0), "amount must be finite and >= 0"),
-            (~np.isfinite(duration) | (duration < 0), "duration must be finite and >= 0"),
-            ((additional < 0) | (additional != np.round(additional)), "additional (ADDL) must be a non-negative integer"),
+            (~np.isfinite(duration) | (duration < 0), "duration must be finite and >= 0 (0 for a bolus)"),
+            (~np.isfinite(additional) | (additional < 0) | (additional != np.round(additional)),
+             "additional (ADDL) must be a non-negative integer"),
             ((additional > 0) & ~(interval > 0), "repeated doses (ADDL > 0) need an interval (II) > 0"),
             ((additional > 0) & (duration > np.nan_to_num(interval, nan=np.inf)), "an infusion cannot be longer than its interval"),
         ]
@@ -234,11 +289,26 @@ class BatchSchedule:
         if subj.isna().any():
             rows = np.nonzero(subj.isna().to_numpy())[0][:10].tolist()
             raise ValueError(f"dose table names unknown subject(s) {frame.loc[rows, 'subject_id'].unique().tolist()}")
+        subj_idx = subj.to_numpy(dtype=int)
+        totals = np.bincount(subj_idx, weights=additional + 1.0, minlength=len(subject_ids))
+        over = np.nonzero(totals > MAX_EXPANDED_DOSES)[0]
+        if len(over):
+            b = int(over[0])
+            rows = np.nonzero(subj_idx == b)[0]
+            r = int(rows[np.argmax(additional[rows])])
+            dose = {c: frame.loc[r, c] for c in ("time", "amount", "target", "duration", "interval", "additional")
+                    if c in frame.columns}
+            others = f"; {len(over) - 1} other subject(s) too" if len(over) > 1 else ""
+            raise ValueError(
+                f"dose table: subject {subject_ids[b]!r} would receive {int(totals[b])} single doses after expanding "
+                f"II/ADDL, more than MAX_EXPANDED_DOSES = {MAX_EXPANDED_DOSES} per subject (largest: row {r}, "
+                f"{dose}){others}"
+            )
         reps = (additional + 1).astype(int)
         ridx = np.repeat(np.arange(n), reps)
         k = np.arange(len(ridx)) - np.repeat(np.cumsum(reps) - reps, reps)
         t = time[ridx] + k * np.nan_to_num(interval[ridx], nan=0.0)
-        return BatchSchedule.from_arrays(subj.to_numpy(dtype=int)[ridx], t, amount[ridx], tgt.to_numpy(dtype=int)[ridx],
+        return BatchSchedule.from_arrays(subj_idx[ridx], t, amount[ridx], tgt.to_numpy(dtype=int)[ridx],
                                          duration[ridx], len(subject_ids), dtype=dtype, device=device)
 
     @staticmethod

@@ -14,12 +14,17 @@ dictionaries, batched tensors and the unconstrained space used by optimisers and
 
 Example
 -------
+>>> import torch
 >>> from hybridtwin.parameters import Parameter, ParameterSpace
 >>> space = ParameterSpace([Parameter("beta", 3.2e-5, 1e-8, 1e-2, unit="1/(TCID50/ml)/day"),
 ...                         Parameter("f", 0.5, 0.0, 1.0, transform="logit")])
 >>> z = space.to_unconstrained(space.default_tensor())
 >>> [round(float(v), 8) for v in space.constrain(z)[0]]
 [3.2e-05, 0.5]
+>>> space.check_bounds(torch.tensor([[3.2e-5, 1.0]], dtype=torch.float64), ["pt1"])
+Traceback (most recent call last):
+...
+ValueError: parameter value(s) outside their declared bounds: f must lie strictly inside (0, 1) ('logit' transform), got 1 for subject 'pt1'
 """
 
 from __future__ import annotations
@@ -108,6 +113,37 @@ class Parameter:
             u = (x - self.lower) / (self.upper - self.lower)
             return torch.log(u) - torch.log1p(-u)
         return x
+
+    def admissible(self, values) -> np.ndarray:
+        """Boolean mask of the ``values`` this parameter may take: finite, within ``[lower, upper]``, and
+        ``> 0`` for a ``log`` transform, strictly inside ``(lower, upper)`` for a ``logit`` transform.
+
+        The bounds are compared in the precision of ``values`` (a float32 value at a float64 bound passes)."""
+        x = np.asarray(values)
+        if not np.issubdtype(x.dtype, np.floating):
+            x = x.astype(float)
+        lo = np.asarray(-np.inf if self.lower is None else self.lower, dtype=x.dtype)
+        hi = np.asarray(np.inf if self.upper is None else self.upper, dtype=x.dtype)
+        with np.errstate(invalid="ignore"):
+            if self.transform == "logit":
+                ok = (x > lo) & (x < hi)
+            else:
+                ok = (x >= lo) & (x <= hi)
+                if self.transform == "log":
+                    ok &= x > 0
+        return ok & np.isfinite(x)
+
+    def admissible_text(self) -> str:
+        """Human-readable admissible range, e.g. ``"in [1e-09, 0.01]"``."""
+        lo = -math.inf if self.lower is None else float(self.lower)
+        hi = math.inf if self.upper is None else float(self.upper)
+        if self.transform == "logit":
+            return f"strictly inside ({lo:g}, {hi:g}) ('logit' transform)"
+        if self.transform == "log" and lo <= 0:
+            return f"in (0, {hi:g}{')' if math.isinf(hi) else ']'} ('log' transform: > 0)"
+        left = "(" if math.isinf(lo) else "["
+        right = ")" if math.isinf(hi) else "]"
+        return f"in {left}{lo:g}, {hi:g}{right}" + (" and finite" if math.isinf(lo) or math.isinf(hi) else "")
 
     def constrain(self, z: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`to_unconstrained`."""
@@ -220,6 +256,37 @@ class ParameterSpace:
                 f"unknown parameter(s) {unknown}{context}; known parameters: {', '.join(self.names)}"
             )
 
+    def check_bounds(self, theta, subject_ids: Sequence | None = None, context: str = "") -> None:
+        """Raise ``ValueError`` unless every value of ``theta`` (B, P) (or (P,)) is admissible.
+
+        Admissible (see :meth:`Parameter.admissible`): finite and within ``[lower, upper]``; a ``log``
+        parameter must also be > 0 and a ``logit`` parameter strictly inside its bounds. The error names, for
+        each offending parameter, its value(s), the subject id(s) (``subject_ids``, default the row numbers)
+        and the admissible range. ``context`` is appended to the first sentence (e.g. ``" of model 'm'"``).
+        """
+        if torch.is_tensor(theta):
+            x = theta.detach().cpu().numpy()
+        else:
+            x = np.asarray(theta, dtype=float)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2:
+            raise ValueError(f"check_bounds expects a (B, P) array of parameter values, got shape {x.shape}")
+        self._check_width(x)
+        ids = list(range(x.shape[0])) if subject_ids is None else list(subject_ids)
+        if len(ids) != x.shape[0]:
+            raise ValueError(f"check_bounds got {len(ids)} subject ids for {x.shape[0]} rows of parameter values")
+        problems = []
+        for i, p in enumerate(self.parameters):
+            bad = np.nonzero(~p.admissible(x[:, i]))[0]
+            if not len(bad):
+                continue
+            got = ", ".join(f"{float(x[j, i]):g} for subject {ids[j]!r}" for j in bad[:10])
+            more = f" and {len(bad) - 10} more subject(s)" if len(bad) > 10 else ""
+            problems.append(f"{p.name} must lie {p.admissible_text()}, got {got}{more}")
+        if problems:
+            raise ValueError(f"parameter value(s) outside their declared bounds{context}: " + "; ".join(problems))
+
     def to_unconstrained(self, x: torch.Tensor) -> torch.Tensor:
         """(B, P) constrained values -> (B, P) unconstrained values."""
         self._check_width(x)
@@ -230,7 +297,7 @@ class ParameterSpace:
         self._check_width(z)
         return torch.stack([p.constrain(z[..., i]) for i, p in enumerate(self.parameters)], dim=-1)
 
-    def _check_width(self, x: torch.Tensor) -> None:
+    def _check_width(self, x) -> None:
         if x.shape[-1] != len(self):
             raise ValueError(f"expected a tensor with {len(self)} parameters in its last dimension, got shape {tuple(x.shape)}")
 

@@ -19,6 +19,7 @@ Example
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Mapping, Sequence
 
@@ -30,6 +31,16 @@ from . import models as _models
 from .dosing import BatchSchedule, Dose
 from .models.base import Model
 from .solve import SolverConfig, Status, solve
+
+
+#: ``df.attrs["status"]`` of a subject whose log10-observed state went negative beyond numerical noise
+NEGATIVE_STATE = "negative_state"
+
+#: A log10-observed state counts as negative beyond numerical noise below ``-NEGATIVE_STATE_ATOL_FACTOR * atol``
+#: of that state. Legitimately decaying states (e.g. viral load after clearance) overshoot zero by up to about
+#: 2 x atol under dopri5 (measured on virtual cohorts of every built-in model at rtol 1e-6 to 1e-8); a factor
+#: of 10 keeps those out while any real sign error (orders of magnitude larger) is still caught.
+NEGATIVE_STATE_ATOL_FACTOR = 10.0
 
 
 def check_times(times, what: str = "times") -> np.ndarray:
@@ -123,6 +134,8 @@ def simulate(
     device: str | torch.device | None = None,
     batch_size: int = 20_000,
     progress: bool | None = None,
+    max_steps: int = 100_000,
+    check_bounds: bool = True,
 ) -> pd.DataFrame:
     """Simulate a model for one subject or a virtual cohort and return a tidy table.
 
@@ -131,7 +144,8 @@ def simulate(
     model: registry name or :class:`Model`.
     times: output times (model time unit), finite, >= 0, strictly increasing; the simulation starts at 0.
     params: ``{name: value}`` for one subject (missing names take defaults) or a DataFrame with one row per
-        subject (optional ``subject_id`` column; other columns must be parameter names).
+        subject (optional ``subject_id`` column; other columns must be parameter names). Every value must be
+        admissible (see ``check_bounds``).
     initial_state: ``{state: value}`` overriding the model's initial values (for every subject).
     doses: a list of :class:`Dose` (given to every subject), ``{subject_id: [Dose, ...]}`` or a DataFrame with
         ``subject_id, time, amount, target, duration`` (optional ``interval``, ``additional``). A target is a
@@ -141,18 +155,39 @@ def simulate(
     method, dt: ``"dopri5"`` (adaptive) or ``"rk4"`` with step ``dt``.
     dtype, device: computation precision (float64 by default) and device.
     batch_size: subjects solved together; larger cohorts are split, with a progress bar.
+    max_steps: per-subject limit on attempted solver steps (a positive integer); a subject that reaches it
+        gets status ``"max_steps"`` and NaN rows from there on.
+    check_bounds: refuse (``ValueError`` naming subject, parameter, value and bounds) parameter values outside
+        their declared bounds -- non-finite, outside ``[lower, upper]``, ``<= 0`` for a ``log`` parameter, not
+        strictly inside the bounds for a ``logit`` parameter (see :meth:`ParameterSpace.check_bounds`). Pass
+        ``check_bounds=False`` to explore implausible values deliberately (results may be unphysical, e.g.
+        negative cell counts).
 
     Returns
     -------
     DataFrame with ``time`` (and ``subject_id`` for a cohort), one column per state (plus drug compartments
     that receive doses) and per observable. ``df.attrs["status"]`` holds each subject's solver status; a
-    failed subject's rows are NaN and a warning names it.
+    failed subject's rows are NaN and a warning names it. A ``log10`` observable (``log10_observable``) of a
+    state that is negative beyond numerical noise (below ``-NEGATIVE_STATE_ATOL_FACTOR * atol`` of that state,
+    with the ``atol`` the solve used) is NaN at those times, the subject's status is ``"negative_state"`` and
+    a warning names it; tiny values, including negatives within that noise band, are clipped to
+    ``LOG10_FLOOR`` as in training.
     """
     model = _models.get(model)
     grid = check_times(times)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral) or max_steps <= 0:
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    if not isinstance(check_bounds, (bool, np.bool_)):
+        raise TypeError(f"check_bounds must be True or False, got {check_bounds!r}")
     ids, rows = _subject_table(model, params)
     space = model.parameter_space
     theta = space.tensor_from(rows, dtype=dtype, context=f" of model {model.name!r}")
+    if check_bounds:
+        try:
+            space.check_bounds(theta, ids, context=f" of model {model.name!r}")
+        except ValueError as exc:
+            raise ValueError(f"{exc}. Pass check_bounds=False to simulate such values anyway (at your own risk: "
+                             "results may be unphysical, e.g. negative cell counts)") from None
     dose_table = _dose_frame(doses, ids)
     target_map = {k: iv.target for k, iv in model.interventions.items()}
     y0 = model.initial_state(theta)
@@ -172,7 +207,7 @@ def simulate(
         atol_cfg = tuple(max(1e-12, rtol * 1e-4 * float(m)) for m in mag)
     else:
         atol_cfg = atol
-    config = SolverConfig(method=method, rtol=rtol, atol=atol_cfg, dt=dt)
+    config = SolverConfig(method=method, rtol=rtol, atol=atol_cfg, dt=dt, max_steps=int(max_steps))
     targets = {target_map.get(str(x), str(x)) for x in dose_table["target"].unique()}
     by_subject = dose_table.groupby("subject_id", sort=False).indices if len(dose_table) else {}
     unknown = set(by_subject) - set(ids)
@@ -206,6 +241,7 @@ def simulate(
     Y = torch.cat(ys)  # (n, T, S)
     status = torch.cat(statuses)
     obs = model.observe(Y, theta[:, None, :])
+    negative = _mask_negative_log10(model, Y, obs, atol_cfg)  # {subject index: [state, ...]}
     data = {"time": np.tile(grid, n)}
     if params is not None and isinstance(params, pd.DataFrame):
         data = {"subject_id": np.repeat(np.asarray(ids, dtype=object), len(grid)), **data}
@@ -215,8 +251,43 @@ def simulate(
         data[k] = v.reshape(-1).numpy()
     df = pd.DataFrame(data)
     names = [Status(int(s)).name.lower() for s in status]
-    df.attrs["status"] = dict(zip(ids, names))
     failed = [(i, nm) for i, nm in zip(ids, names) if nm != "ok"]
+    neg = [(ids[b], states) for b, states in negative.items() if names[b] == "ok"]
+    for b in negative:
+        if names[b] == "ok":
+            names[b] = NEGATIVE_STATE
+    df.attrs["status"] = dict(zip(ids, names))
     if failed:
         warnings.warn(f"{len(failed)} subject(s) failed to integrate and have NaN rows: {failed[:10]}", RuntimeWarning)
+    if neg:
+        warnings.warn(
+            f"{len(neg)} subject(s) have a state below -{NEGATIVE_STATE_ATOL_FACTOR:g} x atol (negative beyond "
+            f"numerical noise); their log10 observables of it are NaN there and their status is "
+            f"{NEGATIVE_STATE!r}: {neg[:10]}",
+            RuntimeWarning,
+        )
     return df
+
+
+def _mask_negative_log10(model: Model, Y: torch.Tensor, obs: dict, atol) -> dict[int, list[str]]:
+    """Set to NaN (in place in ``obs``) every log10 observable whose source state is below
+    ``-NEGATIVE_STATE_ATOL_FACTOR * atol`` of that state; return ``{subject index: [negative states]}``.
+    Observables made by ``log10_observable`` carry their state in ``log10_of``; the clip at ``LOG10_FLOOR``
+    stays for values above that threshold (numerical noise around zero)."""
+    S = len(model.all_state_names)
+    tol = np.broadcast_to(np.asarray(atol, dtype=float).reshape(-1), (S,))
+    out: dict[int, list[str]] = {}
+    for key, fn in model.observables.items():
+        state = getattr(fn, "log10_of", None)
+        if state not in model.all_state_names:
+            continue
+        j = model.all_state_names.index(state)
+        below = Y[..., j] < -NEGATIVE_STATE_ATOL_FACTOR * float(tol[j])  # (n, T); NaN (failed) rows compare False
+        if not bool(below.any()):
+            continue
+        v = obs[key]
+        obs[key] = torch.where(below, torch.full_like(v, float("nan")), v)
+        for b in below.any(dim=1).nonzero()[:, 0].tolist():
+            if state not in out.setdefault(b, []):
+                out[b].append(state)
+    return out

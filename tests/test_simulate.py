@@ -1,8 +1,11 @@
 """hybridtwin.simulate: named inputs, cohorts, dose tables and clear errors."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import hybridtwin as ht
 
@@ -88,3 +91,109 @@ def test_failed_subject_is_reported_not_hidden():
     fine = df[df.subject_id == "fine"]["y"].to_numpy()
     assert np.allclose(fine, 1.0 / (1.0 - 0.1 * np.array([0.5, 2.0])), rtol=1e-7)
     assert np.isnan(df[df.subject_id == "explodes"]["y"].iloc[1])
+
+
+# -- parameter bounds --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "params, name, value",
+    [({"beta": -1e-5}, "beta", "-1e-05"), ({"T0": -4e8}, "T0", "-4e+08"), ({"c": 0.0}, "c", "0"),
+     ({"beta": 0.5}, "beta", "0.5")],
+)
+def test_out_of_bounds_parameters_are_refused(params, name, value):
+    with pytest.raises(ValueError, match=rf"{name} must lie in \[.*\], got {re.escape(value)} for subject 0.*check_bounds=False"):
+        ht.simulate("baccam2006", [0, 1], params=params)
+
+
+def test_bounds_error_names_the_offending_subjects_only():
+    params = pd.DataFrame({"subject_id": ["a", "b", "c"], "beta": [3e-5, -1e-5, 3e-5], "delta": [5.0, 5.0, 1e3]})
+    with pytest.raises(ValueError) as err:
+        ht.simulate("baccam2006", [0, 1], params=params)
+    msg = str(err.value)
+    assert "-1e-05 for subject 'b'" in msg and "1000 for subject 'c'" in msg and "'a'" not in msg
+    assert "[1e-09, 0.01]" in msg and "[0.01, 100]" in msg
+
+
+def test_check_bounds_false_is_an_explicit_escape_hatch():
+    with pytest.warns(RuntimeWarning, match="negative_state"):
+        df = ht.simulate("baccam2006", np.linspace(0, 10, 11), params={"beta": -1e-5}, check_bounds=False)
+    assert (df["I1"] < 0).any()  # what the check protects against
+    with pytest.raises(TypeError, match="check_bounds"):
+        ht.simulate("baccam2006", [0, 1], check_bounds="no")
+
+
+def test_parameter_space_check_bounds_transforms():
+    space = ht.ParameterSpace([ht.Parameter("k", 1.0, 0.0, 10.0),  # log, lower bound 0 itself excluded
+                               ht.Parameter("f", 0.5, 0.0, 1.0, transform="logit"),
+                               ht.Parameter("x", 0.0, -1.0, 1.0, transform="identity"),
+                               ht.Parameter("u", 0.0, None, None, transform="identity")])
+    space.check_bounds(torch.tensor([[10.0, 0.999, -1.0, -1e300], [1e-300, 1e-9, 1.0, 1e300]], dtype=torch.float64))
+    for row, what in (([0.0, 0.5, 0.0, 0.0], r"k must lie in \(0, 10\] \('log' transform: > 0\), got 0 for subject 'p'"),
+                      ([1.0, 1.0, 0.0, 0.0], r"f must lie strictly inside \(0, 1\) \('logit' transform\), got 1"),
+                      ([1.0, 0.0, 0.0, 0.0], r"f must lie strictly inside \(0, 1\)"),
+                      ([1.0, 0.5, 1.5, 0.0], r"x must lie in \[-1, 1\], got 1.5"),
+                      ([1.0, 0.5, 0.0, float("nan")], r"u must lie in \(-inf, inf\) and finite, got nan"),
+                      ([float("inf"), 0.5, 0.0, 0.0], r"k must lie .* got inf")):
+        with pytest.raises(ValueError, match=what):
+            space.check_bounds(torch.tensor([row], dtype=torch.float64), ["p"], context=" here")
+    # a float32 value at a float64 bound is accepted (compared in the values' precision)
+    space.check_bounds(torch.tensor([[10.0, 0.5, -1.0, 0.0]], dtype=torch.float32))
+    with pytest.raises(ValueError, match="2 subject ids for 1 rows"):
+        space.check_bounds(np.zeros((1, 4)) + 0.5, ["a", "b"])
+
+
+# -- negative states under a log10 observable ----------------------------------------------------------------------
+def _declining():
+    """y' = -r: crosses zero at t = y0 / r, observed on the log10 scale."""
+    return ht.Model("declining", ["y"], [ht.Parameter("r", 1.0, 0.0, 10.0, transform="identity")],
+                    rhs=lambda t, s, p: {"y": -p.r + 0.0 * s.y}, initial={"y": 1.0},
+                    observables={"log10_y": ht.models.log10_observable("y")})
+
+
+def test_negative_state_gives_nan_log10_and_a_status():
+    m = _declining()
+    params = pd.DataFrame({"subject_id": ["stays", "crosses"], "r": [0.1, 1.0]})
+    with pytest.warns(RuntimeWarning, match=r"negative_state.*'crosses'"):
+        df = ht.simulate(m, [0.5, 2.0], params=params)
+    assert df.attrs["status"] == {"stays": "ok", "crosses": "negative_state"}
+    crosses = df[df.subject_id == "crosses"]
+    assert crosses["y"].iloc[1] == pytest.approx(-1.0)
+    assert crosses["log10_y"].iloc[0] == pytest.approx(np.log10(0.5)) and np.isnan(crosses["log10_y"].iloc[1])
+    assert np.allclose(df[df.subject_id == "stays"]["log10_y"], np.log10([0.95, 0.8]))
+    # the training path (Model.observe) keeps its clip at LOG10_FLOOR
+    y = torch.tensor([[[-1.0]]], dtype=torch.float64)
+    assert float(m.observe(y, m.parameter_space.default_tensor()[:, None, :])["log10_y"]) == -30.0
+
+
+def test_numerical_noise_around_zero_is_still_clipped(recwarn):
+    m = _declining()
+    # default atol for this state is 1e-12: a value a few atol below zero is noise, not a negative state
+    for y0 in (0.0, -1e-14, -5e-12):
+        df = ht.simulate(m, [0.0, 1.0], params={"r": 0.0}, initial_state={"y": y0})
+        assert df.attrs["status"] == {0: "ok"} and (df["log10_y"] == -30.0).all()
+    assert not [w for w in recwarn if "negative" in str(w.message)]
+    with pytest.warns(RuntimeWarning, match="negative_state"):
+        df = ht.simulate(m, [0.0, 1.0], params={"r": 0.0}, initial_state={"y": -1e-6})
+    assert df["log10_y"].isna().all()
+    # an explicit atol is the one compared against
+    df = ht.simulate(m, [0.0, 1.0], params={"r": 0.0}, initial_state={"y": -1e-6}, atol=1e-6)
+    assert df.attrs["status"] == {0: "ok"}
+
+
+def test_log10_observable_knows_its_state():
+    m = ht.models.get("baccam2006")
+    assert m.observables["log10_V"].log10_of == "V"
+
+
+# -- max_steps -------------------------------------------------------------------------------------------------------
+def test_max_steps_is_passed_to_the_solver():
+    with pytest.warns(RuntimeWarning, match="max_steps"):
+        df = ht.simulate("baccam2006", np.linspace(0, 10, 11), max_steps=3)
+    assert df.attrs["status"] == {0: "max_steps"} and df["V"].isna().any()
+    df = ht.simulate("baccam2006", np.linspace(0, 10, 11), max_steps=np.int64(10_000))
+    assert df.attrs["status"] == {0: "ok"}
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "100", None])
+def test_bad_max_steps_is_refused(bad):
+    with pytest.raises(ValueError, match="max_steps must be a positive integer"):
+        ht.simulate("baccam2006", [0, 1], max_steps=bad)

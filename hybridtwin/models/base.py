@@ -85,12 +85,22 @@ class Intervention:
 
 
 def log10_observable(state: str, floor: float = LOG10_FLOOR) -> Callable:
-    """Observable ``log10(max(state, floor))`` -- the usual scale of viral loads and titres."""
+    """Observable ``log10(max(state, floor))`` -- the usual scale of viral loads and titres.
+
+    The returned function carries ``log10_of`` (the state's name) and ``floor`` so that callers can tell a
+    clipped tiny value from a clipped negative one: :func:`hybridtwin.simulate` reports a state below
+    ``-atol`` as NaN (status ``"negative_state"``), while training and likelihood code keep the clip.
+
+    >>> log10_observable("V").log10_of
+    'V'
+    """
 
     def obs(s: Named, p: Named) -> torch.Tensor:
         return torch.log10(torch.clamp(s[state], min=floor))
 
     obs.__doc__ = f"log10 of {state} (values below {floor:g} clipped)"
+    obs.log10_of = state
+    obs.floor = floor
     return obs
 
 
