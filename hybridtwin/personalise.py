@@ -136,6 +136,7 @@ def _tables(twin, covariates: pd.DataFrame, observations, doses) -> tuple[Subjec
     if len(obs):
         obs = obs.assign(cohort=obs["subject_id"].map(dict(zip(ids, cohorts))))
     dropped = ["cohort"] if "cohort" in covariates.columns and not cohort_is_covariate else []
+    dropped += [c for c in extra if c != "cohort"]
     data = CohortData(obs, dose_table, covariates.drop(columns=dropped), {})
     ds = SubjectDataset(data, model=twin.model, preprocessor=twin.preprocessor, observables=list(twin.config.observables),
                         cohorts=known, dtype=twin.dtype, subjects=ids, subject_cohorts=cohorts)

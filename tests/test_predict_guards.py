@@ -100,3 +100,13 @@ def test_integer_ids_follow_the_string_rule_in_predict(setup):
     mixed = cov.assign(subject_id=[1, "1", *range(2, len(cov))])
     with pytest.raises(ValueError, match="covariates"):
         _predict(twin, data, mixed)
+
+
+def test_twin_without_covariates_ignores_extra_columns():
+    data = make_virtual_cohort("vaccine_asc", n_subjects=6, n_cohorts=1, seed=0)
+    bare = data.__class__(data.observations, data.doses, data.covariates[["subject_id"]], dict(data.meta))
+    twin = HybridTwin.from_data(TwinConfig(model="vaccine_asc", encoder={"hidden": 8, "set_dim": 4}), bare)
+    (a, _), _ = _predict(twin, bare, bare.covariates)
+    (b, _), msgs = _predict(twin, bare, data.covariates)  # age, sex, ... were never seen by this twin
+    assert any("ignored" in m for m in msgs)
+    pd.testing.assert_frame_equal(a, b)
