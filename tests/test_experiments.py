@@ -9,6 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 
+@pytest.mark.slow  # experiment scripts run in `make test-all` (default suite time)
 def test_personalisation_tiny(tmp_path):
     import personalisation
 
@@ -22,6 +23,7 @@ def test_personalisation_tiny(tmp_path):
     assert (tmp_path / "tiny.png").exists() and (tmp_path / "tiny.md").exists()
 
 
+@pytest.mark.slow  # experiment scripts run in `make test-all` (default suite time)
 def test_missing_mechanism_tiny(tmp_path):
     import missing_mechanism
 
@@ -31,6 +33,7 @@ def test_missing_mechanism_tiny(tmp_path):
     assert "hybrid_over_mechanistic" in r and (tmp_path / "tiny_closure.png").exists()
 
 
+@pytest.mark.slow  # experiment scripts run in `make test-all` (default suite time)
 def test_benchmarks_tiny(tmp_path):
     import bench_data
     import bench_solve

@@ -155,6 +155,7 @@ def test_interrupt_and_resume_equals_uninterrupted(straight, tmp_path):
     assert_same(weights(run_a), weights(run_b))
 
 
+@pytest.mark.slow  # two Lightning processes: `make test-all`
 def test_ddp_two_processes_on_cpu(tmp_path):
     import yaml
 
