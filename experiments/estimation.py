@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 
 from _common import RESULTS, peak_rss_mb  # noqa: F401  (puts the project root on sys.path)
-from hybridtwin.checkpoint import load, save
+from hybridtwin.checkpoint import load, read_card, save
 from hybridtwin.data import CohortData
 from hybridtwin.datasets import make_virtual_cohort
 from hybridtwin.estimation import AmortiseConfig, SAEMConfig, estimate, identifiability
@@ -68,6 +68,9 @@ DESIGNS = {
                   covariate_reference={"sex": "M"}, solver={"rtol": 1e-5, "atol": 1e-6, "max_steps": 4000}),
     ),
 }
+#: fits whose process stopped after saving the twin but before recording the fit time: wall time from the
+#: file times (process start -> history written), recorded by hand
+FIT_SECONDS_FROM_FILE_TIMES = {("baccam2006", 0): 956.0}
 #: generator terms -> the twin's encoded features under the DESIGNS' covariate coding (linear effects only)
 TERM_FEATURE = {"age_decade": "age", "female": "sex[F vs M]", "log_marker": "baseline_marker"}
 
@@ -255,27 +258,43 @@ def run_one(model: str, seed: int, n_train: int, n_test: int, saem: dict, amort:
         return json.loads(path.read_text())
     torch.manual_seed(seed)
     data, train, test = make_data(model, n_train, n_test, seed)
-    twin = HybridTwin.from_data(TwinConfig(**DESIGNS[model]["twin"]), train)
-    t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        fit = estimate(twin, train, SAEMConfig(seed=seed, **saem), AmortiseConfig(seed=seed, **amort))
-    fit_seconds = time.perf_counter() - t0
+    twin_dir = cache / f"{model}_seed{seed}_twin"
+    if twin_dir.is_dir():  # fitted before and interrupted afterwards: finish from the saved twin, no refit
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a twin saved before card protection
+            twin = load(twin_dir)
+        done = read_card(twin_dir)["metrics"]
+        fit_seconds = done.get("fit_seconds") or FIT_SECONDS_FROM_FILE_TIMES.get((model, seed), math.nan)
+        caught_messages = done.get("warnings", [])
+        amortisation_nll = done.get("amortisation_final_val_nll", math.nan)
+        diagnostics = [d["message"] for d in twin.diagnostics]
+    else:
+        twin = HybridTwin.from_data(TwinConfig(**DESIGNS[model]["twin"]), train)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit = estimate(twin, train, SAEMConfig(seed=seed, **saem), AmortiseConfig(seed=seed, **amort))
+        fit_seconds = time.perf_counter() - t0
+        caught_messages = sorted({str(w.message)[:200] for w in caught})
+        amortisation_nll = float(fit.amortisation["val_nll"].min())
+        diagnostics = [d["message"] for d in fit.diagnostics]
+        # saved at once, so forecasts added later (or a crash after this point) need no refit
+        save(twin, twin_dir, metrics={"fit_seconds": fit_seconds, "warnings": caught_messages,
+                                      "amortisation_final_val_nll": amortisation_nll})
+        fit.history.to_csv(cache / f"{model}_seed{seed}_history.csv", index=False)
+    history = pd.read_csv(cache / f"{model}_seed{seed}_history.csv")
     truth = truth_vector(twin, data)
-    fit.history.to_csv(cache / f"{model}_seed{seed}_history.csv", index=False)
-    _convergence_figure(fit.history, truth, cache / f"{model}_seed{seed}_convergence.png", f"{model}, seed {seed}")
+    _convergence_figure(history, truth, cache / f"{model}_seed{seed}_convergence.png", f"{model}, seed {seed}")
     table = compare_estimates(twin, truth)
     ident = identifiability(twin, train)
     oracle = truth_twin(twin, data)
-    save(twin, cache / f"{model}_seed{seed}_twin")  # forecasts added later need no refit
     fc = forecasts(twin, oracle, test, ks, seed)
     result = {"model": model, "seed": seed, "n_train": len(train.covariates), "n_test": len(test.covariates),
               "fit_seconds": fit_seconds,
               "estimates": table.to_dict(orient="records"), "forecast": fc,
               "identifiability": ident.to_dict(orient="records"),
-              "diagnostics": [d["message"] for d in fit.diagnostics],
-              "warnings": sorted({str(w.message)[:200] for w in caught}),
-              "amortisation_final_val_nll": float(fit.amortisation["val_nll"].min()),
+              "diagnostics": diagnostics, "warnings": caught_messages,
+              "amortisation_final_val_nll": amortisation_nll,
               "population_table": twin.population_table().to_dict(orient="records")}
     if vi_epochs:
         vi_path = cache / f"{model}_seed{seed}_vi.json"  # cached apart: the VI fit does not depend on SAEM settings

@@ -27,3 +27,26 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder not found at {path} (set HYBRIDTWIN_SHARED_DATA)")
     return path
+
+
+@pytest.fixture
+def float64():
+    """float64 as torch's default dtype for one test, restored afterwards (never set at module level: that
+    leaks into every test collected later)."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield torch.float64
+    torch.set_default_dtype(previous)
+
+
+@pytest.fixture
+def seed():
+    """Seeds torch and numpy's global generators (0) for tests that rely on them; returns the seed."""
+    import numpy as np
+    import torch
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    return 0

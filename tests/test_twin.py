@@ -16,7 +16,7 @@ from hybridtwin.personalise import fit_map, library_posterior
 from hybridtwin.twin import HybridTwin, TwinConfig
 from hybridtwin.datasets.virtual import make_virtual_cohort
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 @pytest.fixture(scope="module")
