@@ -43,7 +43,7 @@ from . import models as _models
 from .data import CohortData, CovariatePreprocessor, SubjectDataset
 from .data.dataset import Batch
 from .neural import MechanisticDynamics, NeuralClosure, NeuralODEDynamics, PatientEncoder
-from .observation import ObservationModel
+from .observation import NOISE_MODELS, ObservationModel
 from .solve import SolverConfig, Status, solve
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -154,7 +154,25 @@ class TwinConfig:
         for name, value in dict(self.noise_sd_init).items():
             if name not in known or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"noise_sd_init[{name!r}] must name a fitted observable and be a positive number, got {value!r}")
-        SolverConfig(**self.solver)  # validates
+        _check_options(self.solver, SolverConfig, "solver")
+        SolverConfig(**self.solver)  # validates the values
+        if not isinstance(self.noise, dict):
+            raise ValueError(f"noise must be a mapping {{observable: kind}}, got {self.noise!r}")
+        for name, kind in self.noise.items():
+            if name not in known:
+                raise ValueError(f"noise names {name!r}, which is not an observable or state of {self.model!r}")
+            if kind not in NOISE_MODELS:
+                raise ValueError(f"noise[{name!r}] = {kind!r} is not a noise model; choose one of {list(NOISE_MODELS)}")
+        states = set(model.all_state_names)
+        for i, c in enumerate(self.closures):
+            if not isinstance(c, dict):
+                raise ValueError(f"closures[{i}] must be a mapping of NeuralClosure options, got {c!r}")
+            _check_options(c, NeuralClosure, f"closures[{i}]", required=("target", "inputs"))
+            bad = [x for x in [c["target"], *c["inputs"]] if x not in states]
+            if bad:
+                raise ValueError(f"closures[{i}] names unknown state(s) {bad} of {self.model!r} (states: {sorted(states)})")
+        if self.black_box is not None:
+            _check_options(self.black_box, NeuralODEDynamics, "black_box", skip=("model",))
         allowed_enc = {"hidden", "set_dim", "use_observations", "use_doses", "use_cohort"}
         if set(self.encoder) - allowed_enc:
             raise ValueError(f"unknown encoder option(s) {sorted(set(self.encoder) - allowed_enc)}; allowed: {sorted(allowed_enc)}")
@@ -186,6 +204,23 @@ class TwinConfig:
             if k in d and d[k] is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
+
+
+def _check_options(options, target, what: str, required=(), skip=()) -> None:
+    """A YAML/dict section must use the keyword names of ``target`` (a class or function): a typo raises
+    when the config is read, naming the section, the unknown keys and the allowed ones."""
+    import inspect
+
+    if not isinstance(options, dict):
+        raise ValueError(f"{what} must be a mapping of options, got {options!r}")
+    params = inspect.signature(target).parameters
+    allowed = [n for n in params if n not in ("self", *skip)]
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        raise ValueError(f"unknown {what} option(s) {unknown}; allowed: {allowed}")
+    missing = [k for k in required if k not in options]
+    if missing:
+        raise ValueError(f"{what} needs option(s) {missing}")
 
 
 #: ELBO per observation row assigned to a subject whose solve failed (far below any fitted value: a good fit

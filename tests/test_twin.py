@@ -310,3 +310,20 @@ def test_encoder_is_corrects_a_biased_proposal(monkeypatch):
         ht.personalise.importance_posterior(twin, batch, n_draws=1)
     with pytest.raises(ValueError, match="defensive"):
         ht.personalise.importance_posterior(twin, batch, defensive=1.0)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(encoder={"latnt_dim": 3}), "unknown encoder option"),
+    (dict(noise={"log10_Ab": "gaussian"}), "not a noise model"),
+    (dict(noise={"log10_X": "additive"}), "not an observable"),
+    (dict(closures=[{"target": "S", "inputz": ["M"]}]), r"unknown closures\[0\] option\(s\) \['inputz'\]"),
+    (dict(closures=[{"target": "S", "inputs": ["Mx"]}]), "unknown state"),
+    (dict(closures=[{"inputs": ["M"]}]), "needs option"),
+    (dict(solver={"max_stepz": 3}), "unknown solver option"),
+    (dict(black_box={"latnt_dim": 3}), "unknown black_box option"),
+])
+def test_config_typos_raise_when_the_config_is_read(bad, message):
+    with pytest.raises(ValueError, match=message):
+        TwinConfig(model="vaccine_asc", **bad)
+    with pytest.raises(ValueError, match=message):  # the same through the JSON/YAML route
+        TwinConfig.from_dict({"model": "vaccine_asc", **bad})
