@@ -100,10 +100,29 @@ class Dose:
         """The explicit list of single doses this (possibly repeated) dose stands for (at most
         :data:`MAX_EXPANDED_DOSES`)."""
         _check_expansion(self.additional, f"Dose(time={self.time!r}, amount={self.amount!r}, target={self.target!r})")
-        return [
-            Dose(float(self.time) + i * float(self.interval or 0.0), self.amount, self.target, self.duration)
-            for i in range(self.additional + 1)
-        ]
+        _, times = expand_repeats([float(self.time)], [float(self.interval or 0.0)], [self.additional])
+        return [Dose(float(t), self.amount, self.target, self.duration) for t in times]
+
+
+def expand_repeats(time, interval, additional, subject=None, labels=None) -> tuple[np.ndarray, np.ndarray]:
+    """NONMEM II/ADDL expansion, vectorised -- the one place it is written (Dose.expand, dose tables and the
+    training dataset all use it). ``time``, ``interval`` (NaN: none) and ``additional`` are per dose row;
+    returns ``(row, times)``: for every single dose the row it comes from and its time. With ``subject``
+    (each row's subject index) and ``labels`` (subject ids), a subject receiving more than
+    :data:`MAX_EXPANDED_DOSES` single doses raises, naming it."""
+    time = np.asarray(time, dtype=float)
+    interval = np.nan_to_num(np.asarray(interval, dtype=float), nan=0.0)
+    reps = np.asarray(additional).astype(np.int64) + 1
+    if subject is not None:
+        totals = np.bincount(np.asarray(subject, dtype=np.int64), weights=reps, minlength=len(labels) if labels else 0)
+        over = np.nonzero(totals > MAX_EXPANDED_DOSES)[0]
+        if len(over):
+            who = labels[int(over[0])] if labels is not None else int(over[0])
+            raise ValueError(f"subject {who!r} would receive {int(totals[over[0]])} single doses after expanding II/ADDL, "
+                             f"more than MAX_EXPANDED_DOSES = {MAX_EXPANDED_DOSES}")
+    row = np.repeat(np.arange(len(reps)), reps)
+    k = np.arange(len(row)) - np.repeat(np.cumsum(reps) - reps, reps)
+    return row, time[row] + k * interval[row]
 
 
 def _is_count(value) -> bool:
@@ -304,10 +323,7 @@ class BatchSchedule:
                 f"II/ADDL, more than MAX_EXPANDED_DOSES = {MAX_EXPANDED_DOSES} per subject (largest: row {r}, "
                 f"{dose}){others}"
             )
-        reps = (additional + 1).astype(int)
-        ridx = np.repeat(np.arange(n), reps)
-        k = np.arange(len(ridx)) - np.repeat(np.cumsum(reps) - reps, reps)
-        t = time[ridx] + k * np.nan_to_num(interval[ridx], nan=0.0)
+        ridx, t = expand_repeats(time, interval, additional)
         return BatchSchedule.from_arrays(subj_idx[ridx], t, amount[ridx], tgt.to_numpy(dtype=int)[ridx],
                                          duration[ridx], len(subject_ids), dtype=dtype, device=device)
 

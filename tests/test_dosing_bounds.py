@@ -84,3 +84,27 @@ def test_expand_checks_the_cap_too():
 def test_bad_additional_is_refused(additional):
     with pytest.raises(ValueError, match="additional"):
         Dose(0.0, 1.0, "V", interval=1.0, additional=additional)
+
+
+def test_one_expansion_serves_doses_tables_and_the_training_dataset():
+    """Dose.expand, BatchSchedule.from_frame and SubjectDataset expand II/ADDL identically, and the training
+    dataset also refuses more than MAX_EXPANDED_DOSES single doses per subject."""
+    import pandas as pd
+
+    from hybridtwin import models
+    from hybridtwin.data import SubjectDataset, validate
+    from hybridtwin.dosing import MAX_EXPANDED_DOSES, BatchSchedule, Dose
+
+    m = models.get("vaccine_asc")
+    d = Dose(1.5, 2.0, "Ag", interval=7.0, additional=3)
+    single = [x.time for x in d.expand()]
+    table = pd.DataFrame({"subject_id": ["a"], "time": [1.5], "amount": [2.0], "target": ["Ag"], "duration": [0.0],
+                          "interval": [7.0], "additional": [3]})
+    sched = BatchSchedule.from_frame(table, ["a"], m.all_state_names)
+    assert single == [1.5, 8.5, 15.5, 22.5] == sched.bolus_time[0].tolist()
+    obs = pd.DataFrame({"subject_id": ["a"], "time": [30.0], "observable": ["log10_Ab"], "value": [1.0]})
+    ds = SubjectDataset(validate(obs, table, model="vaccine_asc"), model=m)
+    assert ds[0].dose_time.tolist() == single
+    huge = table.assign(additional=[MAX_EXPANDED_DOSES], interval=[0.001])
+    with pytest.raises(ValueError, match="MAX_EXPANDED_DOSES"):
+        SubjectDataset(validate(obs, huge, model="vaccine_asc"), model=m)

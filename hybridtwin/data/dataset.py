@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ..dosing import BatchSchedule
+from ..dosing import BatchSchedule, expand_repeats
 from .schema import CohortData
 
 
@@ -168,12 +168,10 @@ class SubjectDataset(Dataset):
         tgt = d["target"].map({k: states.get(target_map.get(k, k)) for k in d["target"].unique()})
         if tgt.isna().any():
             raise ValueError(f"dose target(s) {sorted(set(d['target'][tgt.isna()]))} do not exist in model {self.model.name!r}")
-        reps = d["additional"].to_numpy(int) + 1
-        ridx = np.repeat(np.arange(len(d)), reps)
-        k = np.arange(len(ridx)) - np.repeat(np.cumsum(reps) - reps, reps)
-        interval = np.nan_to_num(d["interval"].to_numpy(float), nan=0.0)
-        return {"subject": d["subject_id"].map(pos).to_numpy(np.int64)[ridx],
-                "time": d["time"].to_numpy(float)[ridx] + k * interval[ridx],
+        subject = d["subject_id"].map(pos).to_numpy(np.int64)
+        ridx, times = expand_repeats(d["time"].to_numpy(float), d["interval"].to_numpy(float),
+                                     d["additional"].to_numpy(int), subject, self.subject_ids)
+        return {"subject": subject[ridx], "time": times,
                 "amount": d["amount"].to_numpy(float)[ridx], "target": tgt.to_numpy(int)[ridx],
                 "duration": d["duration"].to_numpy(float)[ridx]}
 
