@@ -6,9 +6,8 @@
 (4, 6)
 """
 
-__version__ = "0.2.0"
-
-from . import estimation, models
+from ._version import __version__
+from . import data, datasets, estimation, models, personalise
 from .checkpoint import load
 from .dosing import BatchSchedule, Dose
 from .models import Model, Parameter
@@ -17,6 +16,6 @@ from .simulation import simulate
 from .solve import Solution, SolverConfig, Status, solve
 
 __all__ = [
-    "__version__", "estimation", "models", "Model", "Parameter", "ParameterSpace", "Dose", "BatchSchedule",
+    "__version__", "data", "datasets", "estimation", "models", "personalise", "Model", "Parameter", "ParameterSpace", "Dose", "BatchSchedule",
     "simulate", "load", "solve", "SolverConfig", "Solution", "Status",
 ]

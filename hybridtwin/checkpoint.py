@@ -50,7 +50,7 @@ CARD_KEY = "__card_sha256__"
 
 
 def _version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 

@@ -114,3 +114,16 @@ def test_damaged_cards(saved, tmp_path):
     (bad / "card.json").write_text("{}")
     with pytest.raises(ValueError, match="format"):
         ht.load(bad)
+
+
+def test_public_namespace_resolves_in_a_fresh_interpreter():
+    """Every name of ``hybridtwin.__all__`` (subpackages included) is importable without relying on another
+    import's side effects, and the version lives in its own module."""
+    import subprocess
+    import sys
+
+    code = ("import hybridtwin as ht; missing = [n for n in ht.__all__ if not hasattr(ht, n)]; "
+            "from hybridtwin._version import __version__ as v; "
+            "assert not missing, missing; assert v == ht.__version__; "
+            "assert {'data', 'datasets', 'estimation', 'models', 'personalise'} <= set(ht.__all__)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
