@@ -35,7 +35,7 @@ import torch
 from .data import CohortData
 from .data.dataset import Batch, SubjectDataset
 from .data.schema import (DEFAULT_COHORT, OBS_COLUMNS, OBS_REQUIRED, _validate_doses, _validate_observations,
-                          _with_string_ids, normalise_subject_ids)
+                          _check_min_time, _with_string_ids, normalise_subject_ids)
 
 METHODS = ("encoder", "map", "encoder_is", "library")
 
@@ -138,6 +138,9 @@ def _tables(twin, covariates: pd.DataFrame, observations, doses) -> tuple[Subjec
     dropped = ["cohort"] if "cohort" in covariates.columns and not cohort_is_covariate else []
     dropped += [c for c in extra if c != "cohort"]
     data = CohortData(obs, dose_table, covariates.drop(columns=dropped), {})
+    _check_min_time(obs, 0.0, "observations")  # the model's clock starts at 0: name the subjects, fail early
+    if len(dose_table):
+        _check_min_time(dose_table, 0.0, "doses")
     ds = SubjectDataset(data, model=twin.model, preprocessor=twin.preprocessor, observables=list(twin.config.observables),
                         cohorts=known, dtype=twin.dtype, subjects=ids, subject_cohorts=cohorts)
     return ds, ids

@@ -110,3 +110,15 @@ def test_twin_without_covariates_ignores_extra_columns():
     (b, _), msgs = _predict(twin, bare, data.covariates)  # age, sex, ... were never seen by this twin
     assert any("ignored" in m for m in msgs)
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_negative_times_are_refused_naming_subjects_before_fitting(setup):
+    twin, data, cov = setup
+    sid = data.observations["subject_id"].iloc[0]
+    obs = data.observations.copy()
+    obs.loc[obs.index[0], "time"] = -1.0
+    bad = data.__class__(obs, data.doses, data.covariates, dict(data.meta))
+    with pytest.raises(ValueError, match=rf"min_time=0.*subject '{sid}': \[-1.0\]"):
+        twin.dataset(bad)
+    with pytest.raises(ValueError, match=rf"subject '{sid}'"):
+        twin.predict(cov, obs, data.doses, times=[0.0, 10.0], n_samples=2)
