@@ -4,31 +4,74 @@ The batch is integrated as one system between the union of all subjects' breakpo
 infusion starts and ends), with outputs at the union of all subjects' output times; each subject then
 reads its own times back. The shared adaptive step makes a subject's result depend on its batch mates
 within the tolerance. If torchdiffeq fails on the batch (step underflow, step limit), the batch is split in
-halves recursively so that only the failing subjects are marked. ``n_steps`` reports the number of vector
-field evaluations of the shared solve that produced each subject's result.
+halves recursively so that only the failing subjects are marked. Only torchdiffeq's own numerical failures
+count (step-size underflow, non-finite state, ``max_num_steps``); an exception raised by the vector field
+(shape error, ``TypeError``, ...) is a bug in the model code and propagates unchanged. ``n_steps`` reports the
+number of vector field evaluations of the shared solve that produced each subject's result.
+
+With ``adjoint=True`` the adjoint covers the parameters ``params`` (when they require gradients), the dose
+amounts and infusion rates, and the trainable parameters of the dynamics when it is a ``torch.nn.Module``
+(e.g. a :class:`hybridtwin.neural.MechanisticDynamics` with neural closures, or a bound method of one).
 """
 
 from __future__ import annotations
 
 import torch
 
+from torch import nn
+
 from .dosing import BatchSchedule
 from .solve import FIXED_STEP, Status
 
+_MODEL_ERROR = "_hybridtwin_raised_by_vector_field"
 
-def solve_torchdiffeq(f, y0, times, params, schedule: BatchSchedule, mask, config, t0):
+
+def _failure_code(exc: BaseException) -> Status | None:
+    """The status of a genuine torchdiffeq failure, or None for anything else (which must propagate)."""
+    if getattr(exc, _MODEL_ERROR, False) or not isinstance(exc, (AssertionError, RuntimeError)):
+        return None
+    msg = str(exc)
+    if "max_num_steps exceeded" in msg:
+        return Status.MAX_STEPS
+    if "non-finite values in state" in msg:
+        return Status.NONFINITE
+    if "underflow in dt" in msg:  # a NaN step size comes from a NaN error estimate
+        return Status.NONFINITE if "nan" in msg.split("underflow in dt", 1)[1].lower() else Status.STEP_TOO_SMALL
+    return None
+
+
+def module_parameters(dynamics) -> list[torch.Tensor]:
+    """Trainable parameters of ``dynamics`` when it is an ``nn.Module`` or a bound method of one."""
+    owner = dynamics if isinstance(dynamics, nn.Module) else getattr(dynamics, "__self__", None)
+    if not isinstance(owner, nn.Module):
+        return []
+    return [p for p in owner.parameters() if p.requires_grad]
+
+
+def solve_torchdiffeq(f, y0, times, params, schedule: BatchSchedule, mask, config, t0, dynamics=None):
+    """``f(t, y, params)`` is the vector field; ``dynamics`` the object the caller passed (its module
+    parameters join the adjoint)."""
     B, S = y0.shape
     try:
-        ys, nfe = _solve_batch(f, y0, times, params, schedule, mask, config, t0)
+        ys, nfe = _solve_batch(f, y0, times, params, schedule, mask, config, t0, dynamics)
     except (AssertionError, RuntimeError) as exc:
+        code = _failure_code(exc)
+        if code is None:
+            if getattr(exc, _MODEL_ERROR, False):
+                try:
+                    delattr(exc, _MODEL_ERROR)
+                except AttributeError:
+                    pass
+            raise
         if B == 1:
             nan = torch.full((1, times.shape[1], S), float("nan"), dtype=y0.dtype, device=y0.device)
-            code = Status.MAX_STEPS if "max_num_steps" in str(exc) else Status.SOLVER_ERROR
-            return nan, torch.full((1,), int(code), dtype=torch.long), torch.zeros(1, dtype=torch.long)
+            return (nan, torch.full((1,), int(code), dtype=torch.long, device=y0.device),
+                    torch.zeros(1, dtype=torch.long, device=y0.device))
         half = B // 2
         parts = [slice(0, half), slice(half, B)]
         outs = [
-            solve_torchdiffeq(f, y0[sl], times[sl], params[sl], schedule.select(torch.arange(B)[sl]), mask[sl], config, t0)
+            solve_torchdiffeq(f, y0[sl], times[sl], params[sl], schedule.select(torch.arange(B, device=y0.device)[sl]),
+                              mask[sl], config, t0, dynamics)
             for sl in parts
         ]
         return tuple(torch.cat([o[i] for o in outs]) for i in range(3))
@@ -37,7 +80,7 @@ def solve_torchdiffeq(f, y0, times, params, schedule: BatchSchedule, mask, confi
     return ys, status, torch.full((B,), nfe, dtype=torch.long)
 
 
-def _solve_batch(f, y0, times, params, schedule, mask, config, t0):
+def _solve_batch(f, y0, times, params, schedule, mask, config, t0, dynamics=None):
     from torchdiffeq import odeint, odeint_adjoint
 
     B, S = y0.shape
@@ -64,11 +107,19 @@ def _solve_batch(f, y0, times, params, schedule, mask, config, t0):
 
         def func(t, yy, rate=rate):
             nfe[0] += 1
-            return f(t.expand(B), yy, params) + rate
+            try:
+                return f(t.expand(B), yy, params) + rate
+            except Exception as exc:  # the model's own error: mark it so that it is not taken for a solver failure
+                try:
+                    setattr(exc, _MODEL_ERROR, True)
+                except AttributeError:
+                    pass
+                raise
 
         seg = grid[(grid >= a) & (grid <= b)]
         if config.adjoint:
-            extra = tuple(x for x in (params, rate, schedule.bolus_amount) if x.requires_grad)
+            extra = tuple(x for x in (params, rate, schedule.bolus_amount, *module_parameters(dynamics))
+                          if x.requires_grad)
             traj = odeint_adjoint(func, y, seg, adjoint_params=extra, **kwargs)
         else:
             traj = odeint(func, y, seg, **kwargs)

@@ -9,15 +9,24 @@ Two backends:
 - ``"native"`` (default): a batched explicit Runge-Kutta integrator where **every subject has its own
   clock, step size, error control, dose breakpoints and step counter** (Dormand-Prince 5(4) with its
   continuous extension for outputs, or fixed-step classical RK4). Because all arithmetic is element-wise
-  per subject, a subject's result does not depend on its batch mates (up to floating-point
-  non-associativity inside batched matrix products of neural terms, if any). A subject that produces
-  non-finite values, needs a step below the resolution of its clock, or exceeds ``max_steps`` is frozen
-  with its status; its missing outputs are NaN and masked out; the others proceed. Gradients flow by
-  automatic differentiation through the steps (discretise-then-optimise), including dose jumps.
+  per subject, a subject's result does not depend on its batch mates (up to the last bit of batched matrix
+  products and vectorised transcendental functions inside the vector field, e.g. of neural terms). A
+  subject that produces non-finite values, needs a step below the resolution of its clock, or exceeds
+  ``max_steps`` is frozen with its status; its missing outputs are NaN and masked out; the others
+  proceed. Subjects that have finished (reached their last output time) or failed leave the working set,
+  so the cost of a step is proportional to the subjects still integrating: a stiff subject that needs 100x
+  more steps than its batch mates costs about what it would cost alone, not 100 times the whole batch.
+  ``max_seconds`` optionally bounds the wall time of a solve (status ``TIME_BUDGET`` for the subjects it
+  stops). Gradients flow by automatic differentiation through the steps (discretise-then-optimise),
+  including dose jumps.
 - ``"torchdiffeq"``: any torchdiffeq method, optionally with the adjoint (``adjoint=True``). Subjects are
   integrated together between the union of all breakpoints in the batch, with one shared adaptive step
   whose error norm covers the whole batch; a subject's result therefore depends on its batch mates through
-  the step sequence, within the solver tolerance. A failing batch is bisected to find the failing subjects.
+  the step sequence, within the solver tolerance. A batch where torchdiffeq fails (step-size underflow,
+  non-finite state, too many steps) is bisected to find the failing subjects.
+
+Only numerical failures become statuses. An exception raised by the vector field itself (a shape error, a
+``TypeError``, a ``ValueError``...) is a bug in the model code and propagates unchanged, with either backend.
 
 Dose semantics: integration stops exactly at every dose time of a subject; an output requested at a bolus
 time reports the state *after* the bolus (right-continuous trajectories); infusions are constant rates
@@ -37,6 +46,7 @@ Example
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Callable, Sequence
@@ -54,6 +64,7 @@ class Status(IntEnum):
     MAX_STEPS = 2
     STEP_TOO_SMALL = 3
     SOLVER_ERROR = 4
+    TIME_BUDGET = 5
 
 
 NATIVE_METHODS = ("dopri5", "rk4")
@@ -73,6 +84,9 @@ class SolverConfig:
     max_steps: per-subject limit on attempted steps.
     backend: ``"native"`` or ``"torchdiffeq"``.
     adjoint: use torchdiffeq's adjoint method for gradients (requires ``backend="torchdiffeq"``).
+    max_seconds: optional wall-time budget of one native solve; subjects still integrating when it is spent
+        stop with status ``TIME_BUDGET`` (their outputs before that point are kept, later ones are NaN). Which
+        subjects finish in time depends on the machine, so results under a budget are not reproducible.
     """
 
     method: str = "dopri5"
@@ -82,6 +96,7 @@ class SolverConfig:
     max_steps: int = 100_000
     backend: str = "native"
     adjoint: bool = False
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in ("native", "torchdiffeq"):
@@ -103,8 +118,14 @@ class SolverConfig:
                 raise ValueError(f"fixed-step method {self.method!r} needs a positive dt, got {self.dt!r}")
         elif self.dt is not None:
             raise ValueError(f"dt is only used by fixed-step methods {FIXED_STEP}; {self.method!r} chooses its own steps")
-        if not (isinstance(self.max_steps, int) and self.max_steps > 0):
+        if isinstance(self.max_steps, bool) or not (isinstance(self.max_steps, int) and self.max_steps > 0):
             raise ValueError(f"max_steps must be a positive integer, got {self.max_steps!r}")
+        if self.max_seconds is not None:
+            number = isinstance(self.max_seconds, (int, float)) and not isinstance(self.max_seconds, bool)
+            if not (number and math.isfinite(self.max_seconds) and self.max_seconds > 0):
+                raise ValueError(f"max_seconds must be a positive number of seconds or None, got {self.max_seconds!r}")
+            if self.backend != "native":
+                raise ValueError("max_seconds (a wall-time budget) is only supported by backend='native'")
 
 
 @dataclass
@@ -182,7 +203,7 @@ def solve(
     if config.backend == "torchdiffeq":
         from ._torchdiffeq_backend import solve_torchdiffeq
 
-        out = solve_torchdiffeq(f, y0, times, params, schedule, mask, config, t0)
+        out = solve_torchdiffeq(f, y0, times, params, schedule, mask, config, t0, dynamics=vector_field)
     else:
         if bind is not None:
             out = _solve_native(bind, y0, times, params, schedule, mask, config, t0, prepared=True)
@@ -236,12 +257,26 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
 
 
 def _solve_native(f, y0, times, params, schedule, mask, config, t0, prepared=False):
+    """The native step loop over a shrinking working set of subjects.
+
+    Every per-subject quantity (clock ``t``, state ``y``, step ``h``, output pointer, step counter, status,
+    schedule rows, bound parameters) lives in tensors indexed by *working* row; ``gidx`` maps a working row
+    to its subject. A subject leaves the working set once it is done (reached its last output time) or has
+    failed, so after a compaction each step only costs work for the subjects still integrating. Compaction
+    only gathers rows; every subject's arithmetic is element-wise, and made of operations whose result does not
+    depend on where an element sits in a tensor (see :func:`_fifth_root`), so results do not depend on when (or
+    whether) compaction happens, nor on the batch mates.
+    """
     B, S = y0.shape
     dtype, device = y0.dtype, y0.device
+    deadline = None if config.max_seconds is None else time.perf_counter() + config.max_seconds
     inf = torch.tensor(float("inf"), dtype=dtype, device=device)
     tout = torch.where(mask, times, inf)
     T = tout.shape[1]
-    t_end = torch.where(mask, times, torch.full_like(times, t0)).amax(dim=1) if T else torch.full((B,), t0, dtype=dtype)
+    if T:
+        t_end = torch.where(mask, times, torch.full_like(times, t0)).amax(dim=1)
+    else:
+        t_end = torch.full((B,), t0, dtype=dtype, device=device)
     bps = schedule.breakpoints()
     atol = torch.as_tensor(config.atol, dtype=dtype, device=device)
     if atol.dim() == 1 and atol.numel() not in (1, S):
@@ -257,15 +292,16 @@ def _solve_native(f, y0, times, params, schedule, mask, config, t0, prepared=Fal
     tsorted, order = torch.sort(tout, dim=1, stable=True)
     tsorted = torch.cat([tsorted, torch.full((B, 1), float("inf"), dtype=dtype, device=device)], dim=1)
     ptr = torch.zeros(B, dtype=torch.long, device=device)
+    gidx = torch.arange(B, device=device)  # working row -> subject
 
     def next_out() -> torch.Tensor:
         return tsorted.gather(1, ptr[:, None])[:, 0]
 
     def take(sel: torch.Tensor, values_fn) -> None:
-        """Record outputs at the pointer for subjects in ``sel`` and advance their pointers."""
+        """Record outputs at the pointer for working rows in ``sel`` and advance their pointers."""
         nonlocal ptr
         b = sel.nonzero()[:, 0]
-        out_idx.append(b * T + order[b, ptr[b]])
+        out_idx.append(gidx[b] * T + order[b, ptr[b]])
         out_val.append(values_fn(b))
         ptr = ptr + sel.long()
 
@@ -282,17 +318,23 @@ def _solve_native(f, y0, times, params, schedule, mask, config, t0, prepared=Fal
     has_infusions = bool(torch.isfinite(schedule.inf_start).any())
     has_breakpoints = bool(torch.isfinite(bps).any())
 
-    bound = f(params) if prepared else (lambda tt, yy: f(tt, yy, params))
+    def bind(p):
+        return f(p) if prepared else (lambda tt, yy: f(tt, yy, p))
+
+    bound = bind(params)
+    sched = schedule
 
     def rate_at(tt):
         """Infusion rates are constant over a step (steps never cross a breakpoint): read at its start."""
-        return schedule.infusion_rate(tt, S) if has_infusions else None
+        return sched.infusion_rate(tt, S) if has_infusions else None
 
     def F(tt, yy, rate=None):
         return bound(tt, yy) if rate is None else bound(tt, yy) + rate
 
-    status = torch.zeros(B, dtype=torch.long, device=device)
-    n_steps = torch.zeros(B, dtype=torch.long, device=device)
+    status_all = torch.zeros(B, dtype=torch.long, device=device)
+    n_steps_all = torch.zeros(B, dtype=torch.long, device=device)
+    status = status_all.clone()
+    n_steps = n_steps_all.clone()
     done = t >= t_end
     fcur = F(t, y, rate_at(t))
     if adaptive:
@@ -301,14 +343,41 @@ def _solve_native(f, y0, times, params, schedule, mask, config, t0, prepared=Fal
         h = torch.full((B,), float(config.dt), dtype=dtype, device=device)
     zero = torch.zeros((), dtype=dtype, device=device)
     last_nonfinite = torch.zeros(B, dtype=torch.bool, device=device)
+    P = torch.tensor(_DP_P, dtype=dtype, device=device) if adaptive else None
+    OK, NONFINITE, STEP_TOO_SMALL, MAX_STEPS = (int(s) for s in (Status.OK, Status.NONFINITE, Status.STEP_TOO_SMALL,
+                                                                 Status.MAX_STEPS))
 
-    while not bool(done.all()):
+    while True:
+        n_work = done.shape[0]
+        n_done = int(done.sum())
+        if n_done:  # finished and failed subjects hand their counters back
+            status_all[gidx] = status
+            n_steps_all[gidx] = n_steps
+        if n_done == n_work:
+            break
+        if n_done and (n_done * 8 >= n_work or n_work - n_done <= 8):
+            # compact once enough of the working set is idle (geometric schedule: few compactions, idle rows
+            # never more than ~1/8 of the work); gathers rows, so no subject's arithmetic changes
+            keep = (~done).nonzero()[:, 0]
+            gidx, t, y, h, fcur, ptr = gidx[keep], t[keep], y[keep], h[keep], fcur[keep], ptr[keep]
+            status, n_steps, last_nonfinite, done = status[keep], n_steps[keep], last_nonfinite[keep], done[keep]
+            t_end, tsorted, order = t_end[keep], tsorted[keep], order[keep]
+            if has_breakpoints:
+                bps = bps[keep]
+                sched = schedule.select(gidx)
+            bound = bind(params[gidx])
+        if deadline is not None and time.perf_counter() > deadline:
+            # out of wall time: every subject still integrating stops here with its own status
+            status = torch.where(done, status, int(Status.TIME_BUDGET))
+            status_all[gidx] = status
+            n_steps_all[gidx] = n_steps
+            break
         active = ~done
         if has_breakpoints:
             nb = torch.where(bps > t[:, None], bps, inf).amin(dim=1)
             stop = torch.minimum(nb, t_end)
         else:
-            nb = torch.full_like(t, float("inf"))
+            nb = None
             stop = t_end
         if not adaptive:
             stop = torch.minimum(stop, next_out())
@@ -334,7 +403,7 @@ def _solve_native(f, y0, times, params, schedule, mask, config, t0, prepared=Fal
                 en = _rms(err.detach() / scale)
         else:
             y1 = y + hc / 6.0 * (ks[0] + 2.0 * ks[1] + 2.0 * ks[2] + ks[3])
-            en = torch.zeros(B, dtype=dtype, device=device)
+            en = torch.zeros_like(t)
         with torch.no_grad():
             finite = torch.isfinite(y1.detach()).all(dim=1) & torch.isfinite(en)
             accept = active & finite & (en <= 1.0)
@@ -346,8 +415,7 @@ def _solve_native(f, y0, times, params, schedule, mask, config, t0, prepared=Fal
                 if not bool(sel.any()):
                     break
                 if K is None:
-                    K = torch.stack(ks, dim=1)  # (B, 7, S)
-                    P = torch.tensor(_DP_P, dtype=dtype, device=device)
+                    K = torch.stack(ks, dim=1)  # (n, 7, S)
 
                 def interpolate(b):
                     theta = (next_out()[b] - t[b]) / h_try[b]
@@ -356,9 +424,10 @@ def _solve_native(f, y0, times, params, schedule, mask, config, t0, prepared=Fal
 
                 take(sel, interpolate)
         y_new = torch.where(accept[:, None], y1, y)
-        at_bp = accept & hit & (stop == nb)
-        if bool(at_bp.any()):
-            y_new = y_new + schedule.bolus_at(t_new, S, at_bp)
+        if has_breakpoints:
+            at_bp = accept & hit & (stop == nb)
+            if bool(at_bp.any()):
+                y_new = y_new + sched.bolus_at(t_new, S, at_bp)
         if T:
             record_equal(t_new, accept, y_new)
         t = torch.where(accept, t_new, t)
@@ -370,27 +439,44 @@ def _solve_native(f, y0, times, params, schedule, mask, config, t0, prepared=Fal
         with torch.no_grad():
             n_steps += active.long()
             if adaptive:
-                safe_en = torch.clamp(en, min=1e-10)
-                grow = torch.clamp(0.9 * safe_en ** -0.2, 0.2, 10.0)
-                shrink = torch.clamp(0.9 * safe_en ** -0.2, 0.2, 0.9)
-                factor = torch.where(accept, grow, torch.where(finite, shrink, torch.full_like(en, 0.25)))
+                ratio = 0.9 / _fifth_root(torch.clamp(en, min=1e-10))
+                grow = torch.clamp(ratio, 0.2, 10.0)
+                shrink = torch.clamp(ratio, 0.2, 0.9)
+                factor = torch.where(accept, grow, torch.where(finite, shrink, 0.25))
                 h_next = h_try * factor
                 h = torch.where(active, torch.where(accept & hit, torch.maximum(h_next, h), h_next), h)
             last_nonfinite = torch.where(active, ~finite, last_nonfinite)
-            tiny = 1e-13 * torch.clamp(t.abs(), min=1.0)
-            too_small = active & ~accept & (h < tiny)
-            if not adaptive:
+            if adaptive:
+                tiny = 1e-13 * torch.clamp(t.abs(), min=1.0)
+                too_small = active & ~accept & (h < tiny)
+            else:
                 too_small = active & ~finite
-            status = torch.where(too_small & last_nonfinite, torch.full_like(status, Status.NONFINITE), status)
-            status = torch.where(too_small & ~last_nonfinite, torch.full_like(status, Status.STEP_TOO_SMALL), status)
-            over = active & (n_steps >= config.max_steps) & (status == Status.OK) & (t < t_end)
-            status = torch.where(over, torch.full_like(status, Status.MAX_STEPS), status)
-            done = done | (t >= t_end) | (status != Status.OK)
+            status = torch.where(too_small & last_nonfinite, NONFINITE, status)
+            status = torch.where(too_small & ~last_nonfinite, STEP_TOO_SMALL, status)
+            over = active & (n_steps >= config.max_steps) & (status == OK) & (t < t_end)
+            status = torch.where(over, MAX_STEPS, status)
+            done = done | (t >= t_end) | (status != OK)
 
     ys = torch.full((B * T, S), float("nan"), dtype=dtype, device=device)
     if out_idx:
         ys = ys.index_put((torch.cat(out_idx),), torch.cat(out_val))
-    return ys.reshape(B, T, S), status, n_steps
+    return ys.reshape(B, T, S), status_all, n_steps_all
+
+
+def _fifth_root(x: torch.Tensor) -> torch.Tensor:
+    """``x ** (13/64)`` (~ ``x ** 0.2``) for x > 0 from correctly rounded operations only (sqrt and products).
+
+    Used by the step-size controller instead of ``x ** 0.2`` because torch's vectorised ``pow`` and its scalar
+    loop (which serves the tail of a batch that does not fill a SIMD register) can differ in the last bit; near
+    ``en = 1`` that flips an accept/reject decision, so a subject's whole step sequence -- and its result at
+    the tolerance level -- would depend on its position in the batch. Square roots are exact to the last bit
+    everywhere, so a subject's steps are bitwise identical alone, in any batch and after any compaction.
+    The exponent 13/64 = 0.203 instead of 1/5 is immaterial to the controller.
+    """
+    r8 = torch.sqrt(torch.sqrt(torch.sqrt(x)))  # x^(1/8)
+    r16 = torch.sqrt(r8)
+    r64 = torch.sqrt(torch.sqrt(r16))
+    return r8 * r16 * r64
 
 
 def _initial_step(F, t, y, f0, t_end, rtol, atol):
@@ -403,7 +489,7 @@ def _initial_step(F, t, y, f0, t_end, rtol, atol):
         f1 = F(t + h0, y + h0[:, None] * f0).detach()
         d2 = _rms((f1 - f0) / scale) / h0
         dmax = torch.maximum(d1, d2)
-        h1 = torch.where(dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / dmax) ** 0.2)
+        h1 = torch.where(dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), _fifth_root(0.01 / dmax))
         h = torch.minimum(100 * h0, h1)
         span = t_end - t
         h = torch.where(span > 0, torch.minimum(h, span), h)

@@ -9,7 +9,7 @@ import hybridtwin as ht
 from hybridtwin.dosing import BatchSchedule, Dose
 from hybridtwin.solve import SolverConfig, Status, solve
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def decay(t, y, p):
