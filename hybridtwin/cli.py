@@ -49,6 +49,44 @@ def _parse_dose(text: str) -> Dose:
     return Dose(time, amount, parts[2], duration)
 
 
+def _at_least(value, minimum: int, option: str) -> None:
+    if value is not None and value < minimum:
+        raise ValueError(f"{option} must be an integer >= {minimum}, got {value}")
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for an OSError: what failed, on which path."""
+    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "") if exc.filename else ""
+    return f"{exc.strerror or exc}{f': {where}' if where else ''}"
+
+
+def _writable_dir(path: Path, option: str = "--out") -> Path:
+    """Create ``path`` (a folder) if needed and check a file can be written in it; ValueError if not."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ValueError(f"{option} {path}: {folder} is a file, not a folder; choose another location")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        import tempfile
+
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{option} {path}: cannot write there ({_os_error(exc)}); choose a writable location"
+                         ) from None
+    return path
+
+
+def _writable_file(path: Path, option: str = "--out") -> Path:
+    """Check that the file ``path`` can be written (creating its folder); ValueError if not."""
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file path, e.g. {path / 'out.csv'}")
+    _writable_dir(path.parent, option)
+    return path
+
+
 def models_table() -> pd.DataFrame:
     rows = []
     for name in _models.available():
@@ -79,12 +117,14 @@ def cmd_simulate(args) -> int:
     t_end = args.t_end if args.t_end is not None else model.default_t_end
     if not np.isfinite(t_end) or t_end <= 0:
         raise ValueError(f"--t-end must be a positive number, got {t_end}")
+    _at_least(args.n_times, 1, "--n-times")
+    if not (np.isfinite(args.rtol) and args.rtol > 0):
+        raise ValueError(f"--rtol must be a positive number, got {args.rtol}")
     times = np.linspace(0.0, t_end, args.n_times)
     doses = [_parse_dose(d) for d in args.dose or []]
-    df = simulate(model, times, params=_key_values(args.param, "--param"),
-                  initial_state=_key_values(args.init, "--init"), doses=doses, rtol=args.rtol)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    params, init = _key_values(args.param, "--param"), _key_values(args.init, "--init")
+    out = _writable_file(Path(args.out))
+    df = simulate(model, times, params=params, initial_state=init, doses=doses, rtol=args.rtol)
     df.to_csv(out, index=False)
     print(f"wrote {len(df)} rows x {df.shape[1]} columns to {out}")
     return 0
@@ -94,8 +134,11 @@ def cmd_quickstart(args) -> int:
     from .diagnostics.plots import plot_simulation
     import matplotlib.pyplot as plt
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _at_least(args.twin_epochs, 0, "--twin-epochs")
+    if args.twin_epochs > 0:
+        _at_least(args.twin_subjects, 1, "--twin-subjects")
+        _at_least(args.twin_iterations, 1, "--twin-iterations")
+    out = _writable_dir(Path(args.out))
     frames = []
     for name in _models.available():
         m = _models.get(name)
@@ -170,6 +213,10 @@ def _quickstart_twin(out: Path, n_subjects: int, epochs: int, iterations: int = 
 def cmd_cohort(args) -> int:
     from .datasets.virtual import make_virtual_cohort, write_cohort_tables
 
+    _at_least(args.subjects, 1, "--subjects")
+    _at_least(args.cohorts, 1, "--cohorts")
+    _at_least(args.seed, 0, "--seed")
+    _writable_dir(Path(args.out))
     data = make_virtual_cohort(args.model, n_subjects=args.subjects, n_cohorts=args.cohorts, seed=args.seed)
     paths = write_cohort_tables(data, args.out)
     print(f"virtual cohort of {args.model}: {data!r}")
@@ -203,17 +250,25 @@ def cmd_train(args) -> int:
 
     from training.config import RunConfig
     from training.module import SolveFailureError
-    from training.train import train
+    from training.train import TrainingInterrupted, train
 
+    _at_least(args.devices, 1, "--devices")
+    _at_least(args.max_epochs, 1, "--max-epochs")
+    _readable_config(Path(args.config))
     cfg = RunConfig.from_yaml(args.config)
     if args.out:
         cfg = dataclasses.replace(cfg, out=args.out)
     cfg = cfg.with_trainer(devices=args.devices, strategy=args.strategy, max_epochs=args.max_epochs)
+    main_process = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
     try:
         _, run_dir = train(cfg, resume=args.resume)
     except (MisconfigurationException, SolveFailureError) as exc:
         raise ValueError(str(exc)) from None
-    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+    except TrainingInterrupted as exc:  # SIGTERM: exit 143 (128 + 15), as a shell reports it
+        if main_process:
+            print(f"hybridtwin train: {exc}", file=sys.stderr)
+        return exc.code
+    if main_process:
         if cfg.estimation.method == "saem":
             print(f"estimated twin: {run_dir / 'weights.pt'} + {run_dir / 'card.json'} "
                   f"(hybridtwin.load({str(run_dir)!r})); SAEM trajectory in {run_dir / 'saem_history.csv'}")
@@ -221,6 +276,21 @@ def cmd_train(args) -> int:
             print(f"trained twin: {run_dir / 'weights.pt'} + {run_dir / 'card.json'} "
                   f"(hybridtwin.load({str(run_dir)!r})); resume with --resume; logs in {run_dir / 'logs'}")
     return 0
+
+
+def _readable_config(path: Path) -> None:
+    """A clear error for a config that is missing, a folder, unreadable or not text."""
+    if not path.exists():
+        raise ValueError(f"config file {path} does not exist")
+    if path.is_dir():
+        raise ValueError(f"config {path} is a folder; give a YAML run config file, "
+                         "e.g. training/configs/vaccine_small.yaml")
+    try:
+        path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {path} is not a text (UTF-8 YAML) file") from None
 
 
 def _read_table(path: str | None, what: str) -> pd.DataFrame | None:
@@ -235,18 +305,29 @@ def _read_table(path: str | None, what: str) -> pd.DataFrame | None:
 def cmd_predict(args) -> int:
     from .checkpoint import load
 
+    _at_least(args.n_times, 1, "--n-times")
+    _at_least(args.samples, 1, "--samples")
+    if not 0 < args.level < 1:
+        raise ValueError(f"--level must be in (0, 1), e.g. 0.9 for a 5-95% interval, got {args.level}")
+    end = None
+    if args.times is not None and not args.times.endswith((".csv", ".parquet")):
+        try:
+            end = float(args.times)
+        except ValueError:
+            raise ValueError(f"--times must be an end time (a number) or a .csv/.parquet table of prediction rows, "
+                             f"got {args.times!r}") from None
+        if not (np.isfinite(end) and end > 0):
+            raise ValueError(f"--times: the end time must be a positive number, got {args.times}")
     twin = load(args.checkpoint)
     cov = _read_table(args.covariates, "covariates")
     obs, doses = _read_table(args.observations, "observations"), _read_table(args.doses, "doses")
     if args.times is not None:
-        times = _read_table(args.times, "times") if args.times.endswith((".csv", ".parquet")) else \
-            np.linspace(0.0, float(args.times), args.n_times)
+        times = _read_table(args.times, "times") if end is None else np.linspace(0.0, end, args.n_times)
     else:
         times = np.linspace(0.0, twin.model.default_t_end, args.n_times)
+    out = _writable_file(Path(args.out))
     traj, par = twin.predict(cov, obs, doses, times=times, method=args.method, n_samples=args.samples,
                              level=args.level, seed=args.seed)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     traj.to_csv(out, index=False)
     par_path = out.with_name(out.stem + "_parameters.csv")
     par.to_csv(par_path, index=False)
@@ -284,7 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     c.add_argument("--out", required=True, help="output folder for the CSV (and Parquet) tables")
     c.set_defaults(func=cmd_cohort)
-    t = sub.add_parser("train", help="train a twin from a YAML run config (PyTorch Lightning)")
+    t = sub.add_parser("train", help="train a twin from a YAML run config (PyTorch Lightning)",
+                       description="Train a twin from a YAML run config. The run folder <out>/<name>/ is locked while "
+                                   "the run lasts. SIGTERM stops the run at the end of the current step with exit "
+                                   "status 143, keeping last.ckpt (the last finished epoch) for --resume.")
     t.add_argument("config", help="YAML run config, e.g. training/configs/vaccine_small.yaml")
     t.add_argument("--devices", type=int, default=None, help="number of devices/processes (default: the config's)")
     t.add_argument("--strategy", default=None, help="Lightning strategy, e.g. ddp (default: the config's)")
@@ -315,6 +399,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         print(f"hybridtwin {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file or folder that cannot be read or written
+        print(f"hybridtwin {args.command}: error: {_os_error(exc)}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # training.train.TrainingInterrupted (SIGTERM) from a command that trains
+        if not hasattr(exc, "signum") or not isinstance(exc.code, int):
+            raise
+        print(f"hybridtwin {args.command}: {exc}", file=sys.stderr)
+        return exc.code
 
 
 if __name__ == "__main__":
