@@ -1,0 +1,20 @@
+"""The README's Python snippets run as written (hybrid twin, engines)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _snippet(heading: str) -> str:
+    text = README.read_text()
+    section = text[text.index(heading):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.parametrize("heading", ["## Hybrid twins: train, personalise, predict", "## Simulation engines"])
+def test_readme_snippet_runs(heading, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(_snippet(heading), f"README {heading}", "exec"), {"__name__": "readme"})
