@@ -1,6 +1,7 @@
 """The command line: models table, simulate to CSV, quickstart outputs, errors."""
 
 import pandas as pd
+import pytest
 
 from hybridtwin.cli import main
 
@@ -30,6 +31,7 @@ def test_simulate_reports_bad_input(tmp_path, capsys):
     assert not (tmp_path / "x.csv").exists()
 
 
+@pytest.mark.slow  # the quickstart end to end: `make test-all`
 def test_quickstart_writes_one_png_per_model_and_a_csv(tmp_path, capsys):
     import hybridtwin.models as hm
 
@@ -52,7 +54,6 @@ import os  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import pytest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the training package, for the checkpoint below
 

@@ -14,7 +14,9 @@ def _snippet(heading: str) -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-@pytest.mark.parametrize("heading", ["## Hybrid twins: train, personalise, predict", "## Simulation engines"])
+@pytest.mark.parametrize("heading", [
+    pytest.param("## Hybrid twins: train, personalise, predict", marks=pytest.mark.slow),  # ~25 s: `make test-all`
+    "## Simulation engines"])
 def test_readme_snippet_runs(heading, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(_snippet(heading), f"README {heading}", "exec"), {"__name__": "readme"})

@@ -64,6 +64,7 @@ def wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 300
 
 
 # -- SIGTERM -----------------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a training subprocess killed and resumed: `make test-all`
 def test_sigterm_exits_143_with_a_resumable_checkpoint_and_the_folder_stays_locked(tmp_path, capsys):
     """SIGTERM during `hybridtwin train`: (before: exit status 0 from Lightning's SIGTERMException, no card,
     nothing said) stop at the end of the step, exit 143, keep last.ckpt (the last finished epoch), which
