@@ -34,6 +34,7 @@ import torch
 
 from .data import CohortData
 from .data.dataset import Batch, SubjectDataset
+from .losses import normal_kl, normal_log_prob
 from .data.schema import (DEFAULT_COHORT, OBS_COLUMNS, OBS_REQUIRED, _validate_doses, _validate_observations,
                           _check_min_time, _with_string_ids, normalise_subject_ids)
 
@@ -176,7 +177,7 @@ def _neg_log_posterior(twin, z, batch) -> torch.Tensor:
     ll = twin.observation.log_likelihood(g, batch.values, batch.observable, batch.cohort, batch.censored, batch.lloq,
                                          batch.mask).sum(1)
     pm, ps = twin.prior(batch.covariates)
-    lp = (-0.5 * ((z - pm) / ps) ** 2 - torch.log(ps)).sum(1)
+    lp = normal_log_prob(z, pm, ps)
     bad = status != 0
     return torch.where(bad, torch.full_like(ll, 1e10), -(ll + lp))
 
@@ -225,7 +226,7 @@ def library_posterior(twin, batch: Batch, size: int = 2000, grid_points: int = 4
         center = pm.mean(0)
         spread = torch.sqrt(ps.mean(0) ** 2 + pm.var(0, unbiased=False)) * inflate
         lib = center + spread * torch.randn((size, center.shape[0]), generator=gen, dtype=center.dtype)
-        log_q = (-0.5 * ((lib - center) / spread) ** 2 - torch.log(spread)).sum(1)  # (L,)
+        log_q = normal_log_prob(lib, center, spread)  # (L,)
         horizon = float(batch.times[batch.mask].max()) if bool(batch.mask.any()) else twin.time_scale
         grid = torch.linspace(0.0, max(horizon, 1e-6), grid_points, dtype=batch.times.dtype)
         s = batch.schedule
@@ -261,17 +262,12 @@ def library_posterior(twin, batch: Batch, size: int = 2000, grid_points: int = 4
                     g, batch.values[b][m].expand(size, n), k.expand(size, n), batch.cohort[[b] * size],
                     batch.censored[b][m].expand(size, n), batch.lloq[b][m].expand(size, n), torch.ones(size, n, dtype=torch.bool))
                 loglik[b] = ll.sum(1)
-        log_prior = (-0.5 * ((lib[None] - pm[:, None]) / ps[:, None]) ** 2 - torch.log(ps[:, None])).sum(-1)
+        log_prior = normal_log_prob(lib[None], pm[:, None], ps[:, None])
         logw = loglik + log_prior - log_q[None]
         weights = torch.softmax(torch.nan_to_num(logw, nan=-1e30), dim=1)
         mean = weights @ lib
         sd = torch.sqrt(torch.clamp(weights @ lib**2 - mean**2, min=1e-12))
     return Posterior(batch.subject_ids, mean, sd, lib[None].expand(B, -1, -1), weights)
-
-
-def _log_normal(z: torch.Tensor, mean: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
-    """Log density of independent normals, summed over the last dimension."""
-    return (-0.5 * ((z - mean) / sd) ** 2 - torch.log(sd)).sum(-1) - 0.5 * math.log(2 * math.pi) * z.shape[-1]
 
 
 def importance_posterior(twin, batch: Batch, n_draws: int = 256, inflate: float = 1.5, defensive: float = 0.1,
@@ -307,11 +303,11 @@ def importance_posterior(twin, batch: Batch, n_draws: int = 256, inflate: float 
         n_prior = int(round(defensive * n_draws))
         eps = torch.randn((n_draws, *em.shape), generator=gen, dtype=em.dtype)
         z = torch.cat([pm[None] + ps[None] * eps[:n_prior], em[None] + qs[None] * eps[n_prior:]], 0)  # (K, B, P)
-        parts = [_log_normal(z, em[None], qs[None]) + math.log1p(-defensive)]
+        parts = [normal_log_prob(z, em[None], qs[None]) + math.log1p(-defensive)]
         if defensive > 0:
-            parts.append(_log_normal(z, pm[None], ps[None]) + math.log(defensive))
+            parts.append(normal_log_prob(z, pm[None], ps[None]) + math.log(defensive))
         log_q = torch.logsumexp(torch.stack(parts), 0)  # (K, B)
-        log_prior = _log_normal(z, pm[None], ps[None])
+        log_prior = normal_log_prob(z, pm[None], ps[None])
         loglik = torch.empty(n_draws, B, dtype=em.dtype)
         per_call = max(1, max_solves // max(B, 1))
         for start in range(0, n_draws, per_call):
@@ -462,7 +458,7 @@ def update(twin, posterior_state: Posterior | None, covariates: pd.DataFrame, ob
         ll = twin.observation.log_likelihood(g, batch.values.repeat(K, 1), batch.observable.repeat(K, 1),
                                              batch.cohort.repeat(K), batch.censored.repeat(K, 1),
                                              batch.lloq.repeat(K, 1), batch.mask.repeat(K, 1)).sum(1).reshape(K, -1)
-        kl = (torch.log(ps / sd) + (sd**2 + (mean - pm) ** 2) / (2 * ps**2) - 0.5).sum(1)
+        kl = normal_kl(mean, sd, pm, ps)
         loss = -(ll.mean(0) - kl).sum()
         loss.backward()
         opt.step()

@@ -43,6 +43,7 @@ from . import models as _models
 from .data import CohortData, CovariatePreprocessor, SubjectDataset
 from .data.dataset import Batch
 from .neural import MechanisticDynamics, NeuralClosure, NeuralODEDynamics, PatientEncoder
+from .losses import normal_kl
 from .observation import NOISE_MODELS, ObservationModel
 from .solve import SolverConfig, Status, solve
 
@@ -419,7 +420,7 @@ class HybridTwin(nn.Module):
                                              rows["lloq"], rows["mask"]).sum(1).reshape(K, B)
         ok = (status == Status.OK).reshape(K, B).all(0)
         pm, ps = self.prior(batch.covariates)
-        kl = (torch.log(ps / sd) + (sd**2 + (mean - pm) ** 2) / (2 * ps**2) - 0.5).sum(1)
+        kl = normal_kl(mean, sd, pm, ps)
         elbo_i = ll.mean(0) - kl
         okf = ok.to(elbo_i.dtype)
         n_ok = okf.sum().clamp(min=1.0)

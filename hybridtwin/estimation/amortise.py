@@ -33,6 +33,7 @@ import torch
 
 from ..data import CohortData
 from ..data.dataset import Batch
+from ..losses import normal_log_prob
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,7 @@ def _select(batch: Batch, idx: torch.Tensor) -> Batch:
 
 def _nll(twin, batch: Batch, z: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
     mean, sd = twin.posterior(batch, context)
-    r = (z - mean) / sd
-    return (0.5 * r * r + torch.log(sd)).sum(1).mean() + 0.5 * math.log(2 * math.pi) * z.shape[1]
+    return -normal_log_prob(z, mean, sd).mean()
 
 
 def amortise(twin, data: CohortData | Batch, config: AmortiseConfig | None = None) -> pd.DataFrame:

@@ -12,14 +12,11 @@ first term for a whole batch at once (one batched ODE solve) and the second in c
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..data.dataset import Batch
+from ..losses import normal_log_prob
 from ..solve import Status
-
-_LOG_2PI = math.log(2 * math.pi)
 
 
 def observation_loglik(twin, g: torch.Tensor, batch: Batch, params: dict | None = None) -> torch.Tensor:
@@ -44,8 +41,7 @@ def solve_observables(twin, z: torch.Tensor, batch: Batch, grad: bool = False):
 
 def prior_logpdf(z: torch.Tensor, mean: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
     """(B,) log N(z; mean, diag(sd^2)) summed over parameters."""
-    r = (z - mean) / sd
-    return (-0.5 * r * r - torch.log(sd) - 0.5 * _LOG_2PI).sum(-1)
+    return normal_log_prob(z, mean, sd)
 
 
 def design_matrix(batch: Batch) -> torch.Tensor:
