@@ -41,6 +41,7 @@ from torch import nn
 
 from . import models as _models
 from .data import CohortData, CovariatePreprocessor, SubjectDataset
+from .data.dataset import random_prefix_mask
 from .data.dataset import Batch
 from .neural import MechanisticDynamics, NeuralClosure, NeuralODEDynamics, PatientEncoder
 from .losses import normal_kl
@@ -205,6 +206,21 @@ class TwinConfig:
             if k in d and d[k] is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
+
+
+@dataclass
+class Prediction:
+    """What ``HybridTwin.forward(batch)`` returns: the encoder's posterior ``mean``/``sd`` of the unconstrained
+    patient parameters (B, Pp), the ``z`` used (the mean, or a draw), the model parameters ``theta`` (B, P),
+    the noise-free ``observables`` at every batch row (B, T; 0 on padding and failed solves) and the solver
+    ``status`` (B,) (0: ok)."""
+
+    mean: torch.Tensor
+    sd: torch.Tensor
+    z: torch.Tensor
+    theta: torch.Tensor
+    observables: torch.Tensor
+    status: torch.Tensor
 
 
 def _check_options(options, target, what: str, required=(), skip=()) -> None:
@@ -390,14 +406,28 @@ class HybridTwin(nn.Module):
         return torch.where(ok, g, torch.zeros_like(g)), sol.status
 
     def context_mask(self, batch: Batch, generator: torch.Generator | None = None, full: float | None = None) -> torch.Tensor:
-        """Random prefix of each subject's observations: all with probability ``full``, else 0..n earliest."""
-        full = self.config.full_context if full is None else full
-        n = batch.mask.sum(1).cpu()  # random draws on the CPU generator, then moved to the batch's device
-        u = torch.rand(len(batch), generator=generator)
-        k = torch.floor(torch.rand(len(batch), generator=generator) * (n + 1).to(torch.float64)).long()
-        k = torch.where(u < full, n, torch.minimum(k, n)).to(batch.mask.device)
-        rank = torch.arange(batch.mask.shape[1], device=batch.mask.device)[None, :]
-        return batch.mask & (rank < k[:, None])
+        """Random observation prefixes for training and amortisation (:func:`hybridtwin.data.random_prefix_mask`)
+        with this twin's ``full_context`` share by default."""
+        return random_prefix_mask(batch, generator, self.config.full_context if full is None else full)
+
+    def forward(self, batch: Batch, context: torch.Tensor | None = None, sample: bool = False,
+                generator: torch.Generator | None = None) -> "Prediction":
+        """Personalise and predict the batch's own rows in one pass: the encoder's posterior given ``context``
+        (default: every observation), its mean (or one draw with ``sample=True``), the model parameters and
+        the noise-free observables at every row. Returns a :class:`Prediction`.
+
+        >>> from hybridtwin.datasets import make_virtual_cohort
+        >>> data = make_virtual_cohort("vaccine_asc", n_subjects=3, seed=0)
+        >>> twin = HybridTwin.from_data(TwinConfig(model="vaccine_asc"), data)
+        >>> out = twin(twin.dataset(data).batch())
+        >>> out.observables.shape == out.status.shape[:1] + out.observables.shape[1:], int(out.status.sum())
+        (True, 0)
+        """
+        mean, sd = self.posterior(batch, context)
+        z = mean + sd * torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device) if sample else mean
+        theta = self.theta(z, batch.cohort)
+        g, status = self.observables_at(theta, batch)
+        return Prediction(mean, sd, z, theta, g, status)
 
     def elbo(self, batch: Batch, context: torch.Tensor | None = None, n_samples: int | None = None,
              generator: torch.Generator | None = None) -> dict:

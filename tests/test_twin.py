@@ -327,3 +327,16 @@ def test_config_typos_raise_when_the_config_is_read(bad, message):
         TwinConfig(model="vaccine_asc", **bad)
     with pytest.raises(ValueError, match=message):  # the same through the JSON/YAML route
         TwinConfig.from_dict({"model": "vaccine_asc", **bad})
+
+
+def test_forward_returns_a_named_prediction_equal_to_its_parts(cohort):
+    twin = HybridTwin.from_data(TwinConfig(model="vaccine_asc"), cohort)
+    batch = twin.dataset(cohort).batch()
+    out = twin(batch)
+    mean, sd = twin.posterior(batch)
+    g, status = twin.observables_at(twin.theta(mean, batch.cohort), batch)
+    torch.testing.assert_close(out.z, mean)
+    torch.testing.assert_close(out.observables, g)
+    assert torch.equal(out.status, status) and out.theta.shape == (len(batch), len(twin.model.parameter_names))
+    drawn = twin(batch, sample=True, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(drawn.z, mean) and torch.allclose(drawn.mean, mean)

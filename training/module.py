@@ -7,7 +7,7 @@ device transfer of :class:`hybridtwin.data.Batch`.
 Randomness is explicit: every step draws its context mask and reparameterisation noise from a
 ``torch.Generator`` seeded from ``(seed, stage, epoch, batch_idx, rank)``, so nothing depends on a global
 RNG state that a resumed run would not restore. Training shows each subject a random early prefix of its
-observations (:meth:`HybridTwin.context_mask`); validation shows everything, with the same noise every
+observations (:func:`hybridtwin.data.random_prefix_mask`); validation shows everything, with the same noise every
 epoch (comparable losses for early stopping).
 
 Example
@@ -34,7 +34,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from hybridtwin.data import Batch
+from hybridtwin.data import Batch, random_prefix_mask
 from hybridtwin.twin import HybridTwin
 
 STAGES = {"train": 0, "val": 1, "test": 2}
@@ -114,7 +114,7 @@ class TwinModule(L.LightningModule):
     def _shared_step(self, batch: Batch, stage: str, batch_idx: int = 0) -> torch.Tensor:
         generator = self.step_generator(stage, batch_idx)
         if stage == "train":
-            context = self.twin.context_mask(batch, generator)
+            context = random_prefix_mask(batch, generator, self.twin.config.full_context)
             n_samples = self.hparams.n_samples
         else:
             context, n_samples = None, self.hparams.val_n_samples or self.hparams.n_samples

@@ -271,3 +271,26 @@ def collate(items: Sequence[SubjectRecord], dataset: SubjectDataset | None = Non
         observable_names=list(dataset.observable_names) if dataset is not None else [],
         cohort_names=list(dataset.cohort_names) if dataset is not None else [],
     )
+
+
+def random_prefix_mask(batch: Batch, generator: torch.Generator | None = None, full: float = 0.2) -> torch.Tensor:
+    """(B, T) mask of a random prefix of each subject's observations: all of them with probability ``full``,
+    else the earliest ``k`` with ``k`` uniform on 0..n -- how the encoder learns to personalise from any number of
+    early samples (training by ELBO and amortisation both use it). Random draws use the CPU ``generator``.
+
+    >>> import torch
+    >>> from hybridtwin.datasets import make_virtual_cohort
+    >>> ds = SubjectDataset(make_virtual_cohort("vaccine_asc", n_subjects=4, seed=0), model="vaccine_asc")
+    >>> b = ds.batch()
+    >>> m = random_prefix_mask(b, torch.Generator().manual_seed(0), full=1.0)
+    >>> bool((m == b.mask).all())
+    True
+    """
+    if not 0.0 <= full <= 1.0:
+        raise ValueError(f"full must be a probability, got {full!r}")
+    n = batch.mask.sum(1).cpu()
+    u = torch.rand(len(batch), generator=generator)
+    k = torch.floor(torch.rand(len(batch), generator=generator) * (n + 1).to(torch.float64)).long()
+    k = torch.where(u < full, n, torch.minimum(k, n)).to(batch.mask.device)
+    rank = torch.arange(batch.mask.shape[1], device=batch.mask.device)[None, :]
+    return batch.mask & (rank < k[:, None])

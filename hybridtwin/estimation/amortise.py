@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from ..data import CohortData
-from ..data.dataset import Batch
+from ..data.dataset import Batch, random_prefix_mask
 from ..losses import normal_log_prob
 
 
@@ -118,7 +118,7 @@ def amortise(twin, data: CohortData | Batch, config: AmortiseConfig | None = Non
     if len(train_idx) == 0:
         train_idx = val_idx
     val = _select(sims, val_idx) if n_val else None
-    val_ctx = twin.context_mask(val, torch.Generator().manual_seed(cfg.seed + 1), full=cfg.full_context) if n_val else None
+    val_ctx = random_prefix_mask(val, torch.Generator().manual_seed(cfg.seed + 1), cfg.full_context) if n_val else None
     frozen = {name: p.requires_grad for name, p in twin.named_parameters()}
     for name, p in twin.named_parameters():
         p.requires_grad_(name.startswith("encoder."))
@@ -133,7 +133,7 @@ def amortise(twin, data: CohortData | Batch, config: AmortiseConfig | None = Non
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start:start + cfg.batch_size]
                 b = _select(sims, idx)
-                ctx = twin.context_mask(b, gen, full=cfg.full_context)
+                ctx = random_prefix_mask(b, gen, cfg.full_context)
                 opt.zero_grad()
                 loss = _nll(twin, b, z[idx], ctx)
                 loss.backward()
