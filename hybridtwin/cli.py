@@ -169,7 +169,6 @@ def _quickstart_twin(out: Path, n_subjects: int, epochs: int, iterations: int = 
     import matplotlib.pyplot as plt
 
     from training.config import RunConfig
-    from training.module import SolveFailureError
     from training.train import train
 
     from .datasets import make_virtual_cohort
@@ -241,11 +240,8 @@ def cmd_train(args) -> int:
     try:
         import training  # noqa: F401  (Lightning is imported here, never by the library)
     except ImportError:
-        root = Path(__file__).resolve().parents[1]
-        if not (root / "training" / "__init__.py").is_file():
-            raise ValueError(f"the training package is not importable and not found next to hybridtwin ({root}); "
-                             "run from a clone of the repository") from None
-        sys.path.insert(0, str(root))
+        raise ValueError("the `training` package (Lightning runs) is not installed: install hybridtwin from a clone "
+                         "of the repository with `pip install -e .` (it installs `training` beside the library)") from None
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from training.config import RunConfig

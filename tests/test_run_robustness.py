@@ -29,14 +29,10 @@ STEPS_PER_EPOCH = 3  # 12 training subjects in batches of 4
 
 
 def tiny_config(out: Path, name: str, **trainer) -> RunConfig:
-    """The tiny VI run of test_training (24 vaccine_asc subjects, a small encoder)."""
-    settings = {"max_epochs": 1, "batch_size": 4, "lr": 0.03, "val_n_samples": 8, "patience": None,
-                "accelerator": "cpu", "devices": 1, "progress_bar": False, "log_every_n_steps": 1, **trainer}
-    return RunConfig.from_dict({
-        "name": name, "out": str(out),
-        "data": {"model": "vaccine_asc", "n_subjects": 24, "n_cohorts": 2, "fractions": [0.5, 0.5]},
-        "twin": {"model": "vaccine_asc", "n_samples": 1, "encoder": {"hidden": 16, "set_dim": 8}},
-        "trainer": settings, "estimation": {"method": "vi"}})
+    """The tiny VI run of test_training (24 vaccine_asc subjects, a small encoder), one epoch by default."""
+    from test_training import tiny
+
+    return tiny(out, name, **{"max_epochs": 1, **trainer})
 
 
 def write_yaml(cfg: RunConfig, path: Path) -> Path:

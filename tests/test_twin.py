@@ -10,7 +10,7 @@ import torch
 from scipy.stats import norm
 
 import hybridtwin as ht
-from hybridtwin.neural import MechanisticDynamics, NeuralClosure, NeuralODEDynamics
+from hybridtwin.neural import MechanisticDynamics, NeuralClosure
 from hybridtwin.observation import ObservationModel
 from hybridtwin.personalise import fit_map, library_posterior
 from hybridtwin.twin import HybridTwin, TwinConfig
@@ -176,7 +176,8 @@ def _one_subject(seed=3, sd=0.05):
     return truth, obs, dose_table
 
 
-def test_map_recovers_known_parameters_and_routes_agree():
+def _one_subject_map():
+    """The densely sampled subject, a twin with small known noise, its batch and the MAP posterior."""
     truth, obs, doses = _one_subject()
     data = ht.data.validate(obs, doses, pd.DataFrame({"subject_id": ["p"], "age": [40.0]}), model="vaccine_asc")
     cfg = TwinConfig(model="vaccine_asc", noise={"log10_Ab": "additive"}, population=("alpha_S", "alpha_L", "delta_S", "delta_L"),
@@ -185,7 +186,11 @@ def test_map_recovers_known_parameters_and_routes_agree():
     with torch.no_grad():
         twin.observation.log_sigma_add.fill_(math.log(0.05))
     batch = twin.dataset(data).batch()
-    post = fit_map(twin, batch, max_iter=200)
+    return truth, twin, batch, fit_map(twin, batch, max_iter=200)
+
+
+def test_map_recovers_known_parameters_and_routes_agree():
+    truth, twin, batch, post = _one_subject_map()
     est = dict(zip(twin.patient_names, twin.theta(post.mean)[0, twin.patient_idx].tolist()))
     for k in ("beta_S", "delta_Ab"):  # well identified by 13 samples over 180 days
         assert abs(est[k] / truth[k] - 1) < 0.1, (k, est[k], truth[k])
@@ -282,15 +287,7 @@ def test_fixed_parameters_stay_fixed_and_population_ones_are_shared(cohort):
 def test_encoder_is_corrects_a_biased_proposal(monkeypatch):
     """Importance sampling must undo a proposal that is off by one posterior SD: the weighted mean returns to
     the MAP (the posterior is near-Gaussian here), and the effective sample size reflects the mismatch."""
-    truth, obs, doses = _one_subject()
-    data = ht.data.validate(obs, doses, pd.DataFrame({"subject_id": ["p"], "age": [40.0]}), model="vaccine_asc")
-    cfg = TwinConfig(model="vaccine_asc", noise={"log10_Ab": "additive"}, population=("alpha_S", "alpha_L", "delta_S", "delta_L"),
-                     omega_init=1.0)
-    twin = HybridTwin.from_data(cfg, data)
-    with torch.no_grad():
-        twin.observation.log_sigma_add.fill_(math.log(0.05))
-    batch = twin.dataset(data).batch()
-    post = fit_map(twin, batch, max_iter=200)
+    truth, twin, batch, post = _one_subject_map()
     means = []
     for sign in (1.0, -1.0):  # two proposals, off by one SD in opposite directions
         shifted = post.mean + sign * post.sd
