@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .dosing import BatchSchedule
-from .solve import FIXED_STEP, Status
+from ._solver_status import FIXED_STEP, Status
 
 _MODEL_ERROR = "_hybridtwin_raised_by_vector_field"
 

@@ -48,29 +48,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Callable, Sequence
 
 import torch
 
+from ._solver_status import FIXED_STEP, NATIVE_METHODS, TORCHDIFFEQ_METHODS, Status
 from .dosing import BatchSchedule
 
 
-class Status(IntEnum):
-    """Per-subject outcome of a solve (after torchode's status codes)."""
-
-    OK = 0
-    NONFINITE = 1
-    MAX_STEPS = 2
-    STEP_TOO_SMALL = 3
-    SOLVER_ERROR = 4
-    TIME_BUDGET = 5
-
-
-NATIVE_METHODS = ("dopri5", "rk4")
-TORCHDIFFEQ_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "rk4", "midpoint", "euler",
-                       "explicit_adams", "implicit_adams")
-FIXED_STEP = ("rk4", "midpoint", "euler", "explicit_adams", "implicit_adams")
 
 
 @dataclass(frozen=True)

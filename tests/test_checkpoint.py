@@ -127,3 +127,14 @@ def test_public_namespace_resolves_in_a_fresh_interpreter():
             "assert not missing, missing; assert v == ht.__version__; "
             "assert {'data', 'datasets', 'estimation', 'models', 'personalise'} <= set(ht.__all__)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_no_import_cycle_between_the_solver_and_its_torchdiffeq_backend():
+    import ast
+    from pathlib import Path
+
+    import hybridtwin
+
+    backend = Path(hybridtwin.__file__).parent / "_torchdiffeq_backend.py"
+    imported = {n.module for n in ast.walk(ast.parse(backend.read_text())) if isinstance(n, ast.ImportFrom)}
+    assert "solve" not in imported  # statuses come from _solver_status, shared by both
