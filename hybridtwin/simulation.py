@@ -173,6 +173,8 @@ def simulate(
     a warning names it; tiny values, including negatives within that noise band, are clipped to
     ``LOG10_FLOOR`` as in training.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size (subjects solved together) must be a positive integer, got {batch_size!r}")
     model = _models.get(model)
     grid = check_times(times)
     if isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral) or max_steps <= 0:

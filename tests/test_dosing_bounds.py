@@ -108,3 +108,11 @@ def test_one_expansion_serves_doses_tables_and_the_training_dataset():
     huge = table.assign(additional=[MAX_EXPANDED_DOSES], interval=[0.001])
     with pytest.raises(ValueError, match="MAX_EXPANDED_DOSES"):
         SubjectDataset(validate(obs, huge, model="vaccine_asc"), model=m)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_simulate_batch_size_must_be_a_positive_integer(bad):
+    import hybridtwin as ht
+
+    with pytest.raises(ValueError, match="batch_size"):
+        ht.simulate("baccam2006", [0.0, 1.0], batch_size=bad)
