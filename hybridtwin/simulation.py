@@ -135,6 +135,7 @@ def simulate(
     batch_size: int = 20_000,
     progress: bool | None = None,
     max_steps: int = 100_000,
+    max_seconds: float | None = None,
     check_bounds: bool = True,
 ) -> pd.DataFrame:
     """Simulate a model for one subject or a virtual cohort and return a tidy table.
@@ -157,6 +158,8 @@ def simulate(
     batch_size: subjects solved together; larger cohorts are split, with a progress bar.
     max_steps: per-subject limit on attempted solver steps (a positive integer); a subject that reaches it
         gets status ``"max_steps"`` and NaN rows from there on.
+    max_seconds: wall-time budget of each batched solve (each chunk of ``batch_size`` subjects); subjects still
+        integrating when it runs out get status ``"time_budget"`` and NaN rows from there on (None: no budget).
     check_bounds: refuse (``ValueError`` naming subject, parameter, value and bounds) parameter values outside
         their declared bounds -- non-finite, outside ``[lower, upper]``, ``<= 0`` for a ``log`` parameter, not
         strictly inside the bounds for a ``logit`` parameter (see :meth:`ParameterSpace.check_bounds`). Pass
@@ -209,7 +212,8 @@ def simulate(
         atol_cfg = tuple(max(1e-12, rtol * 1e-4 * float(m)) for m in mag)
     else:
         atol_cfg = atol
-    config = SolverConfig(method=method, rtol=rtol, atol=atol_cfg, dt=dt, max_steps=int(max_steps))
+    config = SolverConfig(method=method, rtol=rtol, atol=atol_cfg, dt=dt, max_steps=int(max_steps),
+                          max_seconds=max_seconds)
     targets = {target_map.get(str(x), str(x)) for x in dose_table["target"].unique()}
     by_subject = dose_table.groupby("subject_id", sort=False).indices if len(dose_table) else {}
     unknown = set(by_subject) - set(ids)

@@ -116,3 +116,17 @@ def test_simulate_batch_size_must_be_a_positive_integer(bad):
 
     with pytest.raises(ValueError, match="batch_size"):
         ht.simulate("baccam2006", [0.0, 1.0], batch_size=bad)
+
+
+def test_simulate_exposes_a_time_budget():
+    import numpy as np
+    import pandas as pd
+
+    import hybridtwin as ht
+
+    pop = pd.DataFrame({"subject_id": ["ok", "stiff"], "beta": [5e-5, 1e-2]})
+    with pytest.warns(RuntimeWarning, match="failed"):
+        df = ht.simulate("baccam2006", np.linspace(0, 10, 11), params=pop, max_seconds=1e-9)
+    assert set(df.attrs["status"].values()) <= {"ok", "time_budget"} and "time_budget" in df.attrs["status"].values()
+    with pytest.raises(ValueError, match="max_seconds"):
+        ht.simulate("baccam2006", [0.0, 1.0], max_seconds=-1.0)
