@@ -283,6 +283,7 @@ def test_estimate_runs_everything_and_stores_it(tmp_path):
     assert torch.allclose(estimate_vector(twin), torch.tensor(twin.uncertainty["estimate"], dtype=torch.float64))
 
 
+@pytest.mark.slow  # several seconds of Lightning/solver work: `make test-all` (default suite time)
 def test_training_by_saem_writes_a_checked_checkpoint(tmp_path):
     from training.config import RunConfig
     from training.train import train

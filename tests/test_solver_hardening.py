@@ -155,6 +155,7 @@ def test_gradients_through_compaction_match_analytic():
     assert field.rows < n * field.calls  # the working set did shrink
 
 
+@pytest.mark.slow  # several seconds of Lightning/solver work: `make test-all` (default suite time)
 def test_gradients_alone_equal_gradients_next_to_a_stiff_subject():
     m, theta = _baccam(6, stiff=[1])
     times = torch.linspace(0, 8, 9)

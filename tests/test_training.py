@@ -137,6 +137,7 @@ def test_card_of_another_version_is_refused(straight, tmp_path, version):
         ht.load(bad)
 
 
+@pytest.mark.slow  # several seconds of Lightning/solver work: `make test-all` (default suite time)
 def test_same_seed_gives_identical_weights(straight, tmp_path):
     _, run_a = straight
     _, run_b = train(tiny(tmp_path, "again"))
@@ -144,6 +145,7 @@ def test_same_seed_gives_identical_weights(straight, tmp_path):
     assert_same(final_weights(run_a), final_weights(run_b))
 
 
+@pytest.mark.slow  # several seconds of Lightning/solver work: `make test-all` (default suite time)
 def test_interrupt_and_resume_equals_uninterrupted(straight, tmp_path):
     _, run_a = straight
     cfg = tiny(tmp_path, "interrupted", max_epochs=2)
@@ -173,6 +175,7 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert ht.load(tmp_path / "out" / "ddp") is not None
 
 
+@pytest.mark.slow  # several seconds of Lightning/solver work: `make test-all` (default suite time)
 def test_cli_train_end_to_end_and_resume(tmp_path, capsys):
     assert main(["train", str(SMALL), "--out", str(tmp_path), "--max-epochs", "1"]) == 0
     run_dir = tmp_path / "vaccine_small"
