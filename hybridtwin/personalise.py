@@ -35,8 +35,8 @@ import torch
 from .data import CohortData
 from .data.dataset import Batch, SubjectDataset
 from .losses import normal_kl, normal_log_prob
-from .data.schema import (DEFAULT_COHORT, OBS_COLUMNS, OBS_REQUIRED, _validate_doses, _validate_observations,
-                          _check_min_time, _with_string_ids, normalise_subject_ids)
+from .data.schema import (DEFAULT_COHORT, OBS_COLUMNS, check_doses, check_min_time, check_observations,
+                          normalise_subject_ids)
 
 METHODS = ("encoder", "map", "encoder_is", "library")
 
@@ -85,8 +85,7 @@ def _tables(twin, covariates: pd.DataFrame, observations, doses) -> tuple[Subjec
         raise ValueError(f"covariates must have one row per subject; repeated: {dup[:10]}")
     ids = covariates["subject_id"].tolist()
     if observations is not None and len(observations):
-        observations = _with_string_ids(observations, OBS_REQUIRED, "observations")
-        obs, _ = _validate_observations(observations, twin.model)
+        obs = check_observations(observations, twin.model)
         stray = set(obs["subject_id"]) - set(ids)
         if stray:
             raise ValueError(f"observations for subject(s) {sorted(stray, key=str)[:10]} without a covariate row")
@@ -95,9 +94,7 @@ def _tables(twin, covariates: pd.DataFrame, observations, doses) -> tuple[Subjec
             raise ValueError(f"observable(s) {sorted(unknown)} were not fitted by this twin ({list(twin.config.observables)})")
     else:
         obs = pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(OBS_COLUMNS, (object, float, str, float, str, float, bool))})
-    if doses is not None and len(doses):
-        doses = _with_string_ids(doses, ("subject_id",), "doses")
-    dose_table = _validate_doses(doses, twin.model, set()) if doses is not None else _validate_doses(None, None, set())
+    dose_table = check_doses(doses, twin.model if doses is not None else None)
     stray = set(dose_table["subject_id"]) - set(ids)
     if stray:
         raise ValueError(f"doses for subject(s) {sorted(stray, key=str)[:10]} without a covariate row")
@@ -139,9 +136,9 @@ def _tables(twin, covariates: pd.DataFrame, observations, doses) -> tuple[Subjec
     dropped = ["cohort"] if "cohort" in covariates.columns and not cohort_is_covariate else []
     dropped += [c for c in extra if c != "cohort"]
     data = CohortData(obs, dose_table, covariates.drop(columns=dropped), {})
-    _check_min_time(obs, 0.0, "observations")  # the model's clock starts at 0: name the subjects, fail early
+    check_min_time(obs, 0.0, "observations")  # the model's clock starts at 0: name the subjects, fail early
     if len(dose_table):
-        _check_min_time(dose_table, 0.0, "doses")
+        check_min_time(dose_table, 0.0, "doses")
     ds = SubjectDataset(data, model=twin.model, preprocessor=twin.preprocessor, observables=list(twin.config.observables),
                         cohorts=known, dtype=twin.dtype, subjects=ids, subject_cohorts=cohorts)
     return ds, ids

@@ -334,11 +334,11 @@ class HybridTwin(nn.Module):
         The twin's model starts at time 0 (infection, first dose): observations or doses at negative times
         (a data clock such as days from symptom onset) are refused here, naming the subjects, before any
         fitting starts -- shift them to the model's clock first."""
-        from .data.schema import _check_min_time
+        from .data.schema import check_min_time
 
-        _check_min_time(data.observations, 0.0, "observations")
+        check_min_time(data.observations, 0.0, "observations")
         if len(data.doses):
-            _check_min_time(data.doses, 0.0, "doses")
+            check_min_time(data.doses, 0.0, "doses")
         return SubjectDataset(data, model=self.model, preprocessor=self.preprocessor,
                               observables=list(self.config.observables), cohorts=self.cohort_names or None,
                               dtype=self.dtype)

@@ -122,3 +122,16 @@ def test_negative_times_are_refused_naming_subjects_before_fitting(setup):
         twin.dataset(bad)
     with pytest.raises(ValueError, match=rf"subject '{sid}'"):
         twin.predict(cov, obs, data.doses, times=[0.0, 10.0], n_samples=2)
+
+
+def test_personalise_uses_only_public_names_of_other_modules():
+    """personalise.py is a client of the library: it imports no underscored name from another module."""
+    import ast
+    from pathlib import Path
+
+    import hybridtwin
+
+    tree = ast.parse((Path(hybridtwin.__file__).parent / "personalise.py").read_text())
+    private = [(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+               for a in n.names if a.name.startswith("_")]
+    assert not private, private

@@ -435,6 +435,26 @@ def _counts(obs: pd.DataFrame, doses: pd.DataFrame, cov: pd.DataFrame) -> dict:
                 covariates=[c for c in cov.columns if c != "subject_id"])
 
 
+def check_observations(observations: pd.DataFrame, model=None) -> pd.DataFrame:
+    """One observation table checked and normalised exactly as :func:`validate` does it (string ids, required
+    columns, numeric values, censoring, observables of ``model``); returns the canonical table. For code that
+    handles tables one at a time (personalising new patients)."""
+    table = _with_string_ids(observations, OBS_REQUIRED, "observations")
+    return _validate_observations(table, model)[0]
+
+
+def check_doses(doses: pd.DataFrame | None, model=None) -> pd.DataFrame:
+    """One dose table checked and normalised as :func:`validate` does it (``None`` or empty: an empty table)."""
+    if doses is not None and len(doses):
+        doses = _with_string_ids(doses, ("subject_id",), "doses")
+    return _validate_doses(doses, model, set())
+
+
+def check_min_time(frame: pd.DataFrame, min_time: float, table: str) -> None:
+    """Raise a ``ValueError`` naming the subjects and their times if ``frame`` has times before ``min_time``."""
+    _check_min_time(frame, min_time, table)
+
+
 def validate(observations: pd.DataFrame, doses: pd.DataFrame | None = None, covariates: pd.DataFrame | None = None,
              model=None, min_time: float | None = None) -> CohortData:
     """Check, type and sort the three tables; see the module docstring.
