@@ -265,7 +265,8 @@ def _with_string_ids(frame: pd.DataFrame | None, required: Iterable[str], table:
     return frame.assign(subject_id=normalise_subject_ids(frame["subject_id"], table).to_numpy())
 
 
-def _check_min_time(frame: pd.DataFrame, min_time: float, table: str) -> None:
+def check_min_time(frame: pd.DataFrame, min_time: float, table: str) -> None:
+    """Raise a ``ValueError`` naming the subjects and their times if ``frame`` has times before ``min_time``."""
     early = (frame["time"] < min_time).to_numpy()
     if early.any():
         bad = frame.loc[early]
@@ -450,11 +451,6 @@ def check_doses(doses: pd.DataFrame | None, model=None) -> pd.DataFrame:
     return _validate_doses(doses, model, set())
 
 
-def check_min_time(frame: pd.DataFrame, min_time: float, table: str) -> None:
-    """Raise a ``ValueError`` naming the subjects and their times if ``frame`` has times before ``min_time``."""
-    _check_min_time(frame, min_time, table)
-
-
 def validate(observations: pd.DataFrame, doses: pd.DataFrame | None = None, covariates: pd.DataFrame | None = None,
              model=None, min_time: float | None = None) -> CohortData:
     """Check, type and sort the three tables; see the module docstring.
@@ -487,8 +483,8 @@ def validate(observations: pd.DataFrame, doses: pd.DataFrame | None = None, cova
         min_time = float(min_time)
         if not np.isfinite(min_time):
             raise ValueError(f"min_time must be a finite number or None, got {min_time}")
-        _check_min_time(obs, min_time, "observations")
-        _check_min_time(dose_table, min_time, "doses")
+        check_min_time(obs, min_time, "observations")
+        check_min_time(dose_table, min_time, "doses")
     cov, cov_notes = _validate_covariates(covariates, list(pd.unique(obs["subject_id"])))
     report = _counts(obs, dose_table, cov)
     report.update(notes)
