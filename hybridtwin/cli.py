@@ -323,7 +323,7 @@ def cmd_predict(args) -> int:
         times = np.linspace(0.0, twin.model.default_t_end, args.n_times)
     out = _writable_file(Path(args.out))
     traj, par = twin.predict(cov, obs, doses, times=times, method=args.method, n_samples=args.samples,
-                             level=args.level, seed=args.seed)
+                             level=args.level, seed=args.seed, reference_cohort=args.reference_cohort)
     traj.to_csv(out, index=False)
     par_path = out.with_name(out.stem + "_parameters.csv")
     par.to_csv(par_path, index=False)
@@ -383,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--samples", type=int, default=200, help="posterior samples for the intervals")
     r.add_argument("--level", type=float, default=0.9, help="interval level (default 0.9 = 5-95%%)")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--reference-cohort", action="store_true",
+                   help="patients without a cohort label use the twin's reference (first) cohort; without this "
+                        "flag a twin that knows several cohorts refuses them")
     r.add_argument("--out", required=True, help="output CSV of trajectories (parameters go to <out>_parameters.csv)")
     r.set_defaults(func=cmd_predict)
     return p

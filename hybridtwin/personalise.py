@@ -62,7 +62,8 @@ class Posterior:
         return self.samples[b, idx].permute(1, 0, 2)
 
 
-def _tables(twin, covariates: pd.DataFrame, observations, doses) -> tuple[SubjectDataset, list]:
+def _tables(twin, covariates: pd.DataFrame, observations, doses,
+            reference_cohort: bool = False) -> tuple[SubjectDataset, list]:
     """New patients' tables encoded for ``twin``: a SubjectDataset and the subject order (that of ``covariates``).
 
     The cohort label of a patient (it selects the cohort's calibration and the encoder's cohort input) is
@@ -71,8 +72,10 @@ def _tables(twin, covariates: pd.DataFrame, observations, doses) -> tuple[Subjec
     1. the ``cohort`` column of ``observations`` (one label per subject, as in training data);
     2. else the ``cohort`` column of ``covariates`` -- unless the twin was trained with a covariate named
        ``cohort``: that column is then the covariate and stays one (the label must come from observations);
-    3. else (no cohort information at all) the twin's reference cohort, its first training cohort; a
-       ``UserWarning`` says for how many patients, when the twin knows more than one cohort.
+    3. else (no cohort information at all): for a twin trained on one cohort, that cohort; for a twin that
+       knows several, a ``ValueError`` naming the patients -- the cohort selects an assay calibration and
+       cohort-specific typical values, so guessing it would give a silently wrong prediction -- unless the
+       caller asks for the reference cohort (the first training cohort) with ``reference_cohort=True``.
 
     A label that is not one of the twin's cohorts raises a ``ValueError`` (naming the subjects and the known
     cohorts), and so do observations and covariates that disagree on a patient's cohort.
@@ -126,10 +129,14 @@ def _tables(twin, covariates: pd.DataFrame, observations, doses) -> tuple[Subjec
                          f"of this twin (known: {known}); give one of these, or no cohort to use the reference "
                          f"cohort {known[0]!r}")
     unlabelled = [s for s in ids if s not in labels]
-    if unlabelled and len(known) > 1:
+    if not isinstance(reference_cohort, bool):
+        raise ValueError(f"reference_cohort must be True or False, got {reference_cohort!r}")
+    if unlabelled and len(known) > 1 and not reference_cohort:
         where = "observations" if cohort_is_covariate else "observations or covariates"
-        warnings.warn(f"{len(unlabelled)} subject(s) have no cohort label (no 'cohort' column in the {where}); "
-                      f"they use the twin's reference cohort {known[0]!r} (cohorts: {known})", UserWarning, stacklevel=3)
+        raise ValueError(f"{len(unlabelled)} subject(s) have no cohort label (no 'cohort' column in the {where}): "
+                         f"{[str(s) for s in unlabelled[:10]]}; this twin knows the cohorts {known}, which differ in "
+                         f"assay calibration and typical values. Give each patient its cohort, or pass "
+                         f"reference_cohort=True (CLI: --reference-cohort) to use the reference cohort {known[0]!r}")
     cohorts = [labels.get(s, known[0]) for s in ids]
     if len(obs):
         obs = obs.assign(cohort=obs["subject_id"].map(dict(zip(ids, cohorts))))
@@ -344,20 +351,23 @@ def posterior(twin, batch: Batch, method: str = "encoder", **options) -> Posteri
 
 def predict(twin, covariates: pd.DataFrame, observations: pd.DataFrame | None = None, doses: pd.DataFrame | None = None,
             times=None, method: str = "encoder", n_samples: int = 200, level: float = 0.90, seed: int = 0,
-            given: Posterior | None = None, **options) -> tuple[pd.DataFrame, pd.DataFrame]:
+            given: Posterior | None = None, reference_cohort: bool = False,
+            **options) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Personalise and predict; returns ``(trajectories, parameters)``.
 
     covariates: one row per new patient (``subject_id`` + the training covariates; optional ``cohort``).
     observations, doses: the patients' data so far (canonical long tables). times: a 1-D grid (every patient,
     every observable) or a table of rows ``subject_id, time, observable`` to predict.
     given: a posterior from :func:`update` to use instead of personalising again.
+    reference_cohort: patients without a cohort label use the twin's reference cohort (otherwise a twin that
+    knows several cohorts refuses them; see :func:`_tables`).
     trajectories: ``subject_id, time, observable, median, lower, upper`` (posterior predictive, noise included)
     and ``model_median`` (the noise-free observable). parameters: ``subject_id, parameter, median, lower, upper``
     (constrained scale).
     """
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    ds, ids = _tables(twin, covariates, observations, doses)
+    ds, ids = _tables(twin, covariates, observations, doses, reference_cohort)
     batch = ds.batch()
     if given is not None:
         if list(given.subject_ids) != list(ids):
@@ -432,10 +442,11 @@ def _check_nan_rows(traj: pd.DataFrame, ok: torch.Tensor, ids: list) -> None:
 
 def update(twin, posterior_state: Posterior | None, covariates: pd.DataFrame, observations: pd.DataFrame,
            doses: pd.DataFrame | None = None, steps: int = 100, lr: float = 0.05, n_samples: int = 8,
-           seed: int = 0) -> Posterior:
+           seed: int = 0, reference_cohort: bool = False) -> Posterior:
     """Refine patients' Gaussian posteriors with all their observations so far (a few Adam steps on the
-    variational mean and log-sd, starting from ``posterior_state`` or, if None, the encoder)."""
-    ds, ids = _tables(twin, covariates, observations, doses)
+    variational mean and log-sd, starting from ``posterior_state`` or, if None, the encoder);
+    ``reference_cohort`` as in :func:`predict`."""
+    ds, ids = _tables(twin, covariates, observations, doses, reference_cohort)
     batch = ds.batch()
     with torch.no_grad():
         start = posterior_state if posterior_state is not None else posterior(twin, batch, "encoder")

@@ -34,9 +34,13 @@ def test_predict_writes_trajectories_and_parameters(run_dir, tmp_path, capsys):
     early.to_csv(tmp_path / "obs.csv", index=False)
     new.doses.to_csv(tmp_path / "doses.csv", index=False)
     out = tmp_path / "pred.csv"
-    code = main(["predict", str(run_dir), "--covariates", str(tmp_path / "cov.csv"), "--observations",
-                 str(tmp_path / "obs.csv"), "--doses", str(tmp_path / "doses.csv"), "--times", "120", "--n-times", "5",
-                 "--samples", "20", "--out", str(out)])
+    argv = ["predict", str(run_dir), "--covariates", str(tmp_path / "cov.csv"), "--observations",
+            str(tmp_path / "obs.csv"), "--doses", str(tmp_path / "doses.csv"), "--times", "120", "--n-times", "5",
+            "--samples", "20", "--out", str(out)]
+    # no cohort label and a twin of two cohorts: one clear line, nothing written
+    assert main(argv) == 2
+    assert "no cohort label" in capsys.readouterr().err and not out.exists()
+    code = main(argv + ["--reference-cohort"])
     assert code == 0, capsys.readouterr().err
     traj = pd.read_csv(out)
     assert len(traj) == 3 * 5 and {"median", "lower", "upper", "model_median"} <= set(traj.columns)

@@ -138,7 +138,7 @@ def test_covariates_cohort_column_is_the_label_when_not_a_covariate(twin, data):
     assert ds.batch().cohort.tolist() == expected and ds.covariate_names == twin.covariate_names
 
 
-def test_unknown_or_conflicting_cohort_raises_and_missing_cohort_warns(twin, data):
+def test_unknown_conflicting_or_missing_cohort_raises_unless_reference_is_asked_for(twin, data):
     obs = data.observations.assign(cohort=np.where(data.observations["subject_id"] == "S0001", "elsewhere",
                                                    data.observations["cohort"]))
     with pytest.raises(ValueError, match=r"cohort\(s\) \['elsewhere'\] of subject\(s\) \['S0001'\].*cohort_1"):
@@ -146,9 +146,19 @@ def test_unknown_or_conflicting_cohort_raises_and_missing_cohort_warns(twin, dat
     cov = data.covariates.assign(cohort="cohort_1")
     with pytest.raises(ValueError, match="differs from the covariates"):
         _tables(twin, cov, data.observations, data.doses)
-    with pytest.warns(UserWarning, match=r"8 subject\(s\) have no cohort label.*reference cohort 'cohort_1'"):
-        ds, _ = _tables(twin, data.covariates, data.observations.drop(columns="cohort"), data.doses)
+    unlabelled = data.observations.drop(columns="cohort")
+    with pytest.raises(ValueError, match=r"8 subject\(s\) have no cohort label.*reference_cohort=True.*'cohort_1'"):
+        _tables(twin, data.covariates, unlabelled, data.doses)
+    with pytest.raises(ValueError, match="reference_cohort must be True or False"):
+        _tables(twin, data.covariates, unlabelled, data.doses, reference_cohort="yes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # asked for explicitly: no warning
+        ds, _ = _tables(twin, data.covariates, unlabelled, data.doses, reference_cohort=True)
     assert ds.batch().cohort.tolist() == [0] * 8
+    with pytest.raises(ValueError, match="no cohort label"):  # the public entry points apply the same rule
+        twin.predict(data.covariates, unlabelled, data.doses, times=[1.0, 2.0])
+    traj, _ = twin.predict(data.covariates, unlabelled, data.doses, times=[1.0, 2.0], reference_cohort=True)
+    assert traj["median"].notna().all()
 
 
 def test_covariate_named_cohort_stays_a_covariate(data):
@@ -162,6 +172,7 @@ def test_covariate_named_cohort_stays_a_covariate(data):
     assert batch.covariates[:, j].tolist() == (pd.Series(birth, index=cov["subject_id"]).reindex(ids) == "millennial").astype(float).tolist()
     expected = _cohort_of(data).reindex(ids).map({c: i for i, c in enumerate(trained.cohort_names)}).tolist()
     assert batch.cohort.tolist() == expected  # the label still comes from the observations
-    with pytest.warns(UserWarning, match=r"no 'cohort' column in the observations\)"):
-        ds, _ = _tables(trained, cov, data.observations.drop(columns="cohort"), data.doses)
+    with pytest.raises(ValueError, match=r"no 'cohort' column in the observations\)"):
+        _tables(trained, cov, data.observations.drop(columns="cohort"), data.doses)
+    ds, _ = _tables(trained, cov, data.observations.drop(columns="cohort"), data.doses, reference_cohort=True)
     assert ds.batch().cohort.tolist() == [0] * len(ids)
