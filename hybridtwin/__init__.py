@@ -9,6 +9,7 @@
 from ._version import __version__
 from . import data, datasets, estimation, models, personalise
 from .checkpoint import load
+from .config import BlackBoxConfig, ClosureConfig, EncoderConfig, NoiseConfig
 from .dosing import BatchSchedule, Dose
 from .models import Model, Parameter
 from .parameters import ParameterSpace
@@ -18,4 +19,5 @@ from .solve import Solution, SolverConfig, Status, solve
 __all__ = [
     "__version__", "data", "datasets", "estimation", "models", "personalise", "Model", "Parameter", "ParameterSpace", "Dose", "BatchSchedule",
     "simulate", "load", "solve", "SolverConfig", "Solution", "Status",
+    "ClosureConfig", "BlackBoxConfig", "EncoderConfig", "NoiseConfig",
 ]

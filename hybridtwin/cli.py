@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import models as _models
+from .config import check_integer, check_positive
 from .dosing import Dose
 from .simulation import simulate
 
@@ -50,8 +51,9 @@ def _parse_dose(text: str) -> Dose:
 
 
 def _at_least(value, minimum: int, option: str) -> None:
-    if value is not None and value < minimum:
-        raise ValueError(f"{option} must be an integer >= {minimum}, got {value}")
+    """An optional integer option (None: not given) must be at least ``minimum``."""
+    if value is not None:
+        check_integer(value, option, minimum)
 
 
 def _os_error(exc: OSError) -> str:
@@ -115,11 +117,9 @@ def cmd_models(args) -> int:
 def cmd_simulate(args) -> int:
     model = _models.get(args.model)
     t_end = args.t_end if args.t_end is not None else model.default_t_end
-    if not np.isfinite(t_end) or t_end <= 0:
-        raise ValueError(f"--t-end must be a positive number, got {t_end}")
+    check_positive(t_end, "--t-end")
     _at_least(args.n_times, 1, "--n-times")
-    if not (np.isfinite(args.rtol) and args.rtol > 0):
-        raise ValueError(f"--rtol must be a positive number, got {args.rtol}")
+    check_positive(args.rtol, "--rtol")
     times = np.linspace(0.0, t_end, args.n_times)
     doses = [_parse_dose(d) for d in args.dose or []]
     params, init = _key_values(args.param, "--param"), _key_values(args.init, "--init")

@@ -31,47 +31,53 @@ Example
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 
 import pandas as pd
 import torch
 from torch import nn
 
 from . import models as _models
+from .config import (BlackBoxConfig, ClosureConfig, EncoderConfig, NoiseConfig, check_bool, check_choice,
+                     check_integer, check_keys, check_mapping, check_names, check_number, check_positive,
+                     check_probability, solver_from_dict, solver_to_dict)
 from .data import CohortData, CovariatePreprocessor, SubjectDataset
 from .data.dataset import random_prefix_mask
 from .data.dataset import Batch
 from .neural import MechanisticDynamics, NeuralClosure, NeuralODEDynamics, PatientEncoder
 from .losses import normal_kl
-from .observation import NOISE_MODELS, ObservationModel
+from .observation import CALIBRATIONS, ObservationModel
 from .solve import SolverConfig, Status, solve
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
-
-
-def _plain(x):
-    """Nested tuples -> lists (as JSON gives them back), so a config read from a card compares equal."""
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
 
 
 @dataclass(frozen=True)
 class TwinConfig:
     """Everything needed to rebuild a twin's architecture (stored in the model card).
 
-    model: built-in model name. closures: keyword dicts of :class:`NeuralClosure`. black_box: keyword dict of
-    :class:`NeuralODEDynamics` (replaces the mechanism; mutually exclusive with closures). observables: names to
-    fit (default: the model's observables). noise: ``{observable: additive|proportional|combined}``.
+    The sections ``closures``, ``black_box``, ``encoder``, ``noise`` and ``solver`` may be given as mappings
+    (as YAML/JSON give them) or as the typed objects of :mod:`hybridtwin.config`; they are stored as the typed,
+    frozen objects, and every key and value is checked at construction: a typo raises ``ValueError`` naming
+    the key and the closest allowed one, before any data or network is built. :meth:`to_dict` writes plain
+    lists and dicts again and :meth:`from_dict` reads them back (``TwinConfig.from_dict(c.to_dict()) == c``).
+
+    model: built-in model name. closures: :class:`~hybridtwin.config.ClosureConfig` settings (keyword dicts of
+    :class:`NeuralClosure`). black_box: :class:`~hybridtwin.config.BlackBoxConfig` (the options of
+    :class:`NeuralODEDynamics`; replaces the mechanism; mutually exclusive with closures). observables: names to
+    fit (default: the model's observables). noise: :class:`~hybridtwin.config.NoiseConfig`,
+    ``{observable: additive|proportional|combined}``.
     cohort_calibration: observables with a per-cohort assay scale/offset; calibration: which of the two are
     learned (``"scale_offset"``, ``"offset"``, ``"scale"``). covariate_effects: learn ``beta``.
-    encoder: PatientEncoder options (hidden, set_dim, use_observations, use_doses, use_cohort).
+    encoder: :class:`~hybridtwin.config.EncoderConfig`, the PatientEncoder options (hidden, set_dim,
+    use_observations, use_doses, use_cohort).
     n_samples: reparameterised samples per subject in the ELBO. full_context: probability that a training
     subject shows all its observations to the encoder. omega_init: initial between-patient SD (unconstrained
-    scale). closure_penalty: weight of the closures' regulariser. solver: SolverConfig keyword dict.
+    scale). closure_penalty: weight of the closures' regulariser. solver: a
+    :class:`~hybridtwin.solve.SolverConfig` or a mapping of its fields (default ``rtol=1e-5, atol=1e-6``).
     dtype: "float64" or "float32". time_scale: divides times fed to the encoder (default: model horizon).
     fixed: extra parameter names to keep fixed; population: patient parameters to treat as population-level.
     log10_covariates: numeric covariates the preprocessing log10-transforms (e.g. a biomarker concentration).
@@ -91,19 +97,19 @@ class TwinConfig:
     """
 
     model: str
-    closures: tuple = ()
-    black_box: dict | None = None
+    closures: tuple[ClosureConfig, ...] = ()
+    black_box: BlackBoxConfig | None = None
     observables: tuple = ()
-    noise: dict = field(default_factory=dict)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
     cohort_calibration: tuple = ()
     calibration: str = "scale_offset"
     covariate_effects: bool = True
-    encoder: dict = field(default_factory=dict)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
     n_samples: int = 4
     full_context: float = 0.5
     omega_init: float = 0.3
     closure_penalty: float = 1e-3
-    solver: dict = field(default_factory=lambda: {"rtol": 1e-5, "atol": 1e-6})
+    solver: SolverConfig = field(default_factory=lambda: SolverConfig(rtol=1e-5, atol=1e-6))
     dtype: str = "float64"
     time_scale: float | None = None
     fixed: tuple = ()
@@ -118,90 +124,96 @@ class TwinConfig:
     learn_noise: bool = True
 
     def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
         model = _models.get(self.model)
+        # the typed sections first: a misspelt key or value raises here, naming it
+        if isinstance(self.closures, (str, Mapping, ClosureConfig)) or not isinstance(self.closures, Iterable):
+            raise ValueError(f"closures must be a list of closure settings (mappings or ClosureConfig), "
+                             f"got {self.closures!r}")
+        set_("closures", tuple(ClosureConfig.from_dict(c, f"closures[{i}]") for i, c in enumerate(self.closures)))
+        if self.black_box is not None:
+            set_("black_box", BlackBoxConfig.from_dict(self.black_box, "black_box"))
+        set_("encoder", EncoderConfig.from_dict(self.encoder, "encoder"))
+        set_("noise", NoiseConfig.from_dict(self.noise, "noise"))
+        set_("solver", solver_from_dict(self.solver, "solver"))
         if self.closures and self.black_box is not None:
             raise ValueError("closures and black_box are exclusive: a black box has no mechanism to add terms to")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if not (isinstance(self.n_samples, int) and self.n_samples >= 1):
-            raise ValueError(f"n_samples must be a positive integer, got {self.n_samples!r}")
-        if not 0.0 <= self.full_context <= 1.0:
-            raise ValueError(f"full_context must be a probability, got {self.full_context}")
-        if not self.covariate_penalty >= 0:
-            raise ValueError(f"covariate_penalty must be >= 0, got {self.covariate_penalty}")
-        if not self.omega_init > 0:
-            raise ValueError(f"omega_init must be > 0, got {self.omega_init}")
-        known = set(model.observable_names) | set(model.all_state_names)
-        bad = [o for o in self.observables if o not in known]
-        if bad:
-            raise ValueError(f"observables {bad} are not observables or states of {self.model!r}")
-        unknown = [p for p in list(self.fixed) + list(self.population) if p not in model.parameter_names]
-        if unknown:
-            raise ValueError(f"fixed/population name unknown parameter(s) {unknown} of {self.model!r}")
-        for name, value in dict(self.fixed_values).items():
-            if name not in model.parameter_names:
-                raise ValueError(f"fixed_values names unknown parameter {name!r} of {self.model!r}")
+        # scalar settings
+        check_choice(self.dtype, list(DTYPES), "dtype", "a dtype")
+        check_choice(self.calibration, CALIBRATIONS, "calibration", "an assay calibration")
+        set_("n_samples", check_integer(self.n_samples, "n_samples", 1))
+        set_("full_context", check_probability(self.full_context, "full_context"))
+        set_("omega_init", check_positive(self.omega_init, "omega_init"))
+        set_("closure_penalty", check_number(self.closure_penalty, "closure_penalty", 0.0))
+        set_("covariate_penalty", check_number(self.covariate_penalty, "covariate_penalty", 0.0))
+        if self.time_scale is not None:
+            set_("time_scale", check_positive(self.time_scale, "time_scale"))
+        check_bool(self.covariate_effects, "covariate_effects")
+        check_bool(self.learn_noise, "learn_noise")
+        # names of the model
+        of = repr(self.model)
+        states, params = list(model.all_state_names), list(model.parameter_names)
+        known = list(model.observable_names) + [s for s in states if s not in model.observable_names]
+        set_("observables", check_names(self.observables, known, "observables", "observable(s) or state(s)", of)
+             or tuple(model.observable_names))
+        fitted = f"the twin fits {list(self.observables)}"
+        set_("cohort_calibration", check_names(self.cohort_calibration, self.observables, "cohort_calibration",
+                                               "observable(s)", note=fitted))
+        check_names(list(self.noise), self.observables, "noise", "observable(s)", note=fitted)
+        set_("fixed", check_names(self.fixed, params, "fixed", "parameter(s)", of))
+        set_("population", check_names(self.population, params, "population", "parameter(s)", of))
+        set_("cohort_effects", check_names(self.cohort_effects, params, "cohort_effects", "parameter(s)", of))
+        fixed_values = check_mapping(self.fixed_values, "fixed_values")
+        check_names(list(fixed_values), params, "fixed_values", "parameter(s)", of)
+        for name, value in fixed_values.items():
             p = model.parameter_space[name]
             v = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
             if not math.isfinite(v) or (p.lower is not None and v < p.lower) or (p.upper is not None and v > p.upper):
                 raise ValueError(f"fixed_values[{name!r}] must be a number within [{p.lower}, {p.upper}], got {value!r}")
-        bad = [p for p in self.cohort_effects if p not in model.parameter_names]
-        if bad:
-            raise ValueError(f"cohort_effects name unknown parameter(s) {bad} of {self.model!r}")
+        set_("fixed_values", {k: float(v) for k, v in fixed_values.items()})
         frozen = set(self.fixed) | set(self.fixed_values) | {p.name for p in model.parameter_space if p.role == "fixed"}
         clash = [p for p in self.cohort_effects if p in frozen]
         if clash:
             raise ValueError(f"cohort_effects {clash} are fixed parameters; a fixed parameter has no per-cohort estimate")
-        for name, value in dict(self.noise_sd_init).items():
-            if name not in known or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        noise_sd_init = check_mapping(self.noise_sd_init, "noise_sd_init")
+        for name, value in noise_sd_init.items():
+            if name not in self.observables or not (isinstance(value, (int, float)) and math.isfinite(value)
+                                                    and value > 0):
                 raise ValueError(f"noise_sd_init[{name!r}] must name a fitted observable and be a positive number, got {value!r}")
-        _check_options(self.solver, SolverConfig, "solver")
-        SolverConfig(**self.solver)  # validates the values
-        if not isinstance(self.noise, dict):
-            raise ValueError(f"noise must be a mapping {{observable: kind}}, got {self.noise!r}")
-        for name, kind in self.noise.items():
-            if name not in known:
-                raise ValueError(f"noise names {name!r}, which is not an observable or state of {self.model!r}")
-            if kind not in NOISE_MODELS:
-                raise ValueError(f"noise[{name!r}] = {kind!r} is not a noise model; choose one of {list(NOISE_MODELS)}")
-        states = set(model.all_state_names)
+        set_("noise_sd_init", {k: float(v) for k, v in noise_sd_init.items()})
         for i, c in enumerate(self.closures):
-            if not isinstance(c, dict):
-                raise ValueError(f"closures[{i}] must be a mapping of NeuralClosure options, got {c!r}")
-            _check_options(c, NeuralClosure, f"closures[{i}]", required=("target", "inputs"))
-            bad = [x for x in [c["target"], *c["inputs"]] if x not in states]
-            if bad:
-                raise ValueError(f"closures[{i}] names unknown state(s) {bad} of {self.model!r} (states: {sorted(states)})")
-        if self.black_box is not None:
-            _check_options(self.black_box, NeuralODEDynamics, "black_box", skip=("model",))
-        allowed_enc = {"hidden", "set_dim", "use_observations", "use_doses", "use_cohort"}
-        if set(self.encoder) - allowed_enc:
-            raise ValueError(f"unknown encoder option(s) {sorted(set(self.encoder) - allowed_enc)}; allowed: {sorted(allowed_enc)}")
-        object.__setattr__(self, "closures", tuple(_plain(dict(c)) for c in self.closures))
-        if self.black_box is not None:
-            object.__setattr__(self, "black_box", _plain(dict(self.black_box)))
-        object.__setattr__(self, "observables", tuple(self.observables) or tuple(model.observable_names))
-        object.__setattr__(self, "cohort_calibration", tuple(self.cohort_calibration))
-        object.__setattr__(self, "fixed", tuple(self.fixed))
-        object.__setattr__(self, "population", tuple(self.population))
-        object.__setattr__(self, "log10_covariates", tuple(self.log10_covariates))
-        object.__setattr__(self, "cohort_effects", tuple(self.cohort_effects))
-        object.__setattr__(self, "covariate_scaling", {str(k): [float(x) for x in v]
-                                                       for k, v in dict(self.covariate_scaling).items()})
-        object.__setattr__(self, "covariate_reference", {str(k): str(v) for k, v in dict(self.covariate_reference).items()})
-        object.__setattr__(self, "fixed_values", {k: float(v) for k, v in dict(self.fixed_values).items()})
-        object.__setattr__(self, "noise_sd_init", {k: float(v) for k, v in dict(self.noise_sd_init).items()})
+            check_names(c.inputs, states + params + ["t"], f"closures[{i}].inputs", "input(s)", of,
+                        note="a closure reads states, parameters and 't'")
+            if c.mode == "add":
+                check_names(c.target, states, f"closures[{i}].target", "state(s)", of,
+                            note="mode 'add' adds a term to a state's derivative")
+            else:
+                check_names(c.target, params, f"closures[{i}].target", "parameter(s)", of,
+                            note="mode 'replace' replaces a parameter")
+        if self.black_box is not None and self.black_box.state_scale:
+            check_names(list(self.black_box.state_scale), states, "black_box.state_scale", "state(s)", of)
+        set_("log10_covariates", tuple(self.log10_covariates))
+        set_("covariate_scaling", {str(k): [float(x) for x in v]
+                                   for k, v in check_mapping(self.covariate_scaling, "covariate_scaling").items()})
+        set_("covariate_reference", {str(k): str(v) for k, v in
+                                     check_mapping(self.covariate_reference, "covariate_reference").items()})
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["closures"] = [dict(c) for c in self.closures]
+        """Plain lists and dicts (JSON/YAML-ready), the format stored in a twin's card."""
+        d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+        d["closures"] = [c.to_dict() for c in self.closures]
+        d["black_box"] = None if self.black_box is None else self.black_box.to_dict()
+        d["noise"] = self.noise.to_dict()
+        d["encoder"] = self.encoder.to_dict()
+        d["solver"] = solver_to_dict(self.solver)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TwinConfig":
-        d = dict(d)
-        for k in ("closures", "observables", "cohort_calibration", "fixed", "population", "log10_covariates",
-                  "cohort_effects"):
+        """The config from :meth:`to_dict` or a YAML/JSON mapping (also a card written before the sections were
+        typed); an unknown key raises ``ValueError`` naming it and the closest field."""
+        d = check_keys(d, cls, "the twin config", required=("model",))
+        for k in ("observables", "cohort_calibration", "fixed", "population", "log10_covariates", "cohort_effects"):
             if k in d and d[k] is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -222,23 +234,6 @@ class Prediction:
     status: torch.Tensor
 
 
-def _check_options(options, target, what: str, required=(), skip=()) -> None:
-    """A YAML/dict section must use the keyword names of ``target`` (a class or function): a typo raises
-    when the config is read, naming the section, the unknown keys and the allowed ones."""
-    import inspect
-
-    if not isinstance(options, dict):
-        raise ValueError(f"{what} must be a mapping of options, got {options!r}")
-    params = inspect.signature(target).parameters
-    allowed = [n for n in params if n not in ("self", *skip)]
-    unknown = [k for k in options if k not in allowed]
-    if unknown:
-        raise ValueError(f"unknown {what} option(s) {unknown}; allowed: {allowed}")
-    missing = [k for k in required if k not in options]
-    if missing:
-        raise ValueError(f"{what} needs option(s) {missing}")
-
-
 #: ELBO per observation row assigned to a subject whose solve failed (far below any fitted value: a good fit
 #: scores around +-1 per row), so failures are penalised rather than dropped from the average
 FAILED_ELBO_PER_ROW = -1.0e3
@@ -251,9 +246,9 @@ class HybridTwin(nn.Module):
         super().__init__()
         self.config = config
         if config.black_box is not None:
-            self.dynamics = NeuralODEDynamics(config.model, **config.black_box)
+            self.dynamics = NeuralODEDynamics(config.model, **config.black_box.to_dict())
         else:
-            self.dynamics = MechanisticDynamics(config.model, [NeuralClosure(**c) for c in config.closures])
+            self.dynamics = MechanisticDynamics(config.model, [NeuralClosure(**c.to_dict()) for c in config.closures])
         model = self.dynamics.model
         self.model = model
         space = model.parameter_space
@@ -281,9 +276,8 @@ class HybridTwin(nn.Module):
         C, Pp = len(self.covariate_names), len(self.patient_names)
         self.beta = nn.Parameter(torch.zeros(Pp, C), requires_grad=config.covariate_effects)
         self.log_omega = nn.Parameter(torch.full((Pp,), math.log(config.omega_init)))
-        enc_opts = dict(config.encoder)
         self.encoder = PatientEncoder(C, Pp, len(config.observables), max(1, len(self.cohort_names)),
-                                      len(model.all_state_names), **enc_opts)
+                                      len(model.all_state_names), **config.encoder.to_dict())
         n_coh = max(1, len(self.cohort_names))
         self.observation = ObservationModel(config.observables, config.noise, sigma=config.noise_sd_init or None,
                                             n_cohorts=n_coh, cohort_calibration=config.cohort_calibration,
@@ -302,7 +296,7 @@ class HybridTwin(nn.Module):
         self.register_buffer("obs_sd", torch.tensor(obs_sd, dtype=torch.float64))
         self.time_scale = float(config.time_scale or model.default_t_end)
         self.preprocessor = preprocessor
-        self.solver_config = SolverConfig(**config.solver)
+        self.solver_config = config.solver
         self.to(DTYPES[config.dtype])
         self.last_failed = 0
 

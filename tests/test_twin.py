@@ -310,14 +310,14 @@ def test_encoder_is_corrects_a_biased_proposal(monkeypatch):
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(encoder={"latnt_dim": 3}), "unknown encoder option"),
+    (dict(encoder={"latnt_dim": 3}), r"unknown key\(s\) \['latnt_dim'\] in encoder"),
     (dict(noise={"log10_Ab": "gaussian"}), "not a noise model"),
-    (dict(noise={"log10_X": "additive"}), "not an observable"),
-    (dict(closures=[{"target": "S", "inputz": ["M"]}]), r"unknown closures\[0\] option\(s\) \['inputz'\]"),
-    (dict(closures=[{"target": "S", "inputs": ["Mx"]}]), "unknown state"),
-    (dict(closures=[{"inputs": ["M"]}]), "needs option"),
-    (dict(solver={"max_stepz": 3}), "unknown solver option"),
-    (dict(black_box={"latnt_dim": 3}), "unknown black_box option"),
+    (dict(noise={"log10_X": "additive"}), r"noise names unknown observable\(s\) \['log10_X'\]"),
+    (dict(closures=[{"target": "S", "inputz": ["M"]}]), r"unknown key\(s\) \['inputz'\] in closures\[0\]"),
+    (dict(closures=[{"target": "S", "inputs": ["Mx"]}]), r"closures\[0\].inputs names unknown input"),
+    (dict(closures=[{"inputs": ["M"]}]), r"closures\[0\] needs key\(s\) \['target'\]"),
+    (dict(solver={"max_stepz": 3}), r"unknown key\(s\) \['max_stepz'\] in solver"),
+    (dict(black_box={"latnt_dim": 3}), r"unknown key\(s\) \['latnt_dim'\] in black_box"),
 ])
 def test_config_typos_raise_when_the_config_is_read(bad, message):
     with pytest.raises(ValueError, match=message):

@@ -262,7 +262,7 @@ def test_missing_covariates_and_options():
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(bogus=1), "unknown virtual-cohort option"),
+    (dict(bogus=1), "unknown key(s) ['bogus'] in the virtual-cohort options"),
     (dict(n_subjects=2), "smaller than n_cohorts"),
     (dict(n_subjects=0), "n_subjects must be an integer >= 1"),
     (dict(seed=-1), "seed must be an integer >= 0"),

@@ -1,5 +1,9 @@
 """A training run as frozen, validated dataclasses, loaded from YAML (an unknown key raises ``ValueError``).
 
+Every key is checked when the file is read, through :mod:`hybridtwin.config` (its ``check_*`` helpers, and
+the typed twin sections ``closures``, ``black_box``, ``encoder``, ``noise`` and ``solver``): a misspelt key
+or value raises ``ValueError`` naming it and the closest allowed spelling, before any data are generated.
+
 A run file has five sections; every key is optional except ``name``, ``data`` and ``twin.model``::
 
     name: vaccine_small              # the run folder is <out>/<name>/
@@ -28,52 +32,22 @@ Example
 >>> RunConfig.from_dict({"name": "demo", "data": {}, "twin": {"model": "vaccine_asc"}, "trainr": {}})
 Traceback (most recent call last):
 ...
-ValueError: unknown key(s) ['trainr'] in the run config; allowed: ['data', 'estimation', 'name', 'out', 'trainer', 'twin']
+ValueError: unknown key(s) ['trainr'] in the run config (did you mean 'trainer'?); allowed: ['data', 'estimation', 'name', 'out', 'trainer', 'twin']
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hybridtwin.config import (check_bool, check_choice, check_integer, check_keys, check_mapping, check_number,
+                               check_probability)
 from hybridtwin.twin import TwinConfig
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = {"float64": ("64-true", "64"), "float32": ("32-true", "32", "16-mixed", "bf16-mixed")}
-
-
-def _number(x, what: str, minimum: float | None = None, strict: bool = False) -> float:
-    if isinstance(x, str):  # PyYAML reads 1e-3 (no dot) as a string
-        try:
-            x = float(x)
-        except ValueError:
-            raise ValueError(f"{what} must be a number, got {x!r}") from None
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        raise ValueError(f"{what} must be a finite number, got {x!r}")
-    if minimum is not None and (x <= minimum if strict else x < minimum):
-        raise ValueError(f"{what} must be {'>' if strict else '>='} {minimum}, got {x}")
-    return float(x)
-
-
-def _integer(x, what: str, minimum: int) -> int:
-    if isinstance(x, bool) or not isinstance(x, int) or x < minimum:
-        raise ValueError(f"{what} must be an integer >= {minimum}, got {x!r}")
-    return x
-
-
-def _checked_keys(d, cls, where: str) -> dict:
-    if d is None:
-        d = {}
-    if not isinstance(d, dict):
-        raise ValueError(f"{where} must be a mapping of keys to values, got {type(d).__name__}")
-    allowed = sorted(f.name for f in dataclasses.fields(cls))
-    unknown = sorted(set(d) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {allowed}")
-    return dict(d)
 
 
 @dataclass(frozen=True)
@@ -97,19 +71,17 @@ class DataSpec:
     split_seed: int = 0
 
     def __post_init__(self):
-        if self.source not in ("virtual", "csv"):
-            raise ValueError(f"data.source must be 'virtual' or 'csv', got {self.source!r}")
+        check_choice(self.source, ("virtual", "csv"), "data.source", "a data source")
         if self.source == "csv" and not self.path:
             raise ValueError("data.source 'csv' needs data.path: a folder with observations.csv")
         if self.source == "virtual" and self.path:
             raise ValueError("data.path is only for source 'csv'; remove it or set source: csv")
-        _integer(self.n_subjects, "data.n_subjects", 2)
-        _integer(self.n_cohorts, "data.n_cohorts", 1)
-        _integer(self.seed, "data.seed", 0)
-        _integer(self.split_seed, "data.split_seed", 0)
-        if not isinstance(self.options, dict):
-            raise ValueError(f"data.options must be a mapping, got {type(self.options).__name__}")
-        fr = tuple(_number(f, "data.fractions entries", 0.0) for f in self.fractions)
+        check_integer(self.n_subjects, "data.n_subjects", 2)
+        check_integer(self.n_cohorts, "data.n_cohorts", 1)
+        check_integer(self.seed, "data.seed", 0)
+        check_integer(self.split_seed, "data.split_seed", 0)
+        check_mapping(self.options, "data.options")
+        fr = tuple(check_number(f, "data.fractions entries", 0.0) for f in self.fractions)
         if len(fr) not in (2, 3) or abs(sum(fr) - 1.0) > 1e-9 or fr[0] <= 0 or fr[1] <= 0:
             raise ValueError(f"data.fractions must be (train, validation[, test]) summing to 1 with train and "
                              f"validation > 0, got {tuple(self.fractions)}")
@@ -143,26 +115,24 @@ class TrainerSettings:
     max_failed_share: float = 0.2
 
     def __post_init__(self):
-        _integer(self.max_epochs, "trainer.max_epochs", 1)
+        check_integer(self.max_epochs, "trainer.max_epochs", 1)
         if self.max_steps != -1:
-            _integer(self.max_steps, "trainer.max_steps", 1)
-        _integer(self.batch_size, "trainer.batch_size", 1)
-        object.__setattr__(self, "lr", _number(self.lr, "trainer.lr", 0.0, strict=True))
+            check_integer(self.max_steps, "trainer.max_steps", 1)
+        check_integer(self.batch_size, "trainer.batch_size", 1)
+        object.__setattr__(self, "lr", check_number(self.lr, "trainer.lr", 0.0, strict=True))
         if self.gradient_clip_val is not None:
             object.__setattr__(self, "gradient_clip_val",
-                               _number(self.gradient_clip_val, "trainer.gradient_clip_val", 0.0, strict=True))
+                               check_number(self.gradient_clip_val, "trainer.gradient_clip_val", 0.0, strict=True))
         if self.patience is not None:
-            _integer(self.patience, "trainer.patience", 1)
-        _integer(self.seed, "trainer.seed", 0)
-        _integer(self.log_every_n_steps, "trainer.log_every_n_steps", 1)
-        m = self.max_failed_share
-        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= 1:
-            raise ValueError(f"trainer.max_failed_share must be a number in [0, 1], got {m!r}")
+            check_integer(self.patience, "trainer.patience", 1)
+        check_integer(self.seed, "trainer.seed", 0)
+        check_integer(self.log_every_n_steps, "trainer.log_every_n_steps", 1)
+        object.__setattr__(self, "max_failed_share",
+                           check_probability(self.max_failed_share, "trainer.max_failed_share"))
         for name in ("n_samples", "val_n_samples"):
             if getattr(self, name) is not None:
-                _integer(getattr(self, name), f"trainer.{name}", 1)
-        if self.accelerator not in ACCELERATORS:
-            raise ValueError(f"trainer.accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
+                check_integer(getattr(self, name), f"trainer.{name}", 1)
+        check_choice(self.accelerator, ACCELERATORS, "trainer.accelerator", "an accelerator")
         d = self.devices
         ok = d == "auto" or (isinstance(d, int) and not isinstance(d, bool) and d >= 1) or (
             isinstance(d, (list, tuple)) and d and all(isinstance(i, int) and i >= 0 for i in d))
@@ -175,8 +145,7 @@ class TrainerSettings:
             raise ValueError(f"trainer.strategy must be a Lightning strategy name such as 'auto' or 'ddp', "
                              f"got {self.strategy!r}")
         for name in ("deterministic", "progress_bar"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"trainer.{name} must be true or false, got {getattr(self, name)!r}")
+            check_bool(getattr(self, name), f"trainer.{name}")
 
 
 METHODS = ("saem", "vi")
@@ -200,8 +169,7 @@ class EstimationSettings:
     def __post_init__(self):
         from hybridtwin.estimation import AmortiseConfig, SAEMConfig
 
-        if self.method not in METHODS:
-            raise ValueError(f"estimation.method must be one of {list(METHODS)}, got {self.method!r}")
+        check_choice(self.method, METHODS, "estimation.method", "an estimation method")
         if not isinstance(self.saem, dict):
             raise ValueError(f"estimation.saem must be a mapping of SAEMConfig settings, got {self.saem!r}")
         if self.amortise is not False and not isinstance(self.amortise, dict):
@@ -209,10 +177,7 @@ class EstimationSettings:
                              f"got {self.amortise!r}")
         for name, cls, opts in (("saem", SAEMConfig, self.saem),
                                 ("amortise", AmortiseConfig, self.amortise if isinstance(self.amortise, dict) else {})):
-            allowed = sorted(f.name for f in dataclasses.fields(cls))
-            unknown = sorted(set(opts) - set(allowed))
-            if unknown:
-                raise ValueError(f"unknown key(s) {unknown} in estimation.{name}; allowed: {allowed}")
+            check_keys(opts, cls, f"estimation.{name}")
             if "saem" == name and "kernels" in opts:
                 opts = {**opts, "kernels": tuple(opts["kernels"])}
             cls(**opts)  # validates the values
@@ -252,21 +217,25 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict, base_dir=None) -> "RunConfig":
         """Build from plain types; ``base_dir`` resolves a relative ``data.path`` (the YAML file's folder)."""
-        d = _checked_keys(d, cls, "the run config")
+        d = check_keys(d, cls, "the run config")
         for key in ("name", "data", "twin"):
             if key not in d:
                 raise ValueError(f"the run config needs a {key!r} entry")
-        data = _checked_keys(d["data"], DataSpec, "data")
+        data = check_keys(d["data"], DataSpec, "data")
         if data.get("path") and base_dir is not None and not Path(data["path"]).is_absolute():
             data["path"] = str(Path(base_dir) / data["path"])
         if "fractions" in data:
             data["fractions"] = tuple(data["fractions"])
-        twin = _checked_keys(d["twin"], TwinConfig, "twin")
+        twin = check_keys(d["twin"], TwinConfig, "twin")
         if "model" not in twin:
             raise ValueError("twin needs a 'model' entry (a built-in model name, e.g. vaccine_asc)")
-        trainer = _checked_keys(d.get("trainer"), TrainerSettings, "trainer")
-        estimation = _checked_keys(d.get("estimation"), EstimationSettings, "estimation")
-        return cls(name=d["name"], data=DataSpec(**data), twin=TwinConfig.from_dict(twin),
+        try:  # the twin's sections (closures, encoder, noise, solver, ...) are checked here, before any data
+            twin = TwinConfig.from_dict(twin)
+        except ValueError as exc:
+            raise ValueError(f"twin: {exc}") from None
+        trainer = check_keys(d.get("trainer"), TrainerSettings, "trainer")
+        estimation = check_keys(d.get("estimation"), EstimationSettings, "estimation")
+        return cls(name=d["name"], data=DataSpec(**data), twin=twin,
                    trainer=TrainerSettings(**trainer), out=str(d.get("out", "checkpoints")),
                    estimation=EstimationSettings(**estimation))
 

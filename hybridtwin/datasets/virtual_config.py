@@ -41,8 +41,9 @@ import numpy as np
 from .. import models as _models
 from ..dosing import Dose
 from ..models.base import Model
-from .virtual_defaults import (NONLINEAR_TERMS, TERMS, VALUE_SCALES, _finite, _int, _mapping, _per_cohort,
-                               effect_triples, model_defaults, pilot_lloq, treatment)
+from ..config import check_integer, check_keys, check_mapping, check_number
+from .virtual_defaults import (NONLINEAR_TERMS, TERMS, VALUE_SCALES, _per_cohort, effect_triples, model_defaults,
+                               pilot_lloq, treatment)
 
 
 @dataclass(frozen=True)
@@ -126,19 +127,16 @@ class VirtualCohortConfig:
         cohort ``i`` the model's default treatment (``baccam2006``: antiviral twice daily, days 1-5.5).
         """
         m = _models.get(model)
-        n_cohorts = _int(n_cohorts, "n_cohorts", 1)
+        n_cohorts = check_integer(n_cohorts, "n_cohorts", 1)
         valid = [f.name for f in fields(cls) if f.name not in ("model", "n_subjects", "n_cohorts", "seed")]
-        unknown = sorted(set(options) - set(valid) - {"nonlinear", "treated_cohort"})
-        if unknown:
-            raise ValueError(f"unknown virtual-cohort option(s) {unknown}; valid options: "
-                             f"{', '.join(valid + ['nonlinear', 'treated_cohort'])}")
+        check_keys(options, valid + ["nonlinear", "treated_cohort"], "the virtual-cohort options")
         nonlinear = options.pop("nonlinear", True)
         treated = options.pop("treated_cohort", None)
         d = model_defaults(m, n_cohorts)
         if "effects" in options:
             options["effects"] = effect_triples(options["effects"])
         if "omega" in options and "effects" not in options:
-            keep = set(_mapping(options["omega"], "omega"))
+            keep = set(check_mapping(options["omega"], "omega"))
             d["effects"] = tuple(e for e in d["effects"] if e[0] in keep)
         if "observables" in options:
             obs = options["observables"]
@@ -159,17 +157,17 @@ class VirtualCohortConfig:
             if t is None:
                 raise ValueError(f"model {m.name!r} has no default treatment; pass regimens=(one tuple of Dose per "
                                  "cohort) instead of treated_cohort")
-            i = _int(treated, "treated_cohort", 0)
+            i = check_integer(treated, "treated_cohort", 0)
             if i >= n_cohorts:
                 raise ValueError(f"treated_cohort={i} is out of range for n_cohorts={n_cohorts} (0-based)")
             d["regimens"] = tuple(tuple(r) + (t if j == i else ()) for j, r in enumerate(d["regimens"]))
         # typical values: the model's defaults for every varied parameter, updated by ``population``
-        omega = _mapping(d["omega"], "omega")
+        omega = check_mapping(d["omega"], "omega")
         varied = list(omega) + [e[0] for e in d["effects"] if isinstance(e, tuple) and e and e[0] not in omega]
-        per_cohort = _mapping(options.get("cohort_parameters", {}), "cohort_parameters")
+        per_cohort = check_mapping(options.get("cohort_parameters", {}), "cohort_parameters")
         d["population"] = {n: m.parameter_space[n].default for n in varied
                            if n in m.parameter_names and n not in per_cohort}
-        d["population"].update(_mapping(options.get("population", {}), "population"))
+        d["population"].update(check_mapping(options.get("population", {}), "population"))
         given_lloq = "lloq" in options
         d["lloq"] = d.get("lloq") or {}
         cfg = cls(model=model, n_subjects=n_subjects, n_cohorts=n_cohorts, seed=seed, **d)
@@ -181,11 +179,11 @@ class VirtualCohortConfig:
     def __post_init__(self) -> None:
         m = self.resolved_model
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        K = _int(self.n_cohorts, "n_cohorts", 1)
-        n = _int(self.n_subjects, "n_subjects", 1)
+        K = check_integer(self.n_cohorts, "n_cohorts", 1)
+        n = check_integer(self.n_subjects, "n_subjects", 1)
         if n < K:
             raise ValueError(f"n_subjects={n} is smaller than n_cohorts={K}; every cohort needs a subject")
-        _int(self.seed, "seed", 0)
+        check_integer(self.seed, "seed", 0)
         names = _per_cohort(self.cohort_names, K, "cohort_names", str)
         if len(set(names)) != K:
             raise ValueError(f"cohort_names must be distinct, got {names}")
@@ -201,21 +199,23 @@ class VirtualCohortConfig:
         self._check_parameters(m)
         ages = _per_cohort(self.age_ranges, K, "age_ranges", tuple)
         for lo_hi in ages:
-            if len(lo_hi) != 2 or not 0 <= _finite(lo_hi[0], "age range") < _finite(lo_hi[1], "age range") <= 120:
+            if len(lo_hi) != 2 or \
+                    not 0 <= check_number(lo_hi[0], "age range") < check_number(lo_hi[1], "age range") <= 120:
                 raise ValueError(f"age_ranges entries must be (low, high) with 0 <= low < high <= 120, got {lo_hi!r}")
         set_("age_ranges", tuple((float(a), float(b)) for a, b in ages))
         ff = _per_cohort(self.female_fraction, K, "female_fraction")
         if not all(0.0 <= f <= 1.0 for f in ff):
             raise ValueError(f"female_fraction entries must lie in [0, 1], got {ff}")
         set_("female_fraction", ff)
-        set_("marker_shift", tuple(_finite(v, "marker_shift") for v in _per_cohort(self.marker_shift, K, "marker_shift")))
-        set_("n_noise_features", _int(self.n_noise_features, "n_noise_features", 0))
-        miss = _finite(self.missing_covariate_fraction, "missing_covariate_fraction", 0.0)
+        set_("marker_shift", tuple(check_number(v, "marker_shift")
+                                   for v in _per_cohort(self.marker_shift, K, "marker_shift")))
+        set_("n_noise_features", check_integer(self.n_noise_features, "n_noise_features", 0))
+        miss = check_number(self.missing_covariate_fraction, "missing_covariate_fraction", 0.0)
         if miss >= 1.0:
             raise ValueError(f"missing_covariate_fraction must be in [0, 1), got {miss}")
         self._check_design(m, K)
         self._check_observation_model(m, K)
-        _finite(self.rtol, "rtol", 0.0, strict=True)
+        check_number(self.rtol, "rtol", 0.0, strict=True)
 
     @property
     def resolved_model(self) -> Model:
@@ -243,13 +243,13 @@ class VirtualCohortConfig:
 
     def _check_parameters(self, m: Model) -> None:
         space = m.parameter_space
-        pop = _mapping(self.population, "population")
-        omega = _mapping(self.omega, "omega")
+        pop = check_mapping(self.population, "population")
+        omega = check_mapping(self.omega, "omega")
         clean = []
         for e in effect_triples(self.effects):
             if not (isinstance(e, (tuple, list)) and len(e) == 3):
                 raise ValueError(f"effects entries must be (parameter, term, coefficient) triples, got {e!r}")
-            clean.append((str(e[0]), str(e[1]), _finite(e[2], f"effect coefficient of {e[1]!r} on {e[0]!r}")))
+            clean.append((str(e[0]), str(e[1]), check_number(e[2], f"effect coefficient of {e[1]!r} on {e[0]!r}")))
         pairs = [(p, t) for p, t, _ in clean]
         dup = sorted({x for x in pairs if pairs.count(x) > 1})
         if dup:
@@ -274,14 +274,14 @@ class VirtualCohortConfig:
             raise ValueError(f"population gives {name!r}, which has no omega and no effect; add it to omega "
                              "(0 for no random effect), drop it, or give it for every cohort in cohort_parameters")
         for name, v in pop.items():
-            v = _finite(v, f"population[{name!r}]", 0.0, strict=True)
+            v = check_number(v, f"population[{name!r}]", 0.0, strict=True)
             prm = space[name]
             if (prm.lower is not None and v < prm.lower) or (prm.upper is not None and v > prm.upper):
                 raise ValueError(f"population[{name!r}] = {v:g} lies outside the parameter's bounds "
                                  f"({prm.lower}, {prm.upper})")
             pop[name] = v
         for name, v in omega.items():
-            omega[name] = _finite(v, f"omega[{name!r}]", 0.0)
+            omega[name] = check_number(v, f"omega[{name!r}]", 0.0)
         for name in varied - set(omega):
             omega[name] = 0.0
         order = list(pop) + [k for k in per_cohort if k in varied]  # the columns of eta
@@ -293,13 +293,13 @@ class VirtualCohortConfig:
     def _check_cohort_parameters(self, m: Model, varied: set) -> dict[str, tuple]:
         """``{name: one value per cohort}``: known names, finite values inside the bounds (> 0 if varied)."""
         space, K = m.parameter_space, self.n_cohorts
-        given = _mapping(self.cohort_parameters, "cohort_parameters")
+        given = check_mapping(self.cohort_parameters, "cohort_parameters")
         space.check_names(list(given), f" in cohort_parameters of model {m.name!r}")
         out = {}
         for name, values in given.items():
             what = f"cohort_parameters[{name!r}]"
             values = _per_cohort(values, K, what, lambda v: v)
-            values = tuple(_finite(v, f"{what}[{k}]", 0.0 if name in varied else None, strict=True)
+            values = tuple(check_number(v, f"{what}[{k}]", 0.0 if name in varied else None, strict=True)
                            for k, v in enumerate(values))
             prm = space[name]
             for k, v in enumerate(values):
@@ -319,12 +319,12 @@ class VirtualCohortConfig:
                     raise ValueError(f"regimens[{i}]: dose target {d.target!r} is not known to model {m.name!r}; "
                                      f"targets: {', '.join(m.interventions)}")
         object.__setattr__(self, "regimens", regs)
-        t0 = _finite(self.t_first, "t_first", 0.0)
-        horizon = _finite(self.horizon, "horizon", t0, strict=True)
-        res = _finite(self.time_resolution, "time_resolution", 0.0, strict=True)
+        t0 = check_number(self.t_first, "t_first", 0.0)
+        horizon = check_number(self.horizon, "horizon", t0, strict=True)
+        res = check_number(self.time_resolution, "time_resolution", 0.0, strict=True)
         if not isinstance(self.baseline_sample, bool):
             raise ValueError(f"baseline_sample must be True or False, got {self.baseline_sample!r}")
-        _finite(self.sampling_power, "sampling_power", 0.0, strict=True)
+        check_number(self.sampling_power, "sampling_power", 0.0, strict=True)
         n_grid = int(math.floor((horizon - t0) / res + 1e-9)) + 1
         dens = _per_cohort(self.obs_per_subject, K, "obs_per_subject", tuple)
         for lo_hi in dens:
@@ -349,8 +349,8 @@ class VirtualCohortConfig:
         if bad or len(set(obs)) != len(obs):
             raise ValueError(f"observables {list(obs)}: unknown or repeated {bad or 'names'}; model {m.name!r} "
                              f"has observables {m.observable_names} and states {m.all_state_names}")
-        scales, sd, lloq = (_mapping(x, w) for x, w in ((self.value_scales, "value_scales"), (self.noise_sd, "noise_sd"),
-                                                        (self.lloq, "lloq")))
+        scales, sd, lloq = (check_mapping(x, w) for x, w in ((self.value_scales, "value_scales"),
+                                                             (self.noise_sd, "noise_sd"), (self.lloq, "lloq")))
         for what, mp in (("value_scales", scales), ("noise_sd", sd), ("lloq", lloq)):
             extra = sorted(set(mp) - set(obs))
             if extra:
@@ -360,10 +360,10 @@ class VirtualCohortConfig:
                 raise ValueError(f"value_scales[{o!r}] must be one of {VALUE_SCALES}, got {scales.get(o)!r}")
             if o not in sd:
                 raise ValueError(f"noise_sd has no value for observable {o!r}")
-            sd[o] = _finite(sd[o], f"noise_sd[{o!r}]", 0.0)
+            sd[o] = check_number(sd[o], f"noise_sd[{o!r}]", 0.0)
             limit = lloq.get(o)
             if limit is not None:
-                lloq[o] = _finite(limit, f"lloq[{o!r}]", 0.0 if scales[o] == "linear" else None,
+                lloq[o] = check_number(limit, f"lloq[{o!r}]", 0.0 if scales[o] == "linear" else None,
                                   strict=scales[o] == "linear")
             else:
                 lloq[o] = None
@@ -371,8 +371,9 @@ class VirtualCohortConfig:
         object.__setattr__(self, "value_scales", MappingProxyType({o: scales[o] for o in obs}))
         object.__setattr__(self, "noise_sd", MappingProxyType({o: sd[o] for o in obs}))
         object.__setattr__(self, "lloq", MappingProxyType({o: lloq[o] for o in obs}))
-        sc = tuple(_finite(v, "assay_scale", 0.0, strict=True) for v in _per_cohort(self.assay_scale, K, "assay_scale"))
-        of = tuple(_finite(v, "assay_offset") for v in _per_cohort(self.assay_offset, K, "assay_offset"))
+        sc = tuple(check_number(v, "assay_scale", 0.0, strict=True)
+                   for v in _per_cohort(self.assay_scale, K, "assay_scale"))
+        of = tuple(check_number(v, "assay_offset") for v in _per_cohort(self.assay_offset, K, "assay_offset"))
         object.__setattr__(self, "assay_scale", sc)
         object.__setattr__(self, "assay_offset", of)
 
@@ -398,10 +399,7 @@ class VirtualCohortConfig:
     def from_dict(cls, d: Mapping[str, Any], model=None) -> "VirtualCohortConfig":
         """The config back from :meth:`to_dict` (also after a JSON round trip, e.g. ``ground_truth.json``'s
         ``config``); ``model`` replaces the stored model name (needed for a model that is not built in)."""
-        d = dict(_mapping(d, "config"))
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown virtual-cohort config field(s) {unknown}")
+        d = check_keys(check_mapping(d, "config"), cls, "the virtual-cohort config")
         if model is not None:
             d["model"] = model
         if "regimens" in d:
@@ -412,7 +410,7 @@ class VirtualCohortConfig:
                 d[name] = tuple(tuple(x) if isinstance(x, list) else x for x in d[name])
         if "cohort_parameters" in d:
             d["cohort_parameters"] = {k: tuple(v) if isinstance(v, list) else v
-                                      for k, v in _mapping(d["cohort_parameters"], "cohort_parameters").items()}
+                                      for k, v in check_mapping(d["cohort_parameters"], "cohort_parameters").items()}
         return cls(**d)
 
     def replace(self, **changes) -> "VirtualCohortConfig":

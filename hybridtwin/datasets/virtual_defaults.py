@@ -210,27 +210,3 @@ def _per_cohort(value, n: int, name: str, cast=float) -> tuple:
         return tuple(cast(v) for v in value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} entries must be {getattr(cast, '__name__', cast)}s, got {value!r}") from None
-
-
-def _finite(x, what: str, minimum: float | None = None, strict: bool = False) -> float:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        v = math.nan
-    ok = math.isfinite(v) and (minimum is None or (v > minimum if strict else v >= minimum))
-    if not ok or isinstance(x, bool):
-        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
-        raise ValueError(f"{what} must be a finite number{bound}, got {x!r}")
-    return v
-
-
-def _int(x, what: str, minimum: int) -> int:
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < minimum:
-        raise ValueError(f"{what} must be an integer >= {minimum}, got {x!r}")
-    return int(x)
-
-
-def _mapping(value, what: str) -> dict:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{what} must be a mapping {{name: value}}, got {value!r}")
-    return dict(value)
