@@ -41,7 +41,7 @@ import torch
 from _common import RESULTS, peak_rss_mb  # noqa: F401  (puts the project root on sys.path)
 from hybridtwin.checkpoint import load, read_card, save
 from hybridtwin.data import CohortData
-from hybridtwin.datasets import make_virtual_cohort
+from hybridtwin.virtual import make_virtual_cohort
 from hybridtwin.estimation import AmortiseConfig, SAEMConfig, estimate, identifiability
 from hybridtwin.twin import HybridTwin, TwinConfig
 

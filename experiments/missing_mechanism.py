@@ -28,7 +28,7 @@ import torch
 
 from _common import RESULTS, covariates_with_cohort, train_twin
 import hybridtwin as ht
-from hybridtwin.datasets import make_virtual_cohort
+from hybridtwin.virtual import make_virtual_cohort
 from hybridtwin.models import Parameter, log10_observable
 
 TRAIN_BOOSTS = (21.0, 28.0, 35.0)

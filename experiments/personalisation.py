@@ -30,7 +30,7 @@ import torch
 
 from _common import (RESULTS, OracleTwin, covariates_with_cohort, early_late, later_error, r2, test_split,
                      train_twin)
-from hybridtwin.datasets import make_virtual_cohort
+from hybridtwin.virtual import make_virtual_cohort
 from hybridtwin.personalise import Posterior, _tables, posterior
 from hybridtwin.twin import TwinConfig
 

@@ -19,7 +19,7 @@ Example
 >>> import tempfile, torch
 >>> import hybridtwin as ht
 >>> from hybridtwin.checkpoint import save
->>> from hybridtwin.datasets.virtual import make_virtual_cohort
+>>> from hybridtwin.virtual.cohort import make_virtual_cohort
 >>> from hybridtwin.twin import HybridTwin, TwinConfig
 >>> data = make_virtual_cohort("vaccine_asc", n_subjects=6, n_cohorts=2, seed=0)
 >>> twin = HybridTwin.from_data(TwinConfig(model="vaccine_asc"), data)

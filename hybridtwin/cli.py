@@ -171,7 +171,7 @@ def _quickstart_twin(out: Path, n_subjects: int, epochs: int, iterations: int = 
     from training.config import RunConfig
     from training.train import train
 
-    from .datasets import make_virtual_cohort
+    from .virtual import make_virtual_cohort
     from .diagnostics.plots import plot_prediction
 
     print(f"\nEstimating a vaccine_asc twin on a virtual cohort of {n_subjects} subjects in 3 cohorts (SAEM, "
@@ -210,7 +210,7 @@ def _quickstart_twin(out: Path, n_subjects: int, epochs: int, iterations: int = 
 
 
 def cmd_cohort(args) -> int:
-    from .datasets.virtual import make_virtual_cohort, write_cohort_tables
+    from .virtual import make_virtual_cohort, write_cohort_tables
 
     _at_least(args.subjects, 1, "--subjects")
     _at_least(args.cohorts, 1, "--cohorts")

@@ -284,7 +284,7 @@ def importance_posterior(twin, batch: Batch, n_draws: int = 256, inflate: float 
     their effective sample size ``ess`` per patient (near ``n_draws``: the encoder was already right; a few:
     increase ``n_draws``). ``max_solves`` bounds the ODE solves per batched call (memory).
 
-    >>> from hybridtwin.datasets import make_virtual_cohort
+    >>> from hybridtwin.virtual import make_virtual_cohort
     >>> from hybridtwin.twin import HybridTwin, TwinConfig
     >>> data = make_virtual_cohort("baccam2006", n_subjects=3, seed=0)
     >>> twin = HybridTwin.from_data(TwinConfig(model="baccam2006"), data)

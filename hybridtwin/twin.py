@@ -20,7 +20,7 @@ Example
 -------
 >>> import hybridtwin as ht
 >>> from hybridtwin.twin import HybridTwin, TwinConfig
->>> from hybridtwin.datasets import make_virtual_cohort
+>>> from hybridtwin.virtual import make_virtual_cohort
 >>> data = make_virtual_cohort("vaccine_asc", n_subjects=8, n_cohorts=2, seed=0)
 >>> twin = HybridTwin.from_data(TwinConfig(model="vaccine_asc"), data)
 >>> batch = twin.dataset(data).batch()
@@ -409,7 +409,7 @@ class HybridTwin(nn.Module):
         (default: every observation), its mean (or one draw with ``sample=True``), the model parameters and
         the noise-free observables at every row. Returns a :class:`Prediction`.
 
-        >>> from hybridtwin.datasets import make_virtual_cohort
+        >>> from hybridtwin.virtual import make_virtual_cohort
         >>> data = make_virtual_cohort("vaccine_asc", n_subjects=3, seed=0)
         >>> twin = HybridTwin.from_data(TwinConfig(model="vaccine_asc"), data)
         >>> out = twin(twin.dataset(data).batch())

@@ -11,7 +11,7 @@ import torch
 
 import hybridtwin as ht
 from hybridtwin import checkpoint
-from hybridtwin.datasets.virtual import make_virtual_cohort
+from hybridtwin.virtual.cohort import make_virtual_cohort
 from hybridtwin.twin import HybridTwin, TwinConfig
 
 
@@ -125,7 +125,7 @@ def test_public_namespace_resolves_in_a_fresh_interpreter():
     code = ("import hybridtwin as ht; missing = [n for n in ht.__all__ if not hasattr(ht, n)]; "
             "from hybridtwin._version import __version__ as v; "
             "assert not missing, missing; assert v == ht.__version__; "
-            "assert {'data', 'datasets', 'estimation', 'models', 'personalise'} <= set(ht.__all__)")
+            "assert {'data', 'datasets', 'estimation', 'models', 'personalise', 'virtual'} <= set(ht.__all__)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 

@@ -72,7 +72,7 @@ def one_line_error(err: str, command: str, *needles: str) -> None:
 def twin_files(tmp_path_factory):
     """An (untrained) twin checkpoint and a covariates CSV of two new subjects, for `predict`."""
     from hybridtwin.checkpoint import save
-    from hybridtwin.datasets import make_virtual_cohort
+    from hybridtwin.virtual import make_virtual_cohort
     from hybridtwin.twin import TwinConfig
     from training.datamodule import CohortDataModule
 

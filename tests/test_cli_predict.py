@@ -9,7 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybridtwin.cli import main  # noqa: E402
-from hybridtwin.datasets import make_virtual_cohort  # noqa: E402
+from hybridtwin.virtual import make_virtual_cohort  # noqa: E402
 
 
 @pytest.fixture(scope="module")

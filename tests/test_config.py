@@ -125,7 +125,7 @@ def test_typed_objects_and_dicts_build_the_same_config():
     mixed = dataclasses.replace(plain, closures=[plain.closures[0], {"target": "M", "inputs": ["t"]}])
     assert [c.target for c in mixed.closures] == ["S", "M"]
     # the twin is built from the typed sections
-    data = ht.datasets.make_virtual_cohort("vaccine_asc", n_subjects=4, n_cohorts=2, seed=0)
+    data = ht.virtual.make_virtual_cohort("vaccine_asc", n_subjects=4, n_cohorts=2, seed=0)
     twin = HybridTwin.from_data(typed, data)
     assert twin.dynamics.closures[0].scale == 2e4 and twin.dynamics.closures[0].constraint == "nonnegative"
     assert twin.solver_config == typed.solver and twin.observation.noise == ["combined"]

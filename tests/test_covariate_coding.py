@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from hybridtwin.data import CovariatePreprocessor
-from hybridtwin.datasets import make_virtual_cohort
+from hybridtwin.virtual import make_virtual_cohort
 from hybridtwin.personalise import _tables
 from hybridtwin.twin import HybridTwin, TwinConfig
 

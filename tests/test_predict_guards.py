@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from hybridtwin.datasets.virtual import make_virtual_cohort
+from hybridtwin.virtual.cohort import make_virtual_cohort
 from hybridtwin.twin import HybridTwin, TwinConfig
 
 

@@ -236,7 +236,7 @@ def test_configs_are_validated(tmp_path):
 
 
 def test_csv_folder_source(tmp_path):
-    from hybridtwin.datasets.virtual import make_virtual_cohort, write_cohort_tables
+    from hybridtwin.virtual.cohort import make_virtual_cohort, write_cohort_tables
 
     write_cohort_tables(make_virtual_cohort("vaccine_asc", n_subjects=12, n_cohorts=2, seed=1), tmp_path / "tables",
                         parquet=False)

@@ -14,7 +14,7 @@ from hybridtwin.neural import MechanisticDynamics, NeuralClosure
 from hybridtwin.observation import ObservationModel
 from hybridtwin.personalise import fit_map, library_posterior
 from hybridtwin.twin import HybridTwin, TwinConfig
-from hybridtwin.datasets.virtual import make_virtual_cohort
+from hybridtwin.virtual.cohort import make_virtual_cohort
 
 pytestmark = pytest.mark.usefixtures("float64")
 

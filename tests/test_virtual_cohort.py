@@ -10,9 +10,9 @@ import torch
 import hybridtwin as ht
 from hybridtwin.cli import main
 from hybridtwin.data import SubjectDataset, validate
-from hybridtwin.datasets import make_virtual_cohort
-from hybridtwin.datasets.virtual import read_ground_truth, write_cohort_tables
-from hybridtwin.datasets.virtual_config import VirtualCohortConfig
+from hybridtwin.virtual import make_virtual_cohort
+from hybridtwin.virtual.cohort import read_ground_truth, write_cohort_tables
+from hybridtwin.virtual.config import VirtualCohortConfig
 
 TABLES = ("observations", "doses", "covariates", "true_parameters", "trajectories")
 

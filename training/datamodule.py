@@ -9,7 +9,7 @@ uninterrupted one, and each DDP process reads its own share of subjects.
 
 Example
 -------
->>> from hybridtwin.datasets.virtual import make_virtual_cohort
+>>> from hybridtwin.virtual.cohort import make_virtual_cohort
 >>> from hybridtwin.twin import TwinConfig
 >>> dm = CohortDataModule(make_virtual_cohort("vaccine_asc", n_subjects=20, n_cohorts=2, seed=0),
 ...                       fractions=(0.6, 0.2, 0.2), batch_size=4)

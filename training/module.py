@@ -13,7 +13,7 @@ epoch (comparable losses for early stopping).
 Example
 -------
 >>> import lightning as L
->>> from hybridtwin.datasets.virtual import make_virtual_cohort
+>>> from hybridtwin.virtual.cohort import make_virtual_cohort
 >>> from hybridtwin.twin import TwinConfig
 >>> from training.datamodule import CohortDataModule
 >>> dm = CohortDataModule(make_virtual_cohort("vaccine_asc", n_subjects=12, n_cohorts=2), fractions=(0.5, 0.5),

@@ -55,7 +55,7 @@ from .module import TwinModule, evaluate
 def load_data(spec: DataSpec, twin_model: str) -> CohortData:
     """The cohort a :class:`DataSpec` describes (a simulated virtual cohort, or validated CSV tables)."""
     if spec.source == "virtual":
-        from hybridtwin.datasets.virtual import make_virtual_cohort
+        from hybridtwin.virtual.cohort import make_virtual_cohort
 
         return make_virtual_cohort(spec.model or twin_model, n_subjects=spec.n_subjects, n_cohorts=spec.n_cohorts,
                                    seed=spec.seed, **spec.options)

@@ -1,4 +1,4 @@
-"""The data layer: canonical long tables, validation, NONMEM adapter, datasets, batches, splits, covariates.
+"""The data layer: canonical long tables, validation, NONMEM adapter, batches, splits, covariates.
 
 >>> import pandas as pd
 >>> from hybridtwin.data import validate

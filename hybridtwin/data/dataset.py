@@ -279,7 +279,7 @@ def random_prefix_mask(batch: Batch, generator: torch.Generator | None = None, f
     early samples (training by ELBO and amortisation both use it). Random draws use the CPU ``generator``.
 
     >>> import torch
-    >>> from hybridtwin.datasets import make_virtual_cohort
+    >>> from hybridtwin.virtual import make_virtual_cohort
     >>> ds = SubjectDataset(make_virtual_cohort("vaccine_asc", n_subjects=4, seed=0), model="vaccine_asc")
     >>> b = ds.batch()
     >>> m = random_prefix_mask(b, torch.Generator().manual_seed(0), full=1.0)

@@ -12,7 +12,7 @@ personalising from early samples needs, in one forward pass.
 
 Example
 -------
->>> from hybridtwin.datasets import make_virtual_cohort
+>>> from hybridtwin.virtual import make_virtual_cohort
 >>> from hybridtwin.twin import HybridTwin, TwinConfig
 >>> from hybridtwin.estimation import AmortiseConfig, amortise
 >>> data = make_virtual_cohort("vaccine_asc", n_subjects=10, n_cohorts=2, seed=0)

@@ -23,7 +23,7 @@ def estimate(twin, data: CohortData | Batch, saem: SAEMConfig | None = None,
     Example
     -------
     >>> import warnings
-    >>> from hybridtwin.datasets import make_virtual_cohort
+    >>> from hybridtwin.virtual import make_virtual_cohort
     >>> from hybridtwin.twin import HybridTwin, TwinConfig
     >>> from hybridtwin.estimation import AmortiseConfig, SAEMConfig, estimate
     >>> data = make_virtual_cohort("vaccine_asc", n_subjects=12, n_cohorts=2, seed=0)

@@ -7,7 +7,7 @@ error comes from the spread of the importance weights. AIC and BIC count the est
 
 Example
 -------
->>> from hybridtwin.datasets import make_virtual_cohort
+>>> from hybridtwin.virtual import make_virtual_cohort
 >>> from hybridtwin.twin import HybridTwin, TwinConfig
 >>> from hybridtwin.estimation.marginal import marginal_loglik
 >>> data = make_virtual_cohort("vaccine_asc", n_subjects=6, n_cohorts=1, seed=0)

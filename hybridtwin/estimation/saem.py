@@ -25,7 +25,7 @@ subject's conditional mean and SD of ``z_i`` and the per-subject scores, from wh
 
 Example
 -------
->>> from hybridtwin.datasets import make_virtual_cohort
+>>> from hybridtwin.virtual import make_virtual_cohort
 >>> from hybridtwin.twin import HybridTwin, TwinConfig
 >>> from hybridtwin.estimation import SAEMConfig, fit_saem
 >>> data = make_virtual_cohort("vaccine_asc", n_subjects=12, n_cohorts=2, seed=0)

@@ -1,4 +1,4 @@
-"""Per-model defaults of virtual cohorts (see :class:`~hybridtwin.datasets.virtual_config.VirtualCohortConfig`).
+"""Per-model defaults of virtual cohorts (see :class:`~hybridtwin.virtual.config.VirtualCohortConfig`).
 
 - ``vaccine_asc``: prime at day 0 and a boost at day 21, 28, 35, ... (one boost day per cohort), antibodies
   observed as ``log10_Ab`` over 180 days with a baseline sample, LLOQ 1.5, noise sd 0.15; ``beta_S``,
@@ -14,7 +14,7 @@
 Across cohorts: age ranges shift upwards, sampling gets sparser (8-12, 5-8, 3-5 observations per
 subject, cycling) and assay scale/offset differ (1.0/0.0, 0.9/+0.3, 1.1/-0.2, ...).
 
->>> from hybridtwin.datasets.virtual_defaults import model_defaults
+>>> from hybridtwin.virtual.defaults import model_defaults
 >>> import hybridtwin as ht
 >>> model_defaults(ht.models.get("vaccine_asc"), 3)["age_ranges"]
 ((18.0, 48.0), (36.5, 66.5), (55.0, 85.0))

@@ -9,11 +9,11 @@ also carries ``true_parameters``, ``trajectories`` (noise-free) and ``meta["grou
 Cohorts differ in covariate distribution (age range, baseline marker), regimen (e.g. the boost day of
 ``vaccine_asc``), sampling density and assay scale/offset, and optionally in parameters set per cohort as
 fixed effects (``cohort_parameters``, e.g. the inoculum ``V0`` of a challenge study). All settings and their per-model defaults are
-described in :class:`~hybridtwin.datasets.virtual_config.VirtualCohortConfig`.
+described in :class:`~hybridtwin.virtual.config.VirtualCohortConfig`.
 
 Example
 -------
->>> from hybridtwin.datasets.virtual import make_virtual_cohort
+>>> from hybridtwin.virtual.cohort import make_virtual_cohort
 >>> data = make_virtual_cohort("vaccine_asc", n_subjects=30, n_cohorts=3, seed=0)
 >>> data.report["n_subjects"], data.cohorts
 (30, ['cohort_1', 'cohort_2', 'cohort_3'])
@@ -35,9 +35,9 @@ import pandas as pd
 
 from ..data import CohortData, validate
 from ..simulation import simulate
-from .virtual_config import VirtualCohortConfig
-from .virtual_defaults import MARKER_AGE_SLOPE, MARKER_REFERENCE, MARKER_SD, one_torch_thread
-from .virtual_io import ground_truth, read_ground_truth, write_cohort_tables
+from .config import VirtualCohortConfig
+from .defaults import MARKER_AGE_SLOPE, MARKER_REFERENCE, MARKER_SD, one_torch_thread
+from .io import ground_truth, read_ground_truth, write_cohort_tables
 
 __all__ = ["make_virtual_cohort", "VirtualCohortConfig", "write_cohort_tables", "read_ground_truth"]
 

@@ -1,6 +1,6 @@
 """Configuration of a virtual cohort: :class:`VirtualCohortConfig` (defaults: ``virtual_defaults``).
 
-Every setting of :func:`hybridtwin.datasets.make_virtual_cohort` lives in one frozen, validated dataclass.
+Every setting of :func:`hybridtwin.virtual.make_virtual_cohort` lives in one frozen, validated dataclass.
 :meth:`VirtualCohortConfig.default` fills in good defaults for a model (vaccine regimens for
 ``vaccine_asc``, an untreated infection for ``baccam2006``, a generic design for every other model) and
 lets any field be overridden by keyword; unknown or contradictory settings raise ``ValueError``.
@@ -19,7 +19,7 @@ term            definition                                                  kind
 
 Example
 -------
->>> from hybridtwin.datasets.virtual_config import VirtualCohortConfig
+>>> from hybridtwin.virtual.config import VirtualCohortConfig
 >>> cfg = VirtualCohortConfig.default("vaccine_asc", n_subjects=30)
 >>> [tuple(d.time for d in regimen) for regimen in cfg.regimens]
 [(0.0, 21.0), (0.0, 28.0), (0.0, 35.0)]
@@ -42,7 +42,7 @@ from .. import models as _models
 from ..dosing import Dose
 from ..models.base import Model
 from ..config import check_integer, check_keys, check_mapping, check_number
-from .virtual_defaults import (NONLINEAR_TERMS, TERMS, VALUE_SCALES, _per_cohort, effect_triples, model_defaults,
+from .defaults import (NONLINEAR_TERMS, TERMS, VALUE_SCALES, _per_cohort, effect_triples, model_defaults,
                                pilot_lloq, treatment)
 
 

@@ -1,7 +1,7 @@
 """Ground truth of a virtual cohort and writing a :class:`~hybridtwin.data.CohortData` to disk.
 
 >>> import tempfile
->>> from hybridtwin.datasets.virtual import make_virtual_cohort
+>>> from hybridtwin.virtual.cohort import make_virtual_cohort
 >>> data = make_virtual_cohort("sarscov2_cd8", n_subjects=4, n_cohorts=2)
 >>> paths = write_cohort_tables(data, tempfile.mkdtemp(), parquet=False)
 >>> [p.name for p in paths]
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..data import CohortData
-from .virtual_defaults import MARKER_AGE_SLOPE, MARKER_REFERENCE, MARKER_SD, NONLINEAR_TERMS, TERMS
+from .defaults import MARKER_AGE_SLOPE, MARKER_REFERENCE, MARKER_SD, NONLINEAR_TERMS, TERMS
 
 
 def ground_truth(cfg, ids, cohort, features, eta, n_clipped, noise, status, failed) -> dict:
@@ -102,7 +102,7 @@ def write_cohort_tables(data: CohortData, out_dir, parquet: bool | None = None,
     (bulky per-row/per-subject entries are left out of the JSON: the tables hold them). Returns the paths.
 
     >>> import tempfile
-    >>> from hybridtwin.datasets.virtual import make_virtual_cohort
+    >>> from hybridtwin.virtual.cohort import make_virtual_cohort
     >>> paths = write_cohort_tables(make_virtual_cohort("baker2013", n_subjects=3, n_cohorts=1), tempfile.mkdtemp())
     >>> paths[0].name
     'observations.csv'
@@ -139,7 +139,7 @@ def read_ground_truth(path) -> dict:
     (``effects``, ``assay``, ...); ``VirtualCohortConfig.from_dict(gt["config"])`` rebuilds the config.
 
     >>> import tempfile
-    >>> from hybridtwin.datasets.virtual import make_virtual_cohort
+    >>> from hybridtwin.virtual.cohort import make_virtual_cohort
     >>> data = make_virtual_cohort("baccam2006", n_subjects=3, n_cohorts=3, cohort_parameters={"V0": (0.75, 0.25, 2)})
     >>> out = tempfile.mkdtemp()
     >>> _ = write_cohort_tables(data, out, parquet=False)
