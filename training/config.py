@@ -4,7 +4,7 @@ Every key is checked when the file is read, through :mod:`hybridtwin.config` (it
 the typed twin sections ``closures``, ``black_box``, ``encoder``, ``noise`` and ``solver``): a misspelt key
 or value raises ``ValueError`` naming it and the closest allowed spelling, before any data are generated.
 
-A run file has five sections; every key is optional except ``name``, ``data`` and ``twin.model``::
+A run file has five sections (and an optional ``model_module``); every key is optional except ``name``, ``data`` and ``twin.model``::
 
     name: vaccine_small              # the run folder is <out>/<name>/
     out: checkpoints                 # parent folder of runs (relative to the working directory)
@@ -17,9 +17,12 @@ A run file has five sections; every key is optional except ``name``, ``data`` an
       fractions: [0.75, 0.25]        # train/validation(/test) subjects, stratified by cohort
       split_seed: 0
     # data: {source: csv, path: my_tables}   # ... or a folder with observations.csv [doses.csv covariates.csv],
-    #                                        # relative to the YAML file
+    #                                        # relative to the YAML file, or a public data set by name:
+    # data: {source: challenger2022, path: ../shared/data/challenger2022_covid_vl_combined,
+    #        observables: {log10_vl: log10_V}}  # data observable -> model observable (both log10 copies/ml)
+    # model_module: my_models.py             # registers custom models (a .py file or mypkg.models)
     twin: {model: vaccine_asc, n_samples: 2} # any TwinConfig field
-    trainer: {max_epochs: 20, batch_size: 16, lr: 0.01, patience: 5, seed: 0}
+    trainer: {max_epochs: 20, batch_size: 16, lr: 0.01, patience: 5, seed: 0}   # max_time: "00:02:00:00"
     estimation: {method: saem, saem: {n_explore: 150, n_smooth: 100}, amortise: {epochs: 30}}
                                      # or {method: vi}: the ELBO trained by Lightning with the trainer settings
 
@@ -32,7 +35,7 @@ Example
 >>> RunConfig.from_dict({"name": "demo", "data": {}, "twin": {"model": "vaccine_asc"}, "trainr": {}})
 Traceback (most recent call last):
 ...
-ValueError: unknown key(s) ['trainr'] in the run config (did you mean 'trainer'?); allowed: ['data', 'estimation', 'name', 'out', 'trainer', 'twin']
+ValueError: unknown key(s) ['trainr'] in the run config (did you mean 'trainer'?); allowed: ['data', 'estimation', 'model_module', 'name', 'out', 'trainer', 'twin']
 """
 
 from __future__ import annotations
@@ -55,9 +58,13 @@ class DataSpec:
     """Where the subjects come from and how they are split.
 
     source: "virtual" (``make_virtual_cohort(model, n_subjects, n_cohorts, seed, **options)``; ``model``
-    defaults to the twin's) or "csv" (``path``: a folder with observations.csv and optionally doses.csv,
-    covariates.csv). fractions: train/validation[/test] shares (validation must be > 0), stratified by
-    cohort with ``split_seed``.
+    defaults to the twin's), "csv" (``path``: a folder with observations.csv and optionally doses.csv,
+    covariates.csv) or the name of a public data set (``challenger2022``, ``kissler2021``, ``tsang2016``,
+    ``baccam2006`` or any loader added by :func:`hybridtwin.datasets.register_loader`; ``path``: its folder).
+    observables: ``{data observable: model observable}`` or ``{data observable: {name, scale, offset, unit}}``
+    -- rename the data's observables to the model's with the unit conversion stated
+    (:func:`hybridtwin.data.map_observables`), e.g. ``{log10_vl: log10_V}``. fractions: train/validation[/test]
+    shares (validation must be > 0), stratified by cohort with ``split_seed``.
     """
 
     source: str = "virtual"
@@ -69,13 +76,23 @@ class DataSpec:
     path: str | None = None
     fractions: tuple = (0.8, 0.1, 0.1)
     split_seed: int = 0
+    observables: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        check_choice(self.source, ("virtual", "csv"), "data.source", "a data source")
+        from hybridtwin.data.observables import _rule
+        from hybridtwin.datasets import LOADERS
+
+        check_choice(self.source, ("virtual", "csv", *sorted(LOADERS)), "data.source", "a data source")
         if self.source == "csv" and not self.path:
             raise ValueError("data.source 'csv' needs data.path: a folder with observations.csv")
+        if self.source in LOADERS and not self.path:
+            raise ValueError(f"data.source {self.source!r} needs data.path: the folder of that data set "
+                             f"(e.g. ../shared/data/...; see the loader's docstring)")
         if self.source == "virtual" and self.path:
-            raise ValueError("data.path is only for source 'csv'; remove it or set source: csv")
+            raise ValueError("data.path is only for source 'csv' or a named data set; remove it or set the source")
+        check_mapping(self.observables, "data.observables")
+        for name, rule in self.observables.items():
+            _rule(str(name), rule)  # validates every entry when the config is read
         check_integer(self.n_subjects, "data.n_subjects", 2)
         check_integer(self.n_cohorts, "data.n_cohorts", 1)
         check_integer(self.seed, "data.seed", 0)
@@ -94,7 +111,9 @@ class TrainerSettings:
     run (None: never). ``precision`` None follows the twin's dtype ("64-true" for float64). ``max_steps``
     -1 means no step limit. ``deterministic`` makes CPU runs bit-reproducible for a given seed.
     ``max_failed_share``: a validation epoch in which a larger share of subjects fails to solve stops the run
-    with an error naming them (the model or solver settings are broken; a loss over the rest would mislead)."""
+    with an error naming them (the model or solver settings are broken; a loss over the rest would mislead).
+    ``max_time``: wall-clock limit of a Lightning (``estimation.method: vi``) run, ``"DD:HH:MM:SS"``; when it is
+    reached training stops and the best checkpoint so far is kept."""
 
     max_epochs: int = 50
     max_steps: int = -1
@@ -113,9 +132,14 @@ class TrainerSettings:
     log_every_n_steps: int = 10
     progress_bar: bool = True
     max_failed_share: float = 0.2
+    max_time: str | None = None
 
     def __post_init__(self):
         check_integer(self.max_epochs, "trainer.max_epochs", 1)
+        if self.max_time is not None and not (isinstance(self.max_time, str)
+                                              and re.fullmatch(r"\d{2}:\d{2}:\d{2}:\d{2}", self.max_time)):
+            raise ValueError(f"trainer.max_time must be a wall-clock limit 'DD:HH:MM:SS' (e.g. '00:02:00:00' for two "
+                             f"hours; Lightning's format), got {self.max_time!r}")
         if self.max_steps != -1:
             check_integer(self.max_steps, "trainer.max_steps", 1)
         check_integer(self.batch_size, "trainer.batch_size", 1)
@@ -186,8 +210,10 @@ class EstimationSettings:
 @dataclass(frozen=True)
 class RunConfig:
     """One training run: ``name``, ``data`` (:class:`DataSpec`), ``twin`` (a TwinConfig), ``trainer``
-    (:class:`TrainerSettings`), ``estimation`` (:class:`EstimationSettings`) and ``out`` (the parent folder
-    of run folders)."""
+    (:class:`TrainerSettings`), ``estimation`` (:class:`EstimationSettings`), ``out`` (the parent folder
+    of run folders) and ``model_module``: an importable Python module (``mypkg.models``, or a ``.py`` file path
+    relative to the config) that registers the user's models with :func:`hybridtwin.models.register`; it is
+    imported before the twin is built, so ``twin.model`` may name a model it defines."""
 
     name: str
     data: DataSpec
@@ -195,6 +221,7 @@ class RunConfig:
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     out: str = "checkpoints"
     estimation: EstimationSettings = field(default_factory=EstimationSettings)
+    model_module: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
@@ -226,6 +253,8 @@ class RunConfig:
             data["path"] = str(Path(base_dir) / data["path"])
         if "fractions" in data:
             data["fractions"] = tuple(data["fractions"])
+        if d.get("model_module") is not None:
+            import_model_module(d["model_module"], base_dir)
         twin = check_keys(d["twin"], TwinConfig, "twin")
         if "model" not in twin:
             raise ValueError("twin needs a 'model' entry (a built-in model name, e.g. vaccine_asc)")
@@ -237,7 +266,7 @@ class RunConfig:
         estimation = check_keys(d.get("estimation"), EstimationSettings, "estimation")
         return cls(name=d["name"], data=DataSpec(**data), twin=twin,
                    trainer=TrainerSettings(**trainer), out=str(d.get("out", "checkpoints")),
-                   estimation=EstimationSettings(**estimation))
+                   estimation=EstimationSettings(**estimation), model_module=d.get("model_module"))
 
     @classmethod
     def from_yaml(cls, path) -> "RunConfig":
@@ -253,7 +282,7 @@ class RunConfig:
         return cls.from_dict(d, base_dir=p.resolve().parent)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "out": self.out, "data": dataclasses.asdict(self.data),
+        return {"name": self.name, "out": self.out, "model_module": self.model_module, "data": dataclasses.asdict(self.data),
                 "twin": self.twin.to_dict(), "trainer": dataclasses.asdict(self.trainer),
                 "estimation": dataclasses.asdict(self.estimation)}
 
@@ -261,3 +290,37 @@ class RunConfig:
         """A copy with some trainer settings changed (``None`` values are ignored), e.g. from the CLI."""
         changes = {k: v for k, v in changes.items() if v is not None}
         return dataclasses.replace(self, trainer=dataclasses.replace(self.trainer, **changes))
+
+
+def import_model_module(name: str, base_dir=None) -> None:
+    """Import the module that registers a run's custom models: a dotted module name (``mypkg.models``) or the path
+    of a ``.py`` file (relative paths from ``base_dir``, the config's folder). ValueError if it cannot be imported."""
+    import importlib
+    import importlib.util
+    import sys
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model_module must be a module name (mypkg.models) or a .py file, got {name!r}")
+    if name.endswith(".py"):
+        path = Path(name)
+        if not path.is_absolute() and base_dir is not None:
+            path = Path(base_dir) / path
+        if not path.is_file():
+            raise ValueError(f"model_module: no such file {path}")
+        key = f"hybridtwin_user_models_{abs(hash(str(path.resolve())))}"
+        if key in sys.modules:
+            return
+        spec = importlib.util.spec_from_file_location(key, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[key]
+            raise ValueError(f"model_module {path} failed to import: {type(exc).__name__}: {exc}") from None
+        return
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        raise ValueError(f"model_module {name!r} cannot be imported ({exc}); is its package installed or on "
+                         f"PYTHONPATH?") from None

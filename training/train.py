@@ -33,6 +33,7 @@ Example
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import signal
@@ -53,19 +54,44 @@ from .module import TwinModule, evaluate
 
 
 def load_data(spec: DataSpec, twin_model: str) -> CohortData:
-    """The cohort a :class:`DataSpec` describes (a simulated virtual cohort, or validated CSV tables)."""
+    """The cohort a :class:`DataSpec` describes (a simulated virtual cohort, validated CSV tables or a named
+    public data set), with its observables mapped onto the model's (``spec.observables``)."""
+    from hybridtwin.data import map_observables
+
     if spec.source == "virtual":
         from hybridtwin.virtual.cohort import make_virtual_cohort
 
-        return make_virtual_cohort(spec.model or twin_model, n_subjects=spec.n_subjects, n_cohorts=spec.n_cohorts,
+        data = make_virtual_cohort(spec.model or twin_model, n_subjects=spec.n_subjects, n_cohorts=spec.n_cohorts,
                                    seed=spec.seed, **spec.options)
-    folder = Path(spec.path)
-    if not (folder / "observations.csv").is_file():
-        raise ValueError(f"data.path {folder} has no observations.csv (expected observations.csv and optionally "
-                         "doses.csv, covariates.csv, as written by `hybridtwin cohort`)")
-    tables = {n: pd.read_csv(folder / f"{n}.csv") if (folder / f"{n}.csv").is_file() else None
-              for n in ("observations", "doses", "covariates")}
-    return validate(tables["observations"], tables["doses"], tables["covariates"], model=twin_model)
+    elif spec.source == "csv":
+        folder = Path(spec.path)
+        if not (folder / "observations.csv").is_file():
+            raise ValueError(f"data.path {folder} has no observations.csv (expected observations.csv and optionally "
+                             "doses.csv, covariates.csv, as written by `hybridtwin cohort`)")
+        tables = {n: pd.read_csv(folder / f"{n}.csv") if (folder / f"{n}.csv").is_file() else None
+                  for n in ("observations", "doses", "covariates")}
+        data = validate(tables["observations"], tables["doses"], tables["covariates"])
+    else:
+        from hybridtwin.datasets import load
+
+        data = load(spec.source, spec.path)
+    data = map_observables(data, dict(spec.observables), model=twin_model)
+    from hybridtwin import models as _models
+
+    model = _models.get(twin_model)
+    known = {*model.observable_names, *model.all_state_names}
+    missing = sorted(set(data.observables) - known)
+    if missing:
+        raise ValueError(f"the data's observable(s) {missing} are not computed by model {model.name!r} (its "
+                         f"observables: {list(model.observable_names)}); map them in the config, e.g. "
+                         f"data: {{observables: {{{missing[0]}: {model.observable_names[0]}}}}} when the units agree")
+    if spec.source == "virtual" and not spec.observables:
+        return data  # validated by the generator; keeps its ground truth
+    # checked against the model now that the names agree; provenance and what the loader excluded are kept
+    checked = validate(data.observations, data.doses, data.covariates, model=twin_model)
+    kept = {k: v for k, v in data.report.items() if k in ("excluded", "observable_mapping")}
+    return dataclasses.replace(checked, report={**checked.report, **kept}, meta=dict(data.meta),
+                               true_parameters=data.true_parameters, trajectories=data.trajectories)
 
 
 def _strategy(name: str) -> str:
@@ -352,7 +378,7 @@ def _train_vi(cfg: RunConfig, resume: bool, guard: _SignalGuard):
                         gradient_clip_val=ts.gradient_clip_val, deterministic=ts.deterministic, callbacks=callbacks,
                         logger=_loggers(run_dir), default_root_dir=str(run_dir), log_every_n_steps=ts.log_every_n_steps,
                         enable_progress_bar=ts.progress_bar, enable_model_summary=ts.progress_bar,
-                        use_distributed_sampler=False)
+                        use_distributed_sampler=False, max_time=ts.max_time)
     dm.setup("fit")
     val_eval = dict(batch_size=ts.batch_size, seed=ts.seed, n_samples=ts.val_n_samples or ts.n_samples)
     initial = evaluate(twin, dm.datasets["val"], **val_eval) if not resume else None
