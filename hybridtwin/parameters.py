@@ -146,12 +146,28 @@ class Parameter:
         return f"in {left}{lo:g}, {hi:g}{right}" + (" and finite" if math.isinf(lo) or math.isinf(hi) else "")
 
     def constrain(self, z: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`to_unconstrained`."""
-        if self.transform == "log":
-            return torch.exp(z)
+        """Inverse of :meth:`to_unconstrained`. The declared bounds are hard limits: a value beyond one (an
+        unconstrained ``z`` past :meth:`unconstrained_bounds`, e.g. a wide posterior's tail) is held at the bound,
+        so simulations, fits and reported intervals never use a value the model declares impossible."""
         if self.transform == "logit":
             return self.lower + (self.upper - self.lower) * torch.sigmoid(z)
-        return z
+        x = torch.exp(z) if self.transform == "log" else z
+        lo = self.lower if self.lower is not None and not (self.transform == "log" and self.lower <= 0) else None
+        if lo is None and self.upper is None:
+            return x
+        return torch.clamp(x, min=lo, max=self.upper)
+
+    def unconstrained_bounds(self) -> tuple[float, float]:
+        """The declared bounds on the unconstrained scale (``-inf``/``inf`` where open; a logit parameter's are
+        never reached)."""
+        if self.transform == "logit":
+            return -math.inf, math.inf
+        lo = -math.inf if self.lower is None else float(self.lower)
+        hi = math.inf if self.upper is None else float(self.upper)
+        if self.transform == "log":
+            lo = math.log(lo) if lo > 0 else -math.inf
+            hi = math.log(hi) if hi < math.inf else math.inf
+        return lo, hi
 
 
 @dataclass(frozen=True)

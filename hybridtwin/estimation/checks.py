@@ -126,12 +126,8 @@ def degeneracy_checks(twin, data: CohortData | Batch, fit=None, emit: bool = Tru
         post = fit.posterior_mean
         for j, name in enumerate(twin.patient_names):
             p = space[name]
-            v = p.constrain(post[:, j])
-            out = torch.zeros_like(v, dtype=torch.bool)
-            if p.lower is not None:
-                out |= v < p.lower
-            if p.upper is not None:
-                out |= v > p.upper
+            zlo, zhi = p.unconstrained_bounds()  # compared unconstrained: constrain() holds values at the bounds
+            out = (post[:, j] < zlo) | (post[:, j] > zhi)
             share = float(out.double().mean())
             if share > 0.05:
                 found.append(dict(check="at_bound", parameter=name, share_outside=share,
