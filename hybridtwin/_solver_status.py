@@ -17,7 +17,7 @@ class Status(IntEnum):
     TIME_BUDGET = 5
 
 
-NATIVE_METHODS = ("dopri5", "rk4")
+NATIVE_METHODS = ("dopri5", "rk4", "rodas4", "auto")
 TORCHDIFFEQ_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "rk4", "midpoint", "euler",
                        "explicit_adams", "implicit_adams")
 FIXED_STEP = ("rk4", "midpoint", "euler", "explicit_adams", "implicit_adams")

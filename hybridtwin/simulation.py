@@ -153,7 +153,9 @@ def simulate(
         state, a drug compartment or an intervention name of the model.
     rtol, atol: tolerances (``atol`` defaults to ``rtol * 1e-4`` times each state's initial magnitude, at least
         ``1e-12``).
-    method, dt: ``"dopri5"`` (adaptive) or ``"rk4"`` with step ``dt``.
+    method, dt: ``"dopri5"`` (adaptive), ``"rk4"`` with step ``dt``, ``"rodas4"`` (adaptive L-stable Rosenbrock,
+        for stiff parameter values) or ``"auto"`` (dopri5, switching the subjects it detects as stiff to rodas4;
+        the others keep their dopri5 results bit for bit). See :mod:`hybridtwin.solve`.
     dtype, device: computation precision (float64 by default) and device.
     batch_size: subjects solved together; larger cohorts are split, with a progress bar.
     max_steps: per-subject limit on attempted solver steps (a positive integer); a subject that reaches it
