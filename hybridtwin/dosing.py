@@ -383,6 +383,17 @@ class BatchSchedule:
         """The schedules of a subset of subjects."""
         return BatchSchedule(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
 
+    def shifted(self, delta: torch.Tensor) -> "BatchSchedule":
+        """Every subject's dose times moved by its ``delta`` (B,) (padding stays at ``inf``); times that would
+        fall before 0 are held at 0 (a dose before the model's clock starts enters at its start)."""
+        d = delta[:, None].to(self.bolus_time.dtype)
+
+        def move(t):
+            return torch.where(torch.isfinite(t), torch.clamp(t + d, min=0.0), t)
+
+        return BatchSchedule(move(self.bolus_time), self.bolus_amount, self.bolus_target, move(self.inf_start),
+                             move(self.inf_end), self.inf_rate, self.inf_target)
+
     def to(self, dtype=None, device=None) -> "BatchSchedule":
         def conv(x):
             if x.dtype == torch.long:

@@ -143,9 +143,9 @@ def _tables(twin, covariates: pd.DataFrame, observations, doses,
     dropped = ["cohort"] if "cohort" in covariates.columns and not cohort_is_covariate else []
     dropped += [c for c in extra if c != "cohort"]
     data = CohortData(obs, dose_table, covariates.drop(columns=dropped), {})
-    check_min_time(obs, 0.0, "observations")  # the model's clock starts at 0: name the subjects, fail early
+    check_min_time(obs, twin.min_data_time, "observations")  # before the model's clock: name the subjects, fail early
     if len(dose_table):
-        check_min_time(dose_table, 0.0, "doses")
+        check_min_time(dose_table, twin.min_data_time, "doses")
     ds = SubjectDataset(data, model=twin.model, preprocessor=twin.preprocessor, observables=list(twin.config.observables),
                         cohorts=known, dtype=twin.dtype, subjects=ids, subject_cohorts=cohorts)
     return ds, ids
@@ -382,8 +382,9 @@ def predict(twin, covariates: pd.DataFrame, observations: pd.DataFrame | None = 
         rows = times[["subject_id", "time", "observable"]].copy()
     else:
         grid = np.asarray(times, dtype=float)
-        if grid.ndim != 1 or not np.isfinite(grid).all() or (grid < 0).any():
-            raise ValueError("times must be a 1-D grid of finite times >= 0 or a table of prediction rows")
+        if grid.ndim != 1 or not np.isfinite(grid).all() or (grid < twin.min_data_time).any():
+            raise ValueError(f"times must be a 1-D grid of finite times >= {twin.min_data_time:g} or a table of "
+                             "prediction rows")
         rows = pd.DataFrame([(s, t, o) for s in ids for t in grid for o in obs_names], columns=["subject_id", "time", "observable"])
     pbatch, rows = _grid_batch(batch, rows, ids, obs_names)
     gen = torch.Generator().manual_seed(seed)

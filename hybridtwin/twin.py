@@ -49,6 +49,7 @@ from .data.dataset import random_prefix_mask
 from .data.dataset import Batch
 from .neural import MechanisticDynamics, NeuralClosure, NeuralODEDynamics, PatientEncoder
 from .losses import normal_kl
+from .models import time_offset as _time_offset
 from .observation import CALIBRATIONS, ObservationModel
 from .solve import SolverConfig, Status, solve
 
@@ -94,6 +95,12 @@ class TwinConfig:
     noise_sd_init: ``{observable: initial noise SD}`` (additive SD, or the proportional coefficient for
         ``proportional`` noise); learn_noise: whether the noise SDs are estimated (False keeps them at the
         initial values).
+    time_offset: ``None`` (data on the model's clock, t = 0 at infection), or a mapping (``{}`` for the defaults)
+        that adds the patient parameter ``t_offset`` -- the time from infection to the data's day 0 -- with
+        ``typical`` (default 5.1 days), ``omega`` (its initial between-patient SD, default 0.418) and bounds
+        ``lower``/``upper`` (0.05 / 30 days); the defaults are the SARS-CoV-2 incubation period (Lauer et al.
+        2020), for data timed from symptom onset. See :mod:`hybridtwin.models.time_offset`. Data may then have
+        negative days (down to ``-upper``).
     """
 
     model: str
@@ -122,10 +129,16 @@ class TwinConfig:
     cohort_effects: tuple = ()
     noise_sd_init: dict = field(default_factory=dict)
     learn_noise: bool = True
+    time_offset: dict | None = None
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
         model = _models.get(self.model)
+        if self.time_offset is not None:
+            opts = check_keys(self.time_offset, list(_time_offset.DEFAULTS), "time_offset")
+            opts = {**_time_offset.DEFAULTS, **{k: check_positive(v, f"time_offset.{k}") for k, v in opts.items()}}
+            model = _time_offset.with_time_offset(model, opts["typical"], opts["lower"], opts["upper"])
+            set_("time_offset", opts)
         # the typed sections first: a misspelt key or value raises here, naming it
         if isinstance(self.closures, (str, Mapping, ClosureConfig)) or not isinstance(self.closures, Iterable):
             raise ValueError(f"closures must be a list of closure settings (mappings or ClosureConfig), "
@@ -198,6 +211,15 @@ class TwinConfig:
         set_("covariate_reference", {str(k): str(v) for k, v in
                                      check_mapping(self.covariate_reference, "covariate_reference").items()})
 
+    def resolved_model(self):
+        """The :class:`~hybridtwin.Model` the twin integrates: ``model``, with ``t_offset`` when ``time_offset``
+        is set."""
+        model = _models.get(self.model)
+        if self.time_offset is None:
+            return model
+        o = self.time_offset
+        return _time_offset.with_time_offset(model, o["typical"], o["lower"], o["upper"])
+
     def to_dict(self) -> dict:
         """Plain lists and dicts (JSON/YAML-ready), the format stored in a twin's card."""
         d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
@@ -246,9 +268,10 @@ class HybridTwin(nn.Module):
         super().__init__()
         self.config = config
         if config.black_box is not None:
-            self.dynamics = NeuralODEDynamics(config.model, **config.black_box.to_dict())
+            self.dynamics = NeuralODEDynamics(config.resolved_model(), **config.black_box.to_dict())
         else:
-            self.dynamics = MechanisticDynamics(config.model, [NeuralClosure(**c.to_dict()) for c in config.closures])
+            self.dynamics = MechanisticDynamics(config.resolved_model(),
+                                                [NeuralClosure(**c.to_dict()) for c in config.closures])
         model = self.dynamics.model
         self.model = model
         space = model.parameter_space
@@ -276,6 +299,9 @@ class HybridTwin(nn.Module):
         C, Pp = len(self.covariate_names), len(self.patient_names)
         self.beta = nn.Parameter(torch.zeros(Pp, C), requires_grad=config.covariate_effects)
         self.log_omega = nn.Parameter(torch.full((Pp,), math.log(config.omega_init)))
+        if config.time_offset is not None and _time_offset.TIME_OFFSET in self.patient_names:
+            with torch.no_grad():
+                self.log_omega[self.patient_names.index(_time_offset.TIME_OFFSET)] = math.log(config.time_offset["omega"])
         self.encoder = PatientEncoder(C, Pp, len(config.observables), max(1, len(self.cohort_names)),
                                       len(model.all_state_names), **config.encoder.to_dict())
         n_coh = max(1, len(self.cohort_names))
@@ -327,15 +353,20 @@ class HybridTwin(nn.Module):
 
         The twin's model starts at time 0 (infection, first dose): observations or doses at negative times
         (a data clock such as days from symptom onset) are refused here, naming the subjects, before any
-        fitting starts -- shift them to the model's clock first."""
+        fitting starts -- shift them to the model's clock first, or give the twin a ``time_offset``."""
         from .data.schema import check_min_time
 
-        check_min_time(data.observations, 0.0, "observations")
+        check_min_time(data.observations, self.min_data_time, "observations")
         if len(data.doses):
-            check_min_time(data.doses, 0.0, "doses")
+            check_min_time(data.doses, self.min_data_time, "doses")
         return SubjectDataset(data, model=self.model, preprocessor=self.preprocessor,
                               observables=list(self.config.observables), cohorts=self.cohort_names or None,
                               dtype=self.dtype)
+
+    @property
+    def min_data_time(self) -> float:
+        """The earliest data time this twin accepts: 0 (the model's clock), or ``-upper`` of a ``time_offset``."""
+        return 0.0 if self.config.time_offset is None else -float(self.config.time_offset["upper"])
 
     # -- distributions ----------------------------------------------------------------------------------------------
     def prior(self, covariates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -385,9 +416,14 @@ class HybridTwin(nn.Module):
         Returns ``g`` (repeats*B, T) (0 where the row is padding or the solve failed) and the solve status."""
         B = len(batch)
         idx = torch.arange(B, device=batch.times.device).repeat(repeats)
-        times, mask = batch.times.repeat(repeats, 1), batch.mask.repeat(repeats, 1)
+        times, mask = batch.times.repeat(repeats, 1).to(theta.dtype), batch.mask.repeat(repeats, 1)
+        schedule = batch.schedule.select(idx)
+        if self.config.time_offset is not None:  # data clock -> model clock, per patient (see models.time_offset)
+            shift = theta[:, self.model.parameter_names.index(_time_offset.TIME_OFFSET)]
+            times = _time_offset.shift_to_model_clock(times, shift)
+            schedule = schedule.shifted(shift)
         y0 = self.model.initial_state(theta)
-        sol = solve(self.dynamics, y0, times.to(theta.dtype), theta, schedule=batch.schedule.select(idx), mask=mask,
+        sol = solve(self.dynamics, y0, times, theta, schedule=schedule, mask=mask,
                     config=self.solver_config, state_names=self.model.all_state_names)
         ys = torch.nan_to_num(sol.ys, nan=0.0)
         obs = self.model.observe(ys, theta[:, None, :])

@@ -1,0 +1,85 @@
+"""A per-patient time offset (infection -> data day 0): data on any day axis, negative days included."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import hybridtwin as ht
+from hybridtwin.data import validate
+from hybridtwin.models.time_offset import TIME_OFFSET, with_time_offset
+from hybridtwin.twin import HybridTwin, TwinConfig
+
+
+def _onset_data(offsets=(4.0, 6.5), times=(-2.0, 0.0, 3.0, 8.0)):
+    """Viral loads on a 'days from symptom onset' axis (negative days before onset)."""
+    rows = [(f"p{i}", t, "log10_V", 5.0, "study_a") for i in range(len(offsets)) for t in times]
+    obs = pd.DataFrame(rows, columns=["subject_id", "time", "observable", "value", "cohort"])
+    cov = pd.DataFrame({"subject_id": [f"p{i}" for i in range(len(offsets))], "age": [40.0, 60.0]})
+    return validate(obs, None, cov)
+
+
+def test_twin_reads_each_patient_at_its_own_shifted_time():
+    data = _onset_data()
+    cfg = TwinConfig(model="sarscov2_cd8", time_offset={}, covariate_effects=False,
+                     solver={"rtol": 1e-10, "atol": 1e-12})
+    twin = HybridTwin.from_data(cfg, data)
+    assert TIME_OFFSET in twin.patient_names and twin.min_data_time == -30.0
+    omega = dict(zip(twin.patient_names, twin.log_omega.detach().exp().tolist()))
+    assert omega[TIME_OFFSET] == pytest.approx(0.418)  # the incubation-period SD starts the estimation
+    batch = twin.dataset(data).batch()
+    names = twin.model.parameter_names
+    with torch.no_grad():
+        z = twin.prior(batch.covariates)[0].clone()
+    z[:, twin.patient_names.index(TIME_OFFSET)] = torch.log(torch.tensor([4.0, 6.5], dtype=z.dtype))
+    with torch.no_grad():
+        theta = twin.theta(z, batch.cohort)
+        g, status = twin.observables_at(theta, batch)
+    assert (status == 0).all()
+    base = ht.models.get("sarscov2_cd8")
+    for b, off in enumerate((4.0, 6.5)):
+        params = {n: float(theta[b, names.index(n)]) for n in base.parameter_names}
+        times = np.array([-2.0, 0.0, 3.0, 8.0]) + off
+        ref = ht.simulate("sarscov2_cd8", times, params=params, rtol=1e-10)["log10_V"].to_numpy()
+        np.testing.assert_allclose(g[b].numpy(), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_negative_days_need_a_time_offset_and_bounds_are_checked():
+    data = _onset_data()
+    plain = HybridTwin.from_data(TwinConfig(model="sarscov2_cd8", covariate_effects=False), data)
+    with pytest.raises(ValueError, match=r"negative|before|>= 0"):
+        plain.dataset(data)
+    with pytest.raises(ValueError, match="time_offset needs 0 < lower < typical < upper"):
+        TwinConfig(model="sarscov2_cd8", time_offset={"typical": 40.0})
+    with pytest.raises(ValueError, match=r"did you mean 'typical'"):
+        TwinConfig(model="sarscov2_cd8", time_offset={"typicl": 4.0})
+    cfg = TwinConfig(model="sarscov2_cd8", time_offset={"upper": 20.0}, cohort_effects=[TIME_OFFSET])
+    assert TwinConfig.from_dict(cfg.to_dict()) == cfg and cfg.resolved_model().name == "sarscov2_cd8+t_offset"
+    twin = HybridTwin.from_data(cfg, data)
+    assert twin.min_data_time == -20.0
+    early = _onset_data(times=(-25.0, 1.0))
+    with pytest.raises(ValueError, match="-20"):
+        twin.dataset(early)
+
+
+def test_a_dose_on_the_data_clock_enters_at_offset_plus_its_day():
+    base = with_time_offset("baccam2006")
+    assert base.parameter_names[-1] == TIME_OFFSET and "antiviral" in base.interventions
+    obs = pd.DataFrame({"subject_id": "p0", "time": [-1.0, 1.0, 2.0, 4.0], "observable": "log10_V", "value": 3.0})
+    doses = pd.DataFrame({"subject_id": ["p0"], "time": [0.5], "amount": [1.0], "target": ["antiviral"]})
+    data = validate(obs, doses, pd.DataFrame({"subject_id": ["p0"]}))
+    twin = HybridTwin.from_data(TwinConfig(model="baccam2006", time_offset={"typical": 2.0, "upper": 10.0},
+                                           covariate_effects=False, solver={"rtol": 1e-10, "atol": 1e-12}), data)
+    batch = twin.dataset(data).batch()
+    with torch.no_grad():
+        theta = twin.theta(twin.prior(batch.covariates)[0], batch.cohort)
+        g, status = twin.observables_at(theta, batch)
+    names = twin.model.parameter_names
+    off = float(theta[0, names.index(TIME_OFFSET)])
+    assert off == pytest.approx(2.0)
+    params = {n: float(theta[0, names.index(n)]) for n in ht.models.get("baccam2006").parameter_names}
+    ref = ht.simulate("baccam2006", np.array([-1.0, 1.0, 2.0, 4.0]) + off, params=params, rtol=1e-10,
+                      doses=[ht.Dose(time=0.5 + off, amount=1.0, target="antiviral")])["log10_V"].to_numpy()
+    np.testing.assert_allclose(g[0].numpy(), ref, rtol=1e-6, atol=1e-6)
