@@ -69,5 +69,5 @@ def test_estimation_real_tiny(tmp_path, shared_data):
     r = estimation_real.main(n_subjects=30, path=shared_data / "challenger2022_covid_vl_combined", out=tmp_path,
                              saem=dict(n_explore=3, n_smooth=2, n_fisher=4, init_steps=2),
                              amortise=dict(n_simulations=60, epochs=1, batch_size=30))["result"]
-    assert r["n_subjects"] == 30 and r["noise_sd"] > 0 and set(r["omega"]) == {"p", "c_T", "V0"}
+    assert r["n_subjects"] == 30 and r["noise_sd"] > 0 and set(r["omega"]) == {"p", "c_T", "t_offset"}
     assert (tmp_path / "estimation_challenger.png").exists()
