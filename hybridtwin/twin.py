@@ -97,10 +97,12 @@ class TwinConfig:
         initial values).
     time_offset: ``None`` (data on the model's clock, t = 0 at infection), or a mapping (``{}`` for the defaults)
         that adds the patient parameter ``t_offset`` -- the time from infection to the data's day 0 -- with
-        ``typical`` (default 5.1 days), ``omega`` (its initial between-patient SD, default 0.418) and bounds
+        ``typical`` (default 5.1 days), ``omega`` (between-patient SD on the log scale, default 0.418) and bounds
         ``lower``/``upper`` (0.05 / 30 days); the defaults are the SARS-CoV-2 incubation period (Lauer et al.
-        2020), for data timed from symptom onset. See :mod:`hybridtwin.models.time_offset`. Data may then have
-        negative days (down to ``-upper``).
+        2020), for data timed from symptom onset. By default this population distribution is a known prior
+        (each patient's offset is estimated, the distribution is not); ``estimate_population: true`` estimates
+        its typical value, SD and covariate effects as well. See :mod:`hybridtwin.models.time_offset`. Data may
+        then have negative days (down to ``-upper``).
     """
 
     model: str
@@ -135,8 +137,10 @@ class TwinConfig:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
         model = _models.get(self.model)
         if self.time_offset is not None:
-            opts = check_keys(self.time_offset, list(_time_offset.DEFAULTS), "time_offset")
-            opts = {**_time_offset.DEFAULTS, **{k: check_positive(v, f"time_offset.{k}") for k, v in opts.items()}}
+            opts = check_keys(self.time_offset, [*_time_offset.DEFAULTS, "estimate_population"], "time_offset")
+            estimate = check_bool(opts.pop("estimate_population", False), "time_offset.estimate_population")
+            opts = {**_time_offset.DEFAULTS, **{k: check_positive(v, f"time_offset.{k}") for k, v in opts.items()},
+                    "estimate_population": estimate}
             model = _time_offset.with_time_offset(model, opts["typical"], opts["lower"], opts["upper"])
             set_("time_offset", opts)
         # the typed sections first: a misspelt key or value raises here, naming it
@@ -299,9 +303,21 @@ class HybridTwin(nn.Module):
         C, Pp = len(self.covariate_names), len(self.patient_names)
         self.beta = nn.Parameter(torch.zeros(Pp, C), requires_grad=config.covariate_effects)
         self.log_omega = nn.Parameter(torch.full((Pp,), math.log(config.omega_init)))
+        #: patient parameters whose population distribution is known, not estimated: {index: (mu, log omega)}
+        self.known_population = {}
         if config.time_offset is not None and _time_offset.TIME_OFFSET in self.patient_names:
+            j = self.patient_names.index(_time_offset.TIME_OFFSET)
             with torch.no_grad():
-                self.log_omega[self.patient_names.index(_time_offset.TIME_OFFSET)] = math.log(config.time_offset["omega"])
+                self.log_omega[j] = math.log(config.time_offset["omega"])
+            if not config.time_offset["estimate_population"]:
+                self.known_population[j] = (float(self.mu[j].detach()), float(self.log_omega[j].detach()))
+                keep = torch.ones(Pp, dtype=self.mu.dtype)
+                keep[j] = 0.0
+                # gradient-based training (Lightning, the pooled start) leaves the known distribution alone
+                self.mu.register_hook(lambda g, k=keep: g * k.to(g.dtype))
+                self.log_omega.register_hook(lambda g, k=keep: g * k.to(g.dtype))
+                if config.covariate_effects:
+                    self.beta.register_hook(lambda g, k=keep: g * k.to(g.dtype)[:, None])
         self.encoder = PatientEncoder(C, Pp, len(config.observables), max(1, len(self.cohort_names)),
                                       len(model.all_state_names), **config.encoder.to_dict())
         n_coh = max(1, len(self.cohort_names))
@@ -362,6 +378,15 @@ class HybridTwin(nn.Module):
         return SubjectDataset(data, model=self.model, preprocessor=self.preprocessor,
                               observables=list(self.config.observables), cohorts=self.cohort_names or None,
                               dtype=self.dtype)
+
+    def restore_known_population(self) -> None:
+        """Put back the population distribution of parameters whose distribution is known (``time_offset``
+        without ``estimate_population``): typical value, SD and no covariate effects. Closed-form M-steps call it."""
+        with torch.no_grad():
+            for j, (mu, log_omega) in self.known_population.items():
+                self.mu[j] = mu
+                self.log_omega[j] = log_omega
+                self.beta[j].zero_()
 
     @property
     def min_data_time(self) -> float:

@@ -83,3 +83,30 @@ def test_a_dose_on_the_data_clock_enters_at_offset_plus_its_day():
     ref = ht.simulate("baccam2006", np.array([-1.0, 1.0, 2.0, 4.0]) + off, params=params, rtol=1e-10,
                       doses=[ht.Dose(time=0.5 + off, amount=1.0, target="antiviral")])["log10_V"].to_numpy()
     np.testing.assert_allclose(g[0].numpy(), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_known_offset_distribution_stays_put_under_saem_and_gradients_unless_estimated():
+    from hybridtwin.estimation import SAEMConfig
+    from hybridtwin.estimation.fisher import set_uncertainty
+    from hybridtwin.estimation.saem import fit_saem
+    from hybridtwin.virtual import make_virtual_cohort
+
+    data = make_virtual_cohort("sarscov2_cd8", n_subjects=12, n_cohorts=1, seed=0)
+    cfg = dict(model="sarscov2_cd8", time_offset={}, fixed=("K_V", "k_T", "delta_T", "r", "V0", "c_T"),
+               population=("c",), solver={"rtol": 1e-5, "atol": 1e-6, "max_steps": 4000})
+    twin = HybridTwin.from_data(TwinConfig(**cfg), data)
+    j = twin.patient_names.index(TIME_OFFSET)
+    fit = fit_saem(twin, data, SAEMConfig(n_explore=3, n_smooth=2, n_fisher=4, init_steps=3, progress=False))
+    assert float(twin.mu[j].exp()) == pytest.approx(5.1) and float(twin.log_omega[j].exp()) == pytest.approx(0.418)
+    assert float(twin.beta[j].abs().sum()) == 0.0
+    assert float(twin.mu[1 - j]) != pytest.approx(math.log(6.0))  # the other patient parameter (p) moved
+    set_uncertainty(twin, fit)
+    assert not any(TIME_OFFSET in n for n in twin.uncertainty["names"] if n.startswith(("mu[", "log_omega[", "beta[")))
+    # gradient training (the Lightning ELBO, the pooled start) cannot move it either
+    loss = (twin.mu**2).sum() + (twin.log_omega**2).sum() + (twin.beta**2).sum()
+    loss.backward()
+    assert float(twin.mu.grad[j]) == 0.0 and float(twin.log_omega.grad[j]) == 0.0
+    estimated = HybridTwin.from_data(TwinConfig(**{**cfg, "time_offset": {"estimate_population": True}}), data)
+    assert estimated.known_population == {}
+    with pytest.raises(ValueError, match="estimate_population"):
+        TwinConfig(**{**cfg, "time_offset": {"estimate_population": "yes"}})

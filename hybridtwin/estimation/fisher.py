@@ -36,13 +36,15 @@ def population_columns(twin) -> list[dict]:
     """
     cols = []
     covs = twin.covariate_names if twin.config.covariate_effects else []
-    for j, p in enumerate(twin.patient_names):
+    known = getattr(twin, "known_population", {})  # a known distribution (e.g. the incubation period) is not estimated
+    estimated = [(j, p) for j, p in enumerate(twin.patient_names) if j not in known]
+    for j, p in estimated:
         cols.append(dict(name=f"mu[{p}]", kind="typical", parameter=p, tensor="mu", index=(j,)))
-    for j, p in enumerate(twin.patient_names):
+    for j, p in estimated:
         for c, cov in enumerate(covs):
             cols.append(dict(name=f"beta[{p}, {cov}]", kind="effect", parameter=p, covariate=cov, tensor="beta",
                              index=(j, c)))
-    for j, p in enumerate(twin.patient_names):
+    for j, p in estimated:
         cols.append(dict(name=f"log_omega[{p}]", kind="omega", parameter=p, tensor="log_omega", index=(j,)))
     for j, p in enumerate(twin.population_names):
         cols.append(dict(name=f"mu_population[{p}]", kind="population", parameter=p, tensor="mu_population",

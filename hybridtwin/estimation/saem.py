@@ -282,6 +282,7 @@ def _em_step(twin, acc, chains, phi, X, XtX, N, D, ridge, cfg, k, gamma, stats) 
         if D > 1:
             twin.beta.copy_(coef[1:].T)
         twin.log_omega.copy_(torch.log(omega))
+    twin.restore_known_population()
     if phi:  # Fisher scoring along E[grad log p(y, z)] for the parameters without random effects
         S = acc.scores(chains.z, chains.g, chains.ok)[0][:, phi]
         grad, info = S.sum(0), S.T @ S
@@ -358,6 +359,7 @@ def fit_saem(twin, data: CohortData | Batch, config: SAEMConfig | None = None, p
         _pooled_start(twin, batch, cfg.init_steps, show)
     with torch.no_grad():
         twin.log_omega.copy_(torch.maximum(twin.log_omega, torch.full_like(twin.log_omega, math.log(cfg.omega_start))))
+    twin.restore_known_population()  # a known distribution (e.g. the incubation period) is not annealed either
     from .fisher import ScoreAccumulator
 
     acc = ScoreAccumulator(twin, batch, X)
