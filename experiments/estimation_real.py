@@ -16,7 +16,7 @@ onset, the model's day 0 is infection):
   Lauer et al. 2020; a known prior, not estimated), random effects on ``p``, ``c_T`` and ``t_offset``; the
   inoculum ``V0`` stays at the published 0.31 copies/ml (with free per-patient timing, V0 and t_offset would
   trade off); the carrying capacity ``K_V`` is estimated (population-level): the published 1e11 copies/ml
-  comes from sputum-rich data, these swabs peak near 1e7-1e9;
+  belongs to the paper's own patients and samples, these swabs peak near 1e7-1e9;
 - ``time_offset=False``: every patient infected 3 days before onset (the model's own convention), random
   effects on ``p``, ``c_T`` and ``V0`` (the former design).
 
@@ -47,8 +47,8 @@ TWIN = dict(model="sarscov2_cd8", population=("c",), fixed=("K_V", "k_T", "delta
             covariate_scaling={"age": (50.0, 10.0)},
             solver={"rtol": 1e-5, "atol": 1e-6, "max_steps": 4000})
 #: the per-patient time-offset design (see the module docstring); the carrying capacity K_V is estimated
-#: (population-level, inside its declared range): the published 1e11 copies/ml came from sputum-rich data
-#: (Woelfel et al. 2020) while these upper-respiratory swabs peak around 1e7-1e9
+#: (population-level, inside its declared range): the published 1e11 copies/ml belongs to the paper's own
+#: patients and samples, while these upper-respiratory swabs peak around 1e7-1e9
 TWIN_OFFSET = {**TWIN, "fixed": ("k_T", "delta_T", "r", "V0"), "population": ("c", "K_V"), "time_offset": {}}
 
 

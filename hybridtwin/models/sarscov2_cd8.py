@@ -20,9 +20,9 @@ onset delay is a per-patient unknown (``TwinConfig(time_offset={})``).
 Identifiability: the T equation is linear in (T, T0), so scaling T0 by s scales T by s, and V depends on c_T and
 T0 only through c_T * T0 (checked: (c_T, T0) = (2e-8, 1e6) and (2e-10, 1e8) give log10 V equal to 1e-7). A
 fitted c_T is therefore only comparable with the published range together with the T0 it was fitted with;
-fit c_T with T0 fixed. The peak is capped by K_V: 1e11 (critical) was fitted to sputum-rich data (Woelfel et al.
-2020); upper-respiratory swab data such as challenger2022 peak near 1e7-1e9 copies/ml, so estimate K_V there
-(population-level, inside its declared range 1e6-1e14).
+fit c_T with T0 fixed. The peak is capped by K_V: the published 1e11 (critical) belongs to the paper's own
+patients and samples; the upper-respiratory swabs of challenger2022 peak near 1e7-1e9 copies/ml, so estimate
+K_V for such data (population-level, inside its declared range 1e6-1e14).
 """
 
 from __future__ import annotations
