@@ -20,10 +20,10 @@ quickstart: install
 	$(VENV)/bin/hybridtwin quickstart --out $(OUT)
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 test-all: install
-	$(PY) -m pytest -q -m "not gpu"
+	$(PY) -m pytest -q -n auto -m "not gpu"
 
 bench: install
 	$(PY) experiments/bench_solve.py

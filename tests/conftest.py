@@ -16,6 +16,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs ``-n auto``) each worker is one process per core: one torch thread
+    each, so workers do not oversubscribe the CPUs (results do not depend on the thread count)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def shared_data_dir() -> Path:
     env = os.environ.get("HYBRIDTWIN_SHARED_DATA")
     return Path(env) if env else ROOT.parent / "shared" / "data"
