@@ -11,8 +11,8 @@ Equations (time in days, V in RNA copies/ml)::
 
 Published constants: c = 2.4, k_T = 1.26e8, m = 2, delta_T = 0.01, K_V = 1e11 (critical; 1e12 severe),
 V0 = 0.31 (the paper starts the integration 3 days before symptom onset, so t = 0 here is day -3 of onset).
-p, c_T and r were fitted per patient (ranges p in [1, 10], c_T in [1e-10, 1e-7], r in [0.01, 1]; c_T's
-bound is widened here, see Identifiability): the
+p, c_T and r were fitted per patient (ranges p in [1, 10], c_T in [1e-10, 1e-7], r in [0.01, 1]; the bounds
+of p and c_T are widened here, see below): the
 defaults below are hybridtwin's representative values inside those ranges, not published fits, and T0 = 1e6
 is our choice. With these defaults V peaks near 6e10 copies/ml around day 9 (about 6 days after onset) and is
 cleared by day ~21 as the CD8+ pool expands ~400-fold. For real data indexed by days since symptom onset the
@@ -24,7 +24,11 @@ fitted c_T is therefore only comparable with the published range together with t
 fit c_T with T0 fixed. Because T0 = 1e6 is our choice, not the paper's, c_T's declared upper bound is widened
 from the published 1e-7 to 1e-4 (a killing rate c_T*T0 of up to 100/day at the homeostatic T-cell level): held
 to 1e-7, a fit of challenger2022 with a per-patient incubation period pins c_T at that bound for every
-patient (experiments/results/estimation_challenger*.md). The peak is capped by K_V: the published 1e11 (critical) belongs to the paper's own
+patient (experiments/results/estimation_challenger*.md). The range p in [1, 10] was the paper's fitting box for
+its own patients; fitted to challenger2022 with the incubation-period prior (5.1 days from infection to onset)
+and V0 = 0.31 copies/ml, 73 % of the patients' conditional means of p sat above 10 (the population value at
+the bound), i.e. those data need faster early growth than the box allows; p's declared upper bound is
+therefore 100/day (a generous box, not a fitted value). The peak is capped by K_V: the published 1e11 (critical) belongs to the paper's own
 patients and samples; the upper-respiratory swabs of challenger2022 peak near 1e7-1e9 copies/ml, so estimate
 K_V for such data (population-level, inside its declared range 1e6-1e14).
 """
@@ -43,7 +47,9 @@ CITATION = (
 
 def sarscov2_cd8() -> Model:
     params = [
-        Parameter("p", 6.0, 1.0, 10.0, unit="1/day", description="viral replication rate (ours, in the fitted range)"),
+        Parameter("p", 6.0, 1.0, 100.0, unit="1/day",
+                  description="viral replication rate (ours; published fitted range 1-10, widened to 100: see the "
+                              "module docstring)"),
         Parameter("K_V", 1e11, 1e6, 1e14, unit="copies/ml", role="population",
                   description="viral carrying capacity (1e11 critical, 1e12 severe)"),
         Parameter("c_T", 2e-8, 1e-10, 1e-4, unit="1/(cell day)",
