@@ -110,3 +110,16 @@ def test_known_offset_distribution_stays_put_under_saem_and_gradients_unless_est
     assert estimated.known_population == {}
     with pytest.raises(ValueError, match="estimate_population"):
         TwinConfig(**{**cfg, "time_offset": {"estimate_population": "yes"}})
+
+
+def test_predict_accepts_the_data_day_axis_negative_days_included():
+    data = _onset_data()
+    twin = HybridTwin.from_data(TwinConfig(model="sarscov2_cd8", time_offset={}, covariate_effects=False), data)
+    traj, par = twin.predict(data.covariates, data.observations, None, times=[-2.0, 0.0, 5.0], n_samples=20)
+    assert sorted(traj["time"].unique().tolist()) == [-2.0, 0.0, 5.0] and traj["median"].notna().all()
+    assert TIME_OFFSET in set(par["parameter"])
+    with pytest.raises(ValueError, match=r">= -30"):
+        twin.predict(data.covariates, None, None, times=[-40.0, 0.0], n_samples=5)
+    plain = HybridTwin.from_data(TwinConfig(model="sarscov2_cd8", covariate_effects=False), data)
+    with pytest.raises(ValueError, match=r">= 0"):
+        plain.predict(data.covariates, None, None, times=[-2.0, 0.0], n_samples=5)
