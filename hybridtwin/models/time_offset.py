@@ -16,11 +16,13 @@ constraint.
 
 >>> from hybridtwin.models.time_offset import with_time_offset
 >>> m = with_time_offset("sarscov2_cd8")
->>> m.name, m.parameter_space["t_offset"].default, m.parameter_names[-1]
-('sarscov2_cd8+t_offset', 5.1, 't_offset')
+>>> m.name, m.parameter_space["t_offset"].default, m.parameter_names[-1], m is with_time_offset("sarscov2_cd8")
+('sarscov2_cd8+t_offset', 5.1, 't_offset', True)
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -34,10 +36,16 @@ DEFAULTS = {"typical": INCUBATION_MEDIAN_DAYS, "omega": INCUBATION_LOG_SD, "lowe
 
 def with_time_offset(model, typical: float = DEFAULTS["typical"], lower: float = DEFAULTS["lower"],
                      upper: float = DEFAULTS["upper"]) -> Model:
-    """``model`` with the patient parameter ``t_offset`` (see the module docstring); its name gets ``+t_offset``."""
+    """``model`` with the patient parameter ``t_offset`` (see the module docstring); its name gets ``+t_offset``.
+    The same base model and settings give the same Model object (built once: a twin's config and its dynamics
+    both ask for it)."""
     from . import get
 
-    base = get(model)
+    return _derived(get(model), float(typical), float(lower), float(upper))
+
+
+@functools.lru_cache(maxsize=32)
+def _derived(base: Model, typical: float, lower: float, upper: float) -> Model:
     if TIME_OFFSET in base.parameter_names:
         raise ValueError(f"model {base.name!r} already has a parameter named {TIME_OFFSET!r}")
     if not (0 < lower < typical < upper):
