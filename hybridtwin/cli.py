@@ -8,6 +8,7 @@ Examples::
     hybridtwin quickstart --out quickstart_output
     hybridtwin cohort vaccine_asc --subjects 600 --cohorts 3 --seed 0 --out cohort_vaccine
     hybridtwin train training/configs/vaccine_small.yaml --out checkpoints   # add --devices 2 --strategy ddp
+    hybridtwin report checkpoints/vaccine_small --data obs.csv --covariates cov.csv --doses doses.csv --out report/
 """
 
 from __future__ import annotations
@@ -332,6 +333,37 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .checkpoint import load, read_card
+    from .data import validate
+    from .diagnostics.credibility import credibility_report
+
+    _at_least(args.samples, 1, "--samples")
+    _at_least(args.replicates, 1, "--replicates")
+    try:
+        levels = tuple(float(x) for x in args.levels.split(","))
+    except ValueError:
+        raise ValueError(f"--levels must be comma-separated numbers in (0, 1), e.g. 0.5,0.9, got {args.levels!r}") from None
+    twin = load(args.checkpoint)
+    try:
+        obs = _read_table(args.data, "data")
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"--data {args.data} is empty: nothing to report on") from None
+    cov, doses = _read_table(args.covariates, "covariates"), _read_table(args.doses, "doses")
+    if "observable" in obs.columns:
+        unknown = sorted(set(obs["observable"].astype(str)) - set(twin.config.observables))
+        if unknown:
+            raise ValueError(f"--data has observable(s) {unknown} that this twin does not know "
+                             f"(its observables: {list(twin.config.observables)})")
+    data = validate(obs, doses, cov, model=twin.model, min_time=twin.min_data_time)
+    out = _writable_dir(Path(args.out))
+    path = credibility_report(twin, data, out, method=args.method, seed=args.seed, levels=levels,
+                              card=read_card(args.checkpoint), n_samples=args.samples, n_replicates=args.replicates,
+                              reference_cohort=args.reference_cohort)
+    print(f"credibility report of {args.checkpoint} on {data.report['n_subjects']} patient(s): {path} and "
+          f"{path.with_suffix('.html')} (figures and tables in {out})")
+    return 0
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hybridtwin", description="Immune digital twins: models, simulation, training.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -388,6 +420,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "flag a twin that knows several cohorts refuses them")
     r.add_argument("--out", required=True, help="output CSV of trajectories (parameters go to <out>_parameters.csv)")
     r.set_defaults(func=cmd_predict)
+    g = sub.add_parser("report", help="credibility report of a trained twin on a data set (Markdown + HTML)",
+                       description="Personalise every patient of the data on its own observations and write report.md, "
+                                   "report.html, figures and tables: observed vs predicted, residuals, a censoring-aware "
+                                   "VPC per cohort, interval calibration, subgroups, identifiability, degeneracy checks "
+                                   "and the model card.")
+    g.add_argument("checkpoint", help="a run folder with weights.pt + card.json")
+    g.add_argument("--data", required=True, help="observations CSV/Parquet: subject_id, time, observable, value "
+                                                 "[, cohort, lloq, censored]")
+    g.add_argument("--covariates", default=None, help="CSV/Parquet: subject_id + the training covariates")
+    g.add_argument("--doses", default=None, help="CSV/Parquet: subject_id, time, amount, target [, duration]")
+    g.add_argument("--method", default="map", choices=["map", "encoder", "encoder_is", "library"],
+                   help="how each patient is personalised on its data (default map)")
+    g.add_argument("--levels", default="0.5,0.8,0.9,0.95", help="interval levels to calibrate (comma-separated)")
+    g.add_argument("--samples", type=int, default=200, help="posterior draws per patient for the intervals")
+    g.add_argument("--replicates", type=int, default=100, help="simulated replicates of the data for the VPC")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--reference-cohort", action="store_true",
+                   help="data without a cohort column use the twin's reference (first) cohort")
+    g.add_argument("--out", required=True, help="output folder (created)")
+    g.set_defaults(func=cmd_report)
     return p
 
 
