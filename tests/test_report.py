@@ -34,7 +34,8 @@ def run_dir(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # so few iterations: expect degeneracy findings
         estimate(twin, data, SAEMConfig(n_explore=2, n_smooth=1, n_fisher=4, init_steps=0, progress=False), False)
-    return save(twin, tmp_path_factory.mktemp("runs") / "tiny", data_summary={"cohorts": data.cohorts})
+    summary = {"cohorts": data.cohorts, "train": {"n_subjects": 10}}  # as hybridtwin train records it
+    return save(twin, tmp_path_factory.mktemp("runs") / "tiny", data_summary=summary)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,7 @@ def test_cli_writes_the_report(run_dir, tables, tmp_path, capsys):
     text = (out / "report.md").read_text()
     assert all(f"## {s}" in text for s in SECTIONS) and (out / "report.html").is_file()
     assert "cohorts recorded in the card's training data: ['cohort_1', 'cohort_2']" in text
+    assert "training subjects: train: 10 subjects" in text and "data source: not recorded" in text
 
 
 @pytest.fixture(scope="module")

@@ -342,7 +342,7 @@ def _card_section(twin, card: dict, data) -> list:
         f"covariates: {twin.covariate_names or 'none'}",
         f"noise model: {twin.observation.describe()}"])]
     cohorts = tdata.get("cohorts")
-    parts = [f"{k}: {v['n_subjects']} subjects" for k in ("train", "validation", "test")
+    parts = [f"{k}: {tdata[k]['n_subjects']} subjects" for k in ("train", "validation", "test")
              if isinstance(tdata.get(k), dict) and "n_subjects" in tdata[k]]
     blocks += [("h", 3, "Training cohorts"), ("ul", [
         f"cohorts recorded in the card's training data: {cohorts if cohorts else NOT_RECORDED}",
