@@ -57,7 +57,8 @@ def _standard_errors(twin: HybridTwin) -> dict:
     return {n: math.sqrt(max(u["cov"][i][i], 0.0)) for i, n in enumerate(names) if n in WATCH}
 
 
-def main(seed: int = 0, n_draws: int = 400, n_train: int = 600, saem: dict | None = None, cont: dict | None = None) -> dict:
+def main(seed: int = 0, n_draws: int = 400, n_train: int = 600, saem: dict | None = None, cont: dict | None = None,
+         continued: bool = True, stem: str = "saem_starts", amortise: dict | None = None) -> dict:
     torch.manual_seed(seed)
     data, train, _ = E.make_data("baccam2006", n_train, 200, seed)
     twin = HybridTwin.from_data(TwinConfig(**E.DESIGNS["baccam2006"]["twin"]), train)
@@ -65,14 +66,14 @@ def main(seed: int = 0, n_draws: int = 400, n_train: int = 600, saem: dict | Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit = estimate(twin, train, SAEMConfig(seed=seed, progress=False, **(saem or {})),
-                       AmortiseConfig(seed=seed, progress=False, **({"n_simulations": 64, "epochs": 1} if saem else {})))
+                       AmortiseConfig(seed=seed, progress=False, **(amortise or {})))
     fit_seconds = time.perf_counter() - t0
     truth = E.truth_vector(twin, data)
     points = {"true model": E.truth_twin(twin, data), "fresh fit": _copy(twin)}
     cont = SAEMConfig(**{**dict(seed=seed + 1, init_steps=0, omega_start=0.01, n_burn=10, n_explore=60,
                                 n_smooth=20, n_fisher=0, progress=False), **(cont or {})})
     for name, start in (("continued from the fit", _copy(twin)),
-                        ("continued from the truth", _copy(points["true model"]))):
+                        ("continued from the truth", _copy(points["true model"])))[:2 if continued else 0]:
         start.train()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -86,7 +87,7 @@ def main(seed: int = 0, n_draws: int = 400, n_train: int = 600, saem: dict | Non
     out = {"seed": seed, "fit_seconds": fit_seconds, "truth": {k: truth[k] for k in WATCH if k in truth},
            "fresh_fit_se": _standard_errors(twin),
            "points": rows, "torch_threads": torch.get_num_threads()}
-    (RESULTS / f"saem_starts_baccam2006_seed{seed}.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / f"{stem}_baccam2006_seed{seed}.json").write_text(json.dumps(out, indent=1))
     names = list(rows)
     lines = [f"# SAEM from different starts, baccam2006 seed {seed} ({len(train.covariates)} subjects)", "",
              f"Fresh default fit (SAEM + standard errors + checks + encoder amortisation), alone on "
@@ -98,10 +99,19 @@ def main(seed: int = 0, n_draws: int = 400, n_train: int = 600, saem: dict | Non
         lines.append(f"| {q} (SE of the fit {se.get(q, math.nan):.3f}) | {t:.3f} | " + " | ".join(f"{rows[n]['values'].get(q, math.nan):.3f}" for n in names) + " |")
     lines.append("| **marginal log-likelihood** (IS, " + f"{n_draws} draws; ± MC SE) | | " + " | ".join(
         f"{rows[n]['loglik']:.1f} ± {rows[n]['se']:.1f}" for n in names) + " |")
-    (RESULTS / f"saem_starts_baccam2006_seed{seed}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{stem}_baccam2006_seed{seed}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return out
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fit-only", action="store_true", help="no continued runs: the fresh fit vs the truth only")
+    ap.add_argument("--stem", default="saem_starts")
+    ap.add_argument("--init-cohort-terms", action="store_true",
+                    help="the former pooled start, which also moves cohort shifts and assay offsets")
+    a = ap.parse_args()
+    main(seed=a.seed, continued=not a.fit_only, stem=a.stem, saem={"init_cohort_terms": True} if a.init_cohort_terms else None)

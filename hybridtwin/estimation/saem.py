@@ -71,7 +71,9 @@ class SAEMConfig:
     averaged over iterations with weight ``score_memory``: this converges in tens of iterations where
     EM-type updates crawl (patients whose data leave their parameters uncertain).
     init_steps: Adam steps of a pooled fit (every subject at the typical values) before SAEM, to start from
-    data rather than the model defaults (0: start from the twin's current values). n_fisher: iterations at
+    data rather than the model defaults (0: start from the twin's current values); ``init_cohort_terms``: let
+    that pooled fit also move the per-cohort shifts and assay calibration (off by default: without covariate
+    effects they would absorb each cohort's covariate mix). n_fisher: iterations at
     the estimate for conditional means and scores (0: no standard errors). seed, progress: as usual.
     """
 
@@ -88,6 +90,7 @@ class SAEMConfig:
     newton_max_step: float = 0.2
     score_memory: float = 0.3
     init_steps: int = 30
+    init_cohort_terms: bool = False
     n_fisher: int = 80
     seed: int = 0
     progress: bool = True
@@ -103,6 +106,8 @@ class SAEMConfig:
         if len(k) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in k) or sum(k) == 0:
             raise ValueError(f"SAEMConfig.kernels must be 3 non-negative integers, not all 0, got {self.kernels!r}")
         object.__setattr__(self, "kernels", k)
+        if not isinstance(self.init_cohort_terms, bool):
+            raise ValueError(f"SAEMConfig.init_cohort_terms must be True or False, got {self.init_cohort_terms!r}")
         if not (0 < self.anneal <= 1):
             raise ValueError(f"SAEMConfig.anneal must be in (0, 1], got {self.anneal!r}")
         if self.newton_start is not None and (isinstance(self.newton_start, bool) or not isinstance(
@@ -245,10 +250,16 @@ def _record(twin, k: int, gamma: float, chains: _Chains, prior_mean, sd, rates: 
     return row
 
 
-def _pooled_start(twin, batch: Batch, steps: int, progress: bool) -> None:
-    """A few Adam steps of a pooled fit (every subject at its typical values, no random effects)."""
-    params = [twin.mu] + [p for _, p in ode_population_parameters(twin, closures=False)]
-    params += [p for _, p in observation_parameters(twin)]
+def _pooled_start(twin, batch: Batch, steps: int, progress: bool, cohort_terms: bool = False) -> None:
+    """A few Adam steps of a pooled fit (every subject at its typical values, no random effects).
+
+    Unless ``cohort_terms``, the per-cohort quantities (cohort shifts of typical values, assay scale/offset)
+    stay where they are (neutral: shift 0, scale 1, offset 0): a pooled fit without covariate effects would
+    make them absorb each cohort's covariate mix (an older cohort's different growth shows up as an assay
+    offset), a start SAEM leaves only slowly where the design barely separates the two."""
+    params = [twin.mu] + [p for n, p in ode_population_parameters(twin, closures=False)
+                          if cohort_terms or n != "cohort_shift"]
+    params += [p for n, p in observation_parameters(twin) if cohort_terms or n not in ("log_scale", "offset")]
     opt = torch.optim.Adam(params, lr=0.1)
     from tqdm.auto import tqdm
 
@@ -356,7 +367,7 @@ def fit_saem(twin, data: CohortData | Batch, config: SAEMConfig | None = None, p
                          "covariates are constant or collinear in the training subjects; drop them or set "
                          "covariate_penalty > 0")
     if cfg.init_steps:
-        _pooled_start(twin, batch, cfg.init_steps, show)
+        _pooled_start(twin, batch, cfg.init_steps, show, cfg.init_cohort_terms)
     with torch.no_grad():
         twin.log_omega.copy_(torch.maximum(twin.log_omega, torch.full_like(twin.log_omega, math.log(cfg.omega_start))))
     twin.restore_known_population()  # a known distribution (e.g. the incubation period) is not annealed either
