@@ -386,3 +386,25 @@ def test_information_removes_monte_carlo_noise_along_a_weak_direction():
     floor, _ = information(scores, tuple(s_true * 0 + 100 * torch.randn(B, 2, generator=gen, dtype=torch.float64)
                                          for _ in range(nb)), keep=0.1)
     assert bool(torch.linalg.eigvalsh(floor).min() > 0)
+
+
+@pytest.mark.parametrize("cohort_terms", [False, True])
+def test_pooled_start_leaves_cohort_terms_neutral_unless_asked(cohort_terms):
+    """The pooled start has no covariate effects: by default it must not let per-cohort offsets and shifts
+    absorb differences between cohorts (they stay at 0 while the typical values move); on request it fits them."""
+    from hybridtwin.estimation.saem import _pooled_start
+
+    data, _ = decay_cohort(n=40, seed=7, n_cohorts=2, v0_by_cohort=(1.0, 1.0), offset_by_cohort=(0.0, 0.8),
+                           age_effect=0.0)
+    twin = decay_twin(data, cohort_calibration=("log10_V",), calibration="offset", covariate_effects=False,
+                      fixed=("unused",), population=("V0",), cohort_effects=("V0",))
+    mu0 = twin.mu.detach().clone()
+    _pooled_start(twin, twin.dataset(data).batch(), steps=15, progress=False, cohort_terms=cohort_terms)
+    moved = float(twin.observation.offset.detach().abs().max()) + float(twin.cohort_shift.detach().abs().max())
+    assert not torch.equal(twin.mu.detach(), mu0)
+    if cohort_terms:
+        assert moved > 0.1
+    else:
+        assert moved == 0.0
+    with pytest.raises(ValueError, match="init_cohort_terms"):
+        SAEMConfig(init_cohort_terms="yes")
