@@ -48,8 +48,8 @@ def _typical_z(twin, batch: Batch) -> torch.Tensor:
 
 def _noise_sd(twin, k: int, level: float) -> float:
     om = twin.observation
-    sa = float(om.log_sigma_add[k].exp()) if bool(om.uses_add[k]) else 0.0
-    sp = float(om.log_sigma_prop[k].exp()) if bool(om.uses_prop[k]) else 0.0
+    sa = float(om.log_sigma_add[k].detach().exp()) if bool(om.uses_add[k]) else 0.0
+    sp = float(om.log_sigma_prop[k].detach().exp()) if bool(om.uses_prop[k]) else 0.0
     return math.sqrt(sa**2 + (sp * level) ** 2)
 
 
