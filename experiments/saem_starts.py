@@ -58,22 +58,33 @@ def _standard_errors(twin: HybridTwin) -> dict:
 
 
 def main(seed: int = 0, n_draws: int = 400, n_train: int = 600, saem: dict | None = None, cont: dict | None = None,
-         continued: bool = True, stem: str = "saem_starts", amortise: dict | None = None) -> dict:
+         continued: bool = True, stem: str = "saem_starts", amortise: dict | None = None,
+         also: dict | None = None, refit: bool = True) -> dict:
+    """``also``: extra end points to score, ``{label: saved twin dir}`` (e.g. a fit from ``estimation.py``);
+    ``refit=False`` skips the fresh fit (only the truth and ``also`` are scored)."""
     torch.manual_seed(seed)
     data, train, _ = E.make_data("baccam2006", n_train, 200, seed)
     twin = HybridTwin.from_data(TwinConfig(**E.DESIGNS["baccam2006"]["twin"]), train)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit = estimate(twin, train, SAEMConfig(seed=seed, progress=False, **(saem or {})),
+        fit = None if not refit else estimate(twin, train, SAEMConfig(seed=seed, progress=False, **(saem or {})),
                        AmortiseConfig(seed=seed, progress=False, **(amortise or {})))
     fit_seconds = time.perf_counter() - t0
     truth = E.truth_vector(twin, data)
-    points = {"true model": E.truth_twin(twin, data), "fresh fit": _copy(twin)}
+    points = {"true model": E.truth_twin(twin, data)}
+    if refit:
+        points["fresh fit"] = _copy(twin)
+    for label, path in (also or {}).items():
+        from hybridtwin.checkpoint import load
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            points[label] = load(path)
     cont = SAEMConfig(**{**dict(seed=seed + 1, init_steps=0, omega_start=0.01, n_burn=10, n_explore=60,
                                 n_smooth=20, n_fisher=0, progress=False), **(cont or {})})
     for name, start in (("continued from the fit", _copy(twin)),
-                        ("continued from the truth", _copy(points["true model"])))[:2 if continued else 0]:
+                        ("continued from the truth", _copy(points["true model"])))[:2 if continued and refit else 0]:
         start.train()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -90,8 +101,9 @@ def main(seed: int = 0, n_draws: int = 400, n_train: int = 600, saem: dict | Non
     (RESULTS / f"{stem}_baccam2006_seed{seed}.json").write_text(json.dumps(out, indent=1))
     names = list(rows)
     lines = [f"# SAEM from different starts, baccam2006 seed {seed} ({len(train.covariates)} subjects)", "",
-             f"Fresh default fit (SAEM + standard errors + checks + encoder amortisation), alone on "
-             f"{torch.get_num_threads()} torch threads: **{fit_seconds / 60:.1f} min**.", "",
+             (f"Fresh default fit (SAEM + standard errors + checks + encoder amortisation) on "
+              f"{torch.get_num_threads()} torch threads: **{fit_seconds / 60:.1f} min**." if refit else
+              "No fresh fit: the truth and saved fits scored."), "",
              "| quantity | truth | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     se = out["fresh_fit_se"]
     for q in WATCH:
@@ -111,7 +123,11 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fit-only", action="store_true", help="no continued runs: the fresh fit vs the truth only")
     ap.add_argument("--stem", default="saem_starts")
+    ap.add_argument("--also", nargs=2, action="append", metavar=("LABEL", "TWIN_DIR"), default=[],
+                    help="also score a saved twin (e.g. a fit of estimation.py)")
+    ap.add_argument("--no-refit", action="store_true", help="score the truth and --also twins only")
     ap.add_argument("--init-cohort-terms", action="store_true",
                     help="the former pooled start, which also moves cohort shifts and assay offsets")
     a = ap.parse_args()
-    main(seed=a.seed, continued=not a.fit_only, stem=a.stem, saem={"init_cohort_terms": True} if a.init_cohort_terms else None)
+    main(seed=a.seed, continued=not a.fit_only, stem=a.stem, also=dict(a.also), refit=not a.no_refit,
+         saem={"init_cohort_terms": True} if a.init_cohort_terms else None)
