@@ -101,7 +101,7 @@ def main(seed: int = 0, n_draws: int = 400, n_train: int = 600, saem: dict | Non
     (RESULTS / f"{stem}_baccam2006_seed{seed}.json").write_text(json.dumps(out, indent=1))
     names = list(rows)
     lines = [f"# SAEM from different starts, baccam2006 seed {seed} ({len(train.covariates)} subjects)", "",
-             (f"Fresh default fit (SAEM + standard errors + checks + encoder amortisation) on "
+             (f"Fresh default fit (SAEM + standard errors + checks + encoder amortisation), wall time on "
               f"{torch.get_num_threads()} torch threads: **{fit_seconds / 60:.1f} min**." if refit else
               "No fresh fit: the truth and saved fits scored."), "",
              "| quantity | truth | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
