@@ -7,7 +7,7 @@ across cohorts), so age, cohort 3's calibration and its inoculum are partly conf
 
 This script measures, on the seed-0 cohort of ``estimation.py`` (600 training subjects):
 
-1. a fresh fit with the default settings (:func:`hybridtwin.estimation.estimate`), timed alone on 2 cores;
+1. a fresh fit with the default settings (:func:`hybridtwin.estimation.estimate`), timed (a clean timing only when nothing else runs);
 2. SAEM continued (60 exploring + 20 smoothing iterations, no pooled start) from that estimate and from the
    true population model: if the design informed these quantities, both runs would meet;
 3. the marginal log-likelihood (importance sampling, the same draws' seed for each) at the truth, the fresh
