@@ -195,7 +195,7 @@ def run_fold(data: CohortData, studies: list[str], fold: int, ks, seed: int, sae
             print(f"fold {fold} k={k} {name}: {rows[-1]['predict_seconds']:.1f} s, RMSE {rows[-1]['rmse']:.2f}",
                   flush=True)
     rows.append({"fold": fold, "studies": studies, "method": "_fit", "noise_sd": float(
-        twin.observation.log_sigma_add.exp()[0]), "diagnostics": [d["message"] for d in fit.diagnostics]})
+        twin.observation.log_sigma_add.detach().exp()[0]), "diagnostics": [d["message"] for d in fit.diagnostics]})
     path.write_text(json.dumps(rows, indent=1))
     return rows
 
