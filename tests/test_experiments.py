@@ -71,3 +71,48 @@ def test_estimation_real_tiny(tmp_path, shared_data):
                              amortise=dict(n_simulations=60, epochs=1, batch_size=30))["result"]
     assert r["n_subjects"] == 30 and r["noise_sd"] > 0 and set(r["omega"]) == {"p", "c_T", "t_offset"}
     assert (tmp_path / "estimation_challenger.png").exists()
+
+
+@pytest.mark.slow  # minutes: three tiny SAEM fits on challenger2022 patients, four methods each
+def test_challenger_folds_tiny(tmp_path, shared_data):
+    import challenger_folds as cf
+    import numpy as np
+
+    data = cf._pooled_cohort(cf.challenger_data(shared_data / "challenger2022_covid_vl_combined"))
+    folds = cf.study_folds(data, 5)  # every study in exactly one fold
+    studies = sorted(data.observations["study"].unique())
+    assert sorted(s for f in folds for s in f) == studies and all(folds)
+    early, late = cf.split_early(data.observations, 1)
+    assert early.groupby("subject_id").size().max() == 1 and len(early) + len(late) == len(data.observations)
+    # LOCF: the median is the last early value plus the training patients' median change for that gap
+    pred = cf.locf(data.observations, early, late, 1)
+    last = early.set_index("subject_id")["value"]
+    m = late.merge(pred, on=["subject_id", "time", "observable"])
+    assert np.all(m["lower"] <= m["median"]) and np.all(m["median"] <= m["upper"])
+    first_time = early.set_index("subject_id")["time"]
+    change = m["value"] - m["subject_id"].map(last)
+    gap = np.digitize(m["time"] - m["subject_id"].map(first_time), cf.GAP_EDGES)
+    expected = m["subject_id"].map(last) + change.groupby(gap).median().reindex(gap).to_numpy()
+    assert np.allclose(m["median"], expected)
+    res = cf.main(n_folds=3, ks=(1,), n_subjects=60, path=shared_data / "challenger2022_covid_vl_combined",
+                  saem=dict(n_explore=2, n_smooth=1, init_steps=1), out=tmp_path)
+    rows = [r for r in res["rows"] if r["method"] != "_fit"]
+    assert {r["method"] for r in rows} == {"twin MAP", "population only", "gradient boosting", "LOCF"}
+    for r in rows:
+        assert r["rmse"] > 0 and 0 <= r["coverage50"] <= r["coverage90"] + 1e-12 <= 1 + 1e-12
+    assert (tmp_path / "challenger_folds.md").exists()
+
+
+@pytest.mark.slow  # minutes: a 30-subject fit, continued runs and marginal likelihoods
+def test_saem_starts_tiny(tmp_path, monkeypatch):
+    import saem_starts
+
+    monkeypatch.setattr(saem_starts, "RESULTS", tmp_path)
+    out = saem_starts.main(n_draws=6, n_train=30, saem=dict(n_explore=2, n_smooth=1, n_fisher=3, init_steps=1),
+                           amortise=dict(n_simulations=30, epochs=1, batch_size=30),
+                           cont=dict(n_explore=1, n_smooth=1, n_burn=1))
+    assert set(out["points"]) == {"true model", "fresh fit", "continued from the fit", "continued from the truth"}
+    truth = out["truth"]
+    assert out["points"]["true model"]["values"]["beta[beta, age]"] == pytest.approx(truth["beta[beta, age]"])
+    assert all(abs(p["loglik"]) < 1e6 and p["se"] >= 0 for p in out["points"].values())
+    assert (tmp_path / "saem_starts_baccam2006_seed0.md").exists()
