@@ -68,8 +68,9 @@ def main(seed: int = 0, n_draws: int = 400, n_train: int = 600, saem: dict | Non
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit = None if not refit else estimate(twin, train, SAEMConfig(seed=seed, progress=False, **(saem or {})),
-                       AmortiseConfig(seed=seed, progress=False, **(amortise or {})))
+        if refit:
+            estimate(twin, train, SAEMConfig(seed=seed, progress=False, **(saem or {})),
+                     AmortiseConfig(seed=seed, progress=False, **(amortise or {})))
     fit_seconds = time.perf_counter() - t0
     truth = E.truth_vector(twin, data)
     points = {"true model": E.truth_twin(twin, data)}
