@@ -73,6 +73,11 @@ DESIGNS = {
 FIT_SECONDS_FROM_FILE_TIMES = {("baccam2006", 0): 956.0}
 #: generator terms -> the twin's encoded features under the DESIGNS' covariate coding (linear effects only)
 TERM_FEATURE = {"age_decade": "age", "female": "sex[F vs M]", "log_marker": "baseline_marker"}
+#: design variants (``--variant``): overrides of ``make_virtual_cohort`` arguments for every model. ``equal_ages``
+#: draws every cohort's ages from one range, so age is no longer confounded with the cohort (whose V0 and assay
+#: offset are free): a check of whether the covariate misses of the default design come from that confounding
+VARIANTS = {"default": {}, "equal_ages": {"age_ranges": ((18.0, 85.0),) * 3}}
+COHORT_OVERRIDES: dict = {}
 
 
 def _subset(data: CohortData, ids) -> CohortData:
@@ -82,7 +87,8 @@ def _subset(data: CohortData, ids) -> CohortData:
 
 
 def make_data(model: str, n_train: int, n_test: int, seed: int) -> tuple[CohortData, CohortData, CohortData]:
-    data = make_virtual_cohort(model, n_subjects=n_train + n_test, n_cohorts=3, seed=seed, **DESIGNS[model]["cohort"])
+    data = make_virtual_cohort(model, n_subjects=n_train + n_test, n_cohorts=3, seed=seed,
+                               **{**DESIGNS[model]["cohort"], **COHORT_OVERRIDES})
     ids = data.covariates["subject_id"].to_numpy()
     rng = np.random.default_rng(seed + 1000)
     test = set(rng.choice(ids, size=n_test, replace=False).tolist())
@@ -404,9 +410,10 @@ def summarise(results: list[dict]) -> tuple[dict, str]:
 
 def main(models=("baccam2006", "vaccine_asc"), seeds=(0, 1, 2), n_train: int = 600, n_test: int = 200,
          saem: dict | None = None, amortise: dict | None = None, ks=(1, 2, 3), vi_epochs: int = 0,
-         out: Path | str = RESULTS, write: bool = True) -> dict:
+         out: Path | str = RESULTS, write: bool = True, variant: str = "default") -> dict:
     out = Path(out)
-    cache = out / "estimation"
+    stem = _use_variant(variant)
+    cache = out / stem
     cache.mkdir(parents=True, exist_ok=True)
     saem = {"progress": False, **(saem or {})}
     amortise = {"progress": False, **(amortise or {})}
@@ -415,21 +422,38 @@ def main(models=("baccam2006", "vaccine_asc"), seeds=(0, 1, 2), n_train: int = 6
                for m in models for s in seeds]
     summary, report = summarise(results)
     if write:
-        (out / "estimation.json").write_text(json.dumps({"summary": summary, "results": results}, indent=1, default=float))
-        (out / "estimation.md").write_text(report)
+        _write(out, stem, summary, results, report)
     return {"summary": summary, "results": results, "report": report}
 
 
-def summarise_cached(out: Path | str = RESULTS) -> dict:
-    """Rebuild ``estimation.{json,md}`` from every fit cached in ``<out>/estimation/`` (no fitting)."""
+def _use_variant(variant: str) -> str:
+    """Set the design variant's overrides; the stem of its cache folder and report."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown design variant {variant!r}; known: {sorted(VARIANTS)}")
+    COHORT_OVERRIDES.clear()
+    COHORT_OVERRIDES.update(VARIANTS[variant])
+    return "estimation" if variant == "default" else f"estimation_{variant}"
+
+
+def _write(out: Path, stem: str, summary: dict, results: list, report: str) -> None:
+    if stem != "estimation":
+        report = report.replace("# Experiment 7: population estimation vs the truth",
+                                f"# Experiment 7, design variant {stem[len('estimation_'):]!r}: "
+                                f"{VARIANTS[stem[len('estimation_'):]]}", 1)
+    (out / f"{stem}.json").write_text(json.dumps({"summary": summary, "results": results}, indent=1, default=float))
+    (out / f"{stem}.md").write_text(report)
+
+
+def summarise_cached(out: Path | str = RESULTS, variant: str = "default") -> dict:
+    """Rebuild ``estimation.{json,md}`` (or a variant's) from every fit cached in its folder (no fitting)."""
     out = Path(out)
-    results = [json.loads(p.read_text()) for p in sorted((out / "estimation").glob("*_seed*.json"))
+    stem = _use_variant(variant)
+    results = [json.loads(p.read_text()) for p in sorted((out / stem).glob("*_seed*.json"))
                if not p.stem.endswith("_vi")]
     if not results:
-        raise ValueError(f"no cached fits in {out / 'estimation'}: run main() first")
+        raise ValueError(f"no cached fits in {out / stem}: run main() first")
     summary, report = summarise(results)
-    (out / "estimation.json").write_text(json.dumps({"summary": summary, "results": results}, indent=1, default=float))
-    (out / "estimation.md").write_text(report)
+    _write(out, stem, summary, results, report)
     return {"summary": summary, "results": results, "report": report}
 
 
@@ -443,8 +467,12 @@ if __name__ == "__main__":
     ap.add_argument("--summarise", action="store_true", help="only rebuild the report from the cached fits")
     ap.add_argument("--add-routes", action="store_true",
                     help="add forecast routes missing from cached fits (from their saved twins), then summarise")
+    ap.add_argument("--variant", choices=sorted(VARIANTS), default="default",
+                    help="design variant (own cache folder and report estimation_<variant>.md)")
     a = ap.parse_args()
     if a.add_routes:
-        add_missing_routes(RESULTS / "estimation")
-    res = summarise_cached() if a.summarise or a.add_routes else main(models=tuple(a.models), seeds=tuple(a.seeds), n_train=a.n_train, n_test=a.n_test, vi_epochs=a.vi_epochs)
+        add_missing_routes(RESULTS / _use_variant(a.variant))
+    res = (summarise_cached(variant=a.variant) if a.summarise or a.add_routes else
+           main(models=tuple(a.models), seeds=tuple(a.seeds), n_train=a.n_train, n_test=a.n_test,
+                vi_epochs=a.vi_epochs, variant=a.variant))
     print(res["report"])
