@@ -157,6 +157,21 @@ def compare_estimates(twin: HybridTwin, truth: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def combinations(twin: HybridTwin, truth: dict, threshold: float = 0.8) -> list[dict]:
+    """The pairs of correlated estimates (|r| > threshold) as the combination the data inform best
+    (``correlation_table``), against the same combination of the true values, with 90 % coverage."""
+    from hybridtwin.estimation import correlation_table
+
+    rows = []
+    for _, c in correlation_table(twin, threshold=threshold).iterrows():
+        if c["first"] in truth and c["second"] in truth and math.isfinite(truth[c["first"]] + truth[c["second"]]):
+            t = truth[c["first"]] + c["weight"] * truth[c["second"]]
+            rows.append(dict(combination=c["combination"], correlation=c["correlation"], truth=t, estimate=c["estimate"],
+                             se=c["se"], se_first=c["se_first"], se_second=c["se_second"], error=c["estimate"] - t,
+                             covered=bool(c["lower"] <= t <= c["upper"])))
+    return rows
+
+
 def first_k(obs: pd.DataFrame, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     obs = obs.sort_values(["subject_id", "time"], kind="stable")
     rank = obs.groupby("subject_id").cumcount()
@@ -298,6 +313,7 @@ def run_one(model: str, seed: int, n_train: int, n_test: int, saem: dict, amort:
     result = {"model": model, "seed": seed, "n_train": len(train.covariates), "n_test": len(test.covariates),
               "fit_seconds": fit_seconds,
               "estimates": table.to_dict(orient="records"), "forecast": fc,
+              "combinations": combinations(twin, truth),
               "identifiability": ident.to_dict(orient="records"),
               "diagnostics": diagnostics, "warnings": caught_messages,
               "amortisation_final_val_nll": amortisation_nll,
@@ -355,6 +371,9 @@ def summarise(results: list[dict]) -> tuple[dict, str]:
             if "twin encoder+IS" in rm:
                 row[f"k{k}"]["encoder_is_vs_twin_map"] = rm["twin encoder+IS"] / rm["twin MAP"]
         summary["per_fit"].append(row)
+    combos = [c for r in results for c in r.get("combinations", [])]
+    summary["combinations_covered"] = float(np.mean([c["covered"] for c in combos])) if combos else math.nan
+    summary["combinations_worst_error"] = max((abs(c["error"]) for c in combos), default=math.nan)
     est = pd.concat(all_est, ignore_index=True)
     summary["coverage_pooled"] = float(est[~est.irrelevant].covered.mean())
     summary["coverage_irrelevant_pooled"] = float(est[est.irrelevant].covered.mean())
@@ -369,7 +388,10 @@ def summarise(results: list[dict]) -> tuple[dict, str]:
                      f"{row['effect_signs_right']} | "
                      f"{row['coverage_true_values']:.2f} | {row['coverage_irrelevant_zero']:.2f} |")
     lines += ["", f"Pooled over fits: 90 % CIs cover the true value in {summary['coverage_pooled']:.1%} of cases; "
-              f"irrelevant covariates' CIs cover 0 in {summary['coverage_irrelevant_pooled']:.1%}.", "",
+              f"irrelevant covariates' CIs cover 0 in {summary['coverage_irrelevant_pooled']:.1%}."
+              + (f" Pairs of estimates correlated beyond 0.8, read as the combination the data inform best: "
+                 f"{len(combos)} combinations, 90 % CIs cover the truth in {summary['combinations_covered']:.1%}, "
+                 f"worst error {summary['combinations_worst_error']:.3f}." if combos else ""), "",
               "## Forecasts of later samples from the first k (RMSE of the predictive median; 90 % interval coverage)",
               "", "| model | seed | k | truth MAP | twin MAP (ratio) | twin encoder (ratio to truth; to twin MAP) | "
               "encoder+IS (ratio to twin MAP) | coverage MAP / encoder / encoder+IS |",
@@ -391,6 +413,13 @@ def summarise(results: list[dict]) -> tuple[dict, str]:
                   "| quantity | truth | estimate | SE | covered |", "|---|---|---|---|---|"]
         for _, e in est.iterrows():
             lines.append(f"| {e.quantity} | {e.truth:.4g} | {e.estimate:.4g} | {e.se:.3g} | {'yes' if e.covered else 'NO'} |")
+        if r.get("combinations"):
+            lines += ["", "Correlated estimates (|r| > 0.8) as the combination the data inform best, a + w b "
+                          "(`correlation_table`), against the same combination of the true values:", "",
+                      "| combination | r | truth | estimate | SE (alone: a, b) | covered |", "|---|---|---|---|---|---|"]
+            for c in r["combinations"]:
+                lines.append(f"| {c['combination']} | {c['correlation']:.2f} | {c['truth']:.4g} | {c['estimate']:.4g} | "
+                             f"{c['se']:.3g} ({c['se_first']:.3g}, {c['se_second']:.3g}) | {'yes' if c['covered'] else 'NO'} |")
         ident = pd.DataFrame(r["identifiability"])
         lines += ["", "Design identifiability (SE of log typical value if estimated): " + ", ".join(
             f"{p} {s:.2g}{'' if inf else ' (not informed)'}" for p, s, inf in zip(ident.parameter, ident.se_log, ident.informed)),
@@ -452,6 +481,14 @@ def summarise_cached(out: Path | str = RESULTS, variant: str = "default") -> dic
                if not p.stem.endswith("_vi")]
     if not results:
         raise ValueError(f"no cached fits in {out / stem}: run main() first")
+    for r in results:  # fits cached before the combinations were recorded: from the saved twin, no refit
+        twin_dir = out / stem / f"{r['model']}_seed{r['seed']}_twin"
+        if "combinations" not in r and twin_dir.is_dir():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                twin = load(twin_dir)
+            r["combinations"] = combinations(twin, {e["quantity"]: e["truth"] for e in r["estimates"]})
+            (out / stem / f"{r['model']}_seed{r['seed']}.json").write_text(json.dumps(r, indent=1, default=float))
     summary, report = summarise(results)
     _write(out, stem, summary, results, report)
     return {"summary": summary, "results": results, "report": report}

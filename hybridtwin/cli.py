@@ -411,7 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--doses", default=None, help="CSV: subject_id, time, amount, target [, duration]")
     r.add_argument("--times", default=None, help="end time of a grid, or a CSV of rows subject_id, time, observable")
     r.add_argument("--n-times", type=int, default=101, help="points of the prediction grid")
-    r.add_argument("--method", default="encoder", choices=["encoder", "map", "encoder_is", "library"])
+    r.add_argument("--method", default="auto", choices=["auto", "encoder", "map", "encoder_is", "library"],
+                   help="personalisation route (default auto: the encoder corrected by importance sampling where "
+                        "there are observations, the encoder alone where there are covariates only)")
     r.add_argument("--samples", type=int, default=200, help="posterior samples for the intervals")
     r.add_argument("--level", type=float, default=0.9, help="interval level (default 0.9 = 5-95%%)")
     r.add_argument("--seed", type=int, default=0)

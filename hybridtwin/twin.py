@@ -524,7 +524,7 @@ class HybridTwin(nn.Module):
                 "loglik_per_obs": ((ll.mean(0) * okf).sum() / n_rows).detach()}
 
     # -- personalisation (see hybridtwin.personalise) ---------------------------------------------------------------
-    def predict(self, covariates, observations=None, doses=None, times=None, method: str = "encoder", **options):
+    def predict(self, covariates, observations=None, doses=None, times=None, method: str = "auto", **options):
         """Personalise new patients and predict trajectories with intervals; see :func:`hybridtwin.personalise.predict`."""
         from .personalise import predict
 

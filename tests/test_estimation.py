@@ -172,6 +172,34 @@ def test_offset_calibration_is_estimated_and_confounding_is_reported():
     se = dict(zip(both.uncertainty["names"], np.sqrt(np.diag(np.asarray(both.uncertainty["cov"])))))
     assert ("cohort_shift[V0, c1]", "offset[log10_V, c1]") in confounded or not np.isfinite(se["offset[log10_V, c1]"]) \
         or se["offset[log10_V, c1]"] > 1.0
+    for _, row in pairs.iterrows():  # the informed combination: far better determined than either alone
+        assert row["se"] < 0.5 * min(row["se_first"], row["se_second"]) and row["lower"] < row["estimate"] < row["upper"]
+    if ("cohort_shift[V0, c1]", "offset[log10_V, c1]") in confounded:
+        # the data see log10 of the shifted V0 plus the offset (= 0.5 here, the true log10 offset of cohort c1)
+        row = pairs[pairs["combination"].str.contains("V0") & pairs["combination"].str.contains("offset")].iloc[0]
+        named = dict(zip(both.uncertainty["names"], both.uncertainty["estimate"]))
+        shift, offset = named["cohort_shift[V0, c1]"], named["offset[log10_V, c1]"]
+        seen = shift / math.log(10) + offset if row["first"].startswith("cohort_shift") else offset + shift / math.log(10)
+        assert abs(seen - 0.5) < 0.1
+
+
+def test_correlation_table_reports_the_informed_combination():
+    """Known covariance: the combination a + w b with w = -cov/var(b) has SE se(a) sqrt(1 - rho^2); an
+    independent pair is not listed; the interval has the asked level."""
+    import types
+
+    cov = np.array([[0.04, -0.036, 0.0], [-0.036, 0.0625, 0.0], [0.0, 0.0, 1.0]])  # rho = -0.72
+    twin = types.SimpleNamespace(uncertainty={"names": ["a", "b", "c"], "estimate": [0.3, -0.1, 2.0], "cov": cov.tolist()})
+    assert correlation_table(twin, threshold=0.8).empty
+    row = correlation_table(twin, threshold=0.7, level=0.95).iloc[0]
+    w = 0.036 / 0.0625
+    assert row["combination"] == "a + 0.58 * b" and math.isclose(row["weight"], w)
+    assert math.isclose(row["estimate"], 0.3 - 0.1 * w)
+    direct = math.sqrt(0.04 + w**2 * 0.0625 - 2 * w * 0.036)  # var(a + w b) written out
+    assert math.isclose(row["se"], direct, rel_tol=1e-9) and direct < 0.7 * 0.2
+    assert math.isclose(row["upper"] - row["estimate"], 1.959964 * direct, rel_tol=1e-5)
+    with pytest.raises(ValueError, match="level"):
+        correlation_table(twin, level=1.5)
 
 
 def test_theta_applies_cohort_shifts_only_where_declared():

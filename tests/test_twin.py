@@ -309,6 +309,27 @@ def test_encoder_is_corrects_a_biased_proposal(monkeypatch):
         ht.personalise.importance_posterior(twin, batch, defensive=1.0)
 
 
+def test_auto_route_corrects_the_encoder_only_where_there_are_observations(monkeypatch):
+    """predict's default ``method="auto"``: with observations it is the importance-corrected encoder (the same
+    numbers as asking for ``encoder_is``), with covariates only the encoder; a misspelt route is refused."""
+    truth, obs, doses = _one_subject()
+    covs = pd.DataFrame({"subject_id": ["p"], "age": [40.0]})
+    _, twin, batch, post = _one_subject_map()
+    shifted = post.mean + 2.0 * post.sd  # an encoder off by two posterior SDs
+    monkeypatch.setattr(twin, "posterior", lambda b, context=None: (shifted.expand(len(b), -1), post.sd.expand(len(b), -1)))
+    grid = [7.0, 30.0, 90.0]
+    auto, _ = twin.predict(covs, obs, doses, times=grid, n_samples=100)
+    is_, _ = twin.predict(covs, obs, doses, times=grid, method="encoder_is", n_samples=100)
+    enc, _ = twin.predict(covs, obs, doses, times=grid, method="encoder", n_samples=100)
+    assert auto.attrs["method"] == "encoder_is"
+    assert np.allclose(auto["median"], is_["median"]) and not np.allclose(auto["median"], enc["median"], atol=1e-3)
+    bare, _ = twin.predict(covs, None, doses, times=grid, n_samples=100)
+    assert bare.attrs["method"] == "encoder"
+    assert ht.personalise.resolve_method("auto", batch) == "encoder_is"
+    with pytest.raises(ValueError, match="method must be one of"):
+        twin.predict(covs, obs, doses, times=grid, method="encoder-is")
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(encoder={"latnt_dim": 3}), r"unknown key\(s\) \['latnt_dim'\] in encoder"),
     (dict(noise={"log10_Ab": "gaussian"}), "not a noise model"),

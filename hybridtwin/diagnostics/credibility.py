@@ -486,7 +486,10 @@ def credibility_report(twin, data, out, method: str = "map", seed: int = 0, leve
     blocks += [("h", 2, SECTIONS[5]), ("h", 3, "Correlated population estimates (|r| > 0.8)")]
     if twin.uncertainty:
         corr = correlation_table(twin, threshold=0.8)
-        blocks += [("table", corr) if len(corr) else ("p", "No pair of estimates correlates beyond 0.8.")]
+        blocks += [("p", "Each pair with the combination the data inform best (a + w b, smallest SE) and its 90 % "
+                         "interval: read the combination, or fix one of the pair, rather than the split."),
+                   ("table", corr[["first", "second", "correlation", "combination", "estimate", "se", "lower",
+                                   "upper"]]) if len(corr) else ("p", "No pair of estimates correlates beyond 0.8.")]
     else:
         blocks += [("p", "Not available: the twin records no uncertainty of its population estimates (estimate it "
                          "by SAEM with n_fisher > 0).")]

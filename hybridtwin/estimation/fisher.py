@@ -227,13 +227,36 @@ def set_uncertainty(twin, fit) -> dict:
     return twin.uncertainty
 
 
-def correlation_table(twin, threshold: float = 0.9) -> pd.DataFrame:
-    """Pairs of estimated quantities whose estimates correlate more than ``threshold`` in absolute value."""
+def correlation_table(twin, threshold: float = 0.9, level: float = 0.90) -> pd.DataFrame:
+    """Pairs of estimated quantities whose estimates correlate more than ``threshold`` in absolute value, each
+    with the combination of the two that the data inform best.
+
+    For a pair (a, b) that combination is ``a + weight * b`` with ``weight = -cov(a, b) / var(b)``: the
+    combination with the smallest standard error, ``se = se(a) * sqrt(1 - correlation**2)``. With a strong
+    negative correlation and similar SEs the weight is near +1: the data see the *sum* (for effects on log beta
+    and log p, the effect on log(beta * p)) far better than the split; near -1, the difference. ``combination``
+    names it; ``estimate``, ``se``, ``lower``, ``upper`` give it with a ``level`` confidence interval, next to
+    the SEs of the two alone (``se_first``, ``se_second``). Report the combination, or fix one of the pair,
+    rather than reading the split.
+
+    >>> import types
+    >>> twin = types.SimpleNamespace(uncertainty={"names": ["a", "b", "c"], "estimate": [0.1, 0.2, 0.0],
+    ...                              "cov": [[1.0, -0.95, 0.0], [-0.95, 1.0, 0.0], [0.0, 0.0, 1.0]]})
+    >>> row = correlation_table(twin).iloc[0]
+    >>> row["combination"], round(float(row["estimate"]), 2), round(float(row["se"]), 3)
+    ('a + 0.95 * b', 0.29, 0.312)
+    """
+    from scipy.stats import norm
+
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
     u = twin.uncertainty
     if not u:
         raise ValueError("the twin has no uncertainty: fit it with SAEM (hybridtwin.estimation.estimate) first")
     cov = np.asarray(u["cov"], dtype=float)
+    est = np.asarray(u["estimate"], dtype=float)
     sd = np.sqrt(np.diag(cov))
+    z = float(norm.ppf(0.5 + level / 2))
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = cov / sd[:, None] / sd[None, :]
     rows = []
@@ -241,5 +264,12 @@ def correlation_table(twin, threshold: float = 0.9) -> pd.DataFrame:
     for i in range(len(names)):
         for j in range(i + 1, len(names)):
             if np.isfinite(corr[i, j]) and abs(corr[i, j]) > threshold:
-                rows.append(dict(first=names[i], second=names[j], correlation=float(corr[i, j])))
-    return pd.DataFrame(rows, columns=["first", "second", "correlation"])
+                weight = -cov[i, j] / cov[j, j]
+                value = est[i] + weight * est[j]
+                se = float(sd[i] * math.sqrt(max(1.0 - corr[i, j] ** 2, 0.0)))
+                rows.append(dict(first=names[i], second=names[j], correlation=float(corr[i, j]),
+                                 combination=f"{names[i]} {'+' if weight >= 0 else '-'} {abs(weight):.2f} * {names[j]}",
+                                 weight=float(weight), estimate=float(value), se=se, lower=float(value - z * se),
+                                 upper=float(value + z * se), se_first=float(sd[i]), se_second=float(sd[j])))
+    return pd.DataFrame(rows, columns=["first", "second", "correlation", "combination", "weight", "estimate", "se",
+                                       "lower", "upper", "se_first", "se_second"])
