@@ -310,7 +310,9 @@ class HybridTwin(nn.Module):
             with torch.no_grad():
                 self.log_omega[j] = math.log(config.time_offset["omega"])
             if not config.time_offset["estimate_population"]:
-                self.known_population[j] = (float(self.mu[j].detach()), float(self.log_omega[j].detach()))
+                # (a skeleton built on the meta device for shape checks has no values to record)
+                self.known_population[j] = ((math.nan, math.nan) if self.mu.is_meta else
+                                            (float(self.mu[j].detach()), float(self.log_omega[j].detach())))
                 keep = torch.ones(Pp, dtype=self.mu.dtype)
                 keep[j] = 0.0
                 # gradient-based training (Lightning, the pooled start) leaves the known distribution alone
