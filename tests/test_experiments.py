@@ -116,3 +116,17 @@ def test_saem_starts_tiny(tmp_path, monkeypatch):
     assert out["points"]["true model"]["values"]["beta[beta, age]"] == pytest.approx(truth["beta[beta, age]"])
     assert all(abs(p["loglik"]) < 1e6 and p["se"] >= 0 for p in out["points"].values())
     assert (tmp_path / "saem_starts_baccam2006_seed0.md").exists()
+
+
+@pytest.mark.slow  # ~1 min: six volunteers, two starts, few L-BFGS iterations
+def test_baccam_volunteers_tiny(tmp_path, shared_data):
+    import math
+
+    import baccam_volunteers as bv
+
+    r = bv.main(path=shared_data / "baccam2006_influenza_6pt", out=tmp_path, n_starts=2, max_iter=5)
+    t = r["table"]
+    assert len(t) == 6 and (t["solver_status"] == 0).all() and t["rmse"].between(0, 10).all()
+    row = t.iloc[0]
+    assert math.isclose(row["R0"], row["beta"] * row["p"] * bv.T0 / (row["c"] * row["delta"]))
+    assert (tmp_path / "baccam_volunteers.md").exists() and (tmp_path / "baccam_volunteers.png").exists()
