@@ -1,0 +1,246 @@
+"""Real-data issue, section 3: forecasting people from their first samples on ``kissler2021`` (68 people with
+daily SARS-CoV-2 RT-qPCR tests, NBA occupational screening).
+
+Each person's time axis is re-based to their **first positive test** (day 0): Kissler's own axis is centred on
+each person's minimum Ct, which is only known in hindsight and would leak the future into every method. Rows
+before the first positive (the negative screening tests before infection) are not used. For k = 1, 2, 3, 5 each
+person shows their first k quantified samples (and age: unknown here, so given as missing); every later row
+(quantified and negative) is forecast. Units: the loader's log10 genome equivalents per ml are mapped onto the
+twin's ``log10_V`` (log10 copies/ml) one to one.
+
+Methods, on the same rows:
+
+- **twin, external** (no retraining): the shipped ``checkpoints/sarscov2_challenger`` twin (trained on
+  challenger2022), personalised by its default route (``auto``: encoder + importance sampling) and by MAP;
+- **twin, fine-tuned**: the same twin's population model re-estimated by SAEM on the other people of a 5-fold
+  split of the 68 (starting from the shipped values; covariate effects under a ridge, since every person has
+  the same covariates here), then MAP for the held-out people;
+- **LOCF**: the last of the k values carried forward; intervals from the training folds' changes by gap;
+- **population template**: the training folds' mean curve on the same axis (days since first positive,
+  censored values at the limit, medians per day), shifted in level (k = 1) or in level and time (k >= 2,
+  shifts of -4..4 days) to the k samples by least squares; intervals from the training folds' residuals
+  around their own fitted templates.
+
+Not here: the per-patient mechanistic fit on the same k samples (open in the issue).
+
+Scores per k (pooled over folds; see ``challenger_folds.score``): RMSE of the median on quantified rows, 50 / 90 %
+coverage on quantified rows, censoring-aware log-likelihood per row.
+
+Run ``python experiments/kissler_forecast.py`` (about 20 min on 2 cores); results:
+``experiments/results/kissler_forecast.{md,json}``; fine-tuned fits are cached per fold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from _common import RESULTS, ROOT
+from challenger_folds import QUANTILES, _from_quantiles, locf, score
+from hybridtwin.checkpoint import load
+from hybridtwin.data import CohortData, map_observables
+from hybridtwin.datasets import load as load_dataset
+from hybridtwin.estimation import SAEMConfig, estimate
+
+DATA = ROOT.parent / "shared" / "data" / "kissler2021_nba_ct"
+CHECKPOINT = ROOT / "checkpoints" / "sarscov2_challenger"
+KS = (1, 2, 3, 5)
+FINE_TUNE_SAEM = dict(n_explore=60, n_smooth=30, n_fisher=0, init_steps=0)
+SHIFTS = np.arange(-4.0, 4.5, 1.0)
+
+
+def kissler_data(path=DATA) -> CohortData:
+    """Rows from each person's first positive test on, time re-based to it; cohort 'all', age missing."""
+    data = map_observables(load_dataset("kissler2021", path),
+                           {"log10_ge": {"name": "log10_V", "unit": "log10 GE/ml, taken as log10 copies/ml"}})
+    obs = data.observations.sort_values(["subject_id", "time"], kind="stable")
+    first = obs[~obs["censored"]].groupby("subject_id")["time"].min()
+    obs = obs[obs["subject_id"].isin(first.index)].copy()
+    obs["time"] = obs["time"] - obs["subject_id"].map(first)
+    obs = obs[obs["time"] >= 0].assign(cohort="all").reset_index(drop=True)
+    ids = sorted(obs["subject_id"].unique())
+    cov = pd.DataFrame({"subject_id": ids, "age": np.nan})
+    return CohortData(obs, data.doses.iloc[:0], cov, dict(data.meta))
+
+
+def split_quantified(obs: pd.DataFrame, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each person's first ``k`` quantified rows, and every row after the k-th (people with fewer dropped)."""
+    q = obs[~obs["censored"]].sort_values(["subject_id", "time"], kind="stable")
+    early = q.groupby("subject_id").head(k)
+    counts = early.groupby("subject_id").size()
+    keep = set(counts[counts == k].index)
+    early = early[early["subject_id"].isin(keep)]
+    last = early.groupby("subject_id")["time"].max()
+    late = obs[obs["subject_id"].isin(keep)]
+    late = late[late["time"] > late["subject_id"].map(last)]
+    keep = set(late["subject_id"])
+    return early[early["subject_id"].isin(keep)].reset_index(drop=True), late.reset_index(drop=True)
+
+
+def _template(train: pd.DataFrame) -> pd.Series:
+    """Median log10 value per day since first positive (censored rows at their limit), days 0..max."""
+    med = train.groupby(np.rint(train["time"]))["value"].median()
+    days = np.arange(0.0, float(med.index.max()) + 1)
+    return pd.Series(np.interp(days, med.index.to_numpy(), med.to_numpy()), index=days)
+
+
+def _template_at(curve: pd.Series, t: np.ndarray) -> np.ndarray:
+    return np.interp(t, curve.index.to_numpy(), curve.to_numpy())
+
+
+def _fit_shift(curve: pd.Series, t: np.ndarray, y: np.ndarray, k: int) -> tuple[float, float]:
+    best = (np.inf, 0.0, 0.0)
+    for tau in (SHIFTS if k >= 2 else (0.0,)):
+        base = _template_at(curve, t - tau)
+        a = float(np.mean(y - base))
+        sse = float(np.sum((y - base - a) ** 2))
+        best = min(best, (sse, tau, a))
+    return best[1], best[2]
+
+
+def population_template(train: pd.DataFrame, early: pd.DataFrame, late: pd.DataFrame, k: int) -> pd.DataFrame:
+    curve = _template(train)
+    # residual quantiles: each training person's later rows around its template fitted to its own first k
+    tr_early, tr_late = split_quantified(train, k)
+    res = []
+    for sid, g in tr_early.groupby("subject_id"):
+        tau, a = _fit_shift(curve, g["time"].to_numpy(), g["value"].to_numpy(), k)
+        lt = tr_late[tr_late["subject_id"] == sid]
+        res.append(lt["value"].to_numpy() - _template_at(curve, lt["time"].to_numpy() - tau) - a)
+    qs = np.quantile(np.concatenate(res), QUANTILES)
+    out = late[["subject_id", "time", "observable"]].copy()
+    centre = np.empty(len(out))
+    for sid, g in early.groupby("subject_id"):
+        tau, a = _fit_shift(curve, g["time"].to_numpy(), g["value"].to_numpy(), k)
+        rows = (out["subject_id"] == sid).to_numpy()
+        centre[rows] = _template_at(curve, out.loc[rows, "time"].to_numpy() - tau) + a
+    for q, v in zip(QUANTILES, qs):
+        out[f"q{q}"] = centre + v
+    return _from_quantiles(out)
+
+
+def twin_rows(twin, cov: pd.DataFrame, early: pd.DataFrame, late: pd.DataFrame, method: str, seed: int) -> pd.DataFrame:
+    keys = ["subject_id", "time", "observable"]
+    rows = late[keys]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # age missing for everyone is reported once in the results
+        p90, par = twin.predict(cov, early, None, times=rows, method=method, n_samples=400, level=0.90, seed=seed)
+        p50, _ = twin.predict(cov, early, None, times=rows, method=method, n_samples=400, level=0.50, seed=seed)
+    return p90[keys + ["median", "lower", "upper"]].merge(
+        p50[keys + ["lower", "upper"]].rename(columns={"lower": "lower50", "upper": "upper50"}), on=keys)
+
+
+def folds(ids: list[str], n: int, seed: int) -> list[list[str]]:
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(sorted(ids))
+    return [sorted(order[i::n].tolist()) for i in range(n)]
+
+
+def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: dict, cache: Path,
+               checkpoint: Path = CHECKPOINT):
+    """The shipped twin re-estimated on the people not in ``held`` (cached as a checkpoint per fold)."""
+    from hybridtwin.checkpoint import save
+
+    folder = cache / f"fold{fold}_twin"
+    if (folder / "weights.pt").is_file():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load(folder), json.loads((cache / f"fold{fold}.json").read_text())
+    twin = load(checkpoint)
+    # everyone's covariates are the same here (age unknown), so the covariate effects cannot be re-estimated:
+    # a ridge keeps the design solvable; only mu + beta x (the same for everyone) matters for these people
+    twin.config = dataclasses.replace(twin.config, covariate_penalty=1.0)
+    train = data.subset([s for s in data.subject_ids if s not in set(held)])
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = estimate(twin, train, SAEMConfig(seed=seed, progress=False, **saem), amortisation=False)
+    info = {"fit_seconds": time.perf_counter() - t0, "n_train": len(train.subject_ids),
+            "noise_sd": float(twin.observation.log_sigma_add.detach().exp()[0]),
+            "diagnostics": [d["message"] for d in fit.diagnostics]}
+    save(twin, folder, metrics=info)
+    (cache / f"fold{fold}.json").write_text(json.dumps(info, indent=1))
+    print(f"fold {fold}: fine-tuned on {info['n_train']} people in {info['fit_seconds'] / 60:.1f} min", flush=True)
+    return twin.eval(), info
+
+
+def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: int = 0, saem: dict | None = None,
+         n_people: int | None = None, stem: str = "kissler_forecast", checkpoint: Path | str = CHECKPOINT) -> dict:
+    torch.set_num_threads(1)
+    out = Path(out)
+    cache = out / stem
+    cache.mkdir(parents=True, exist_ok=True)
+    data = kissler_data(path)
+    if n_people:
+        data = data.subset(list(data.subject_ids)[:n_people])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        external = load(checkpoint)
+    obs, cov = data.observations, data.covariates
+    rows = []
+    fold_info = []
+    for f, held in enumerate(folds(list(data.subject_ids), n_folds, seed)):
+        tuned, info = fine_tuned(data, held, f, seed, {**FINE_TUNE_SAEM, **(saem or {})}, cache, Path(checkpoint))
+        fold_info.append({"fold": f, "held_out": len(held), **info})
+        train_obs = obs[~obs["subject_id"].isin(set(held))]
+        test_obs = obs[obs["subject_id"].isin(set(held))]
+        for k in ks:
+            early, late = split_quantified(test_obs, k)
+            if late.empty:
+                continue
+            c = cov[cov["subject_id"].isin(set(early["subject_id"]))]
+            methods = {"twin external (auto)": lambda: twin_rows(external, c, early, late, "auto", seed),
+                       "twin external (MAP)": lambda: twin_rows(external, c, early, late, "map", seed),
+                       "twin fine-tuned (MAP)": lambda: twin_rows(tuned, c, early, late, "map", seed),
+                       "LOCF": lambda: locf(train_obs, early, late, k),
+                       "population template": lambda: population_template(train_obs, early, late, k)}
+            for name, method in methods.items():
+                t1 = time.perf_counter()
+                pred = method()
+                rows.append({"fold": f, "k": k, "method": name, "n_people": int(early["subject_id"].nunique()),
+                             "seconds": time.perf_counter() - t1, **score(pred, late)})
+                print(f"fold {f} k={k} {name}: RMSE {rows[-1]['rmse']:.2f}, 90 % cov {rows[-1]['coverage90']:.2f}",
+                      flush=True)
+    report = summarise(rows, fold_info, data)
+    (out / f"{stem}.md").write_text(report)
+    (out / f"{stem}.json").write_text(json.dumps({"rows": rows, "folds": fold_info}, indent=1))
+    print(report)
+    return {"rows": rows, "folds": fold_info}
+
+
+def summarise(rows: list[dict], fold_info: list[dict], data: CohortData) -> str:
+    df = pd.DataFrame(rows)
+    obs = data.observations
+    lines = ["# Forecasting people from their first samples: kissler2021 (SARS-CoV-2, daily tests)", "",
+             f"{len(data.subject_ids)} people, {len(obs)} rows from each person's first positive test on "
+             f"({int(obs['censored'].sum())} negative). Later rows forecast from the first k quantified samples; "
+             f"pooled over a {len(fold_info)}-fold split of the people. See the script's docstring for the methods.", ""]
+    for k, g in df.groupby("k"):
+        lines += [f"## k = {k}", "", "| method | people | RMSE (pooled) | 50 % coverage | 90 % coverage | log-lik / row |",
+                  "|---|---|---|---|---|---|"]
+        for m, h in g.groupby("method", sort=False):
+            w = h["n_quantified"].to_numpy()
+            rmse = float(np.sqrt(np.sum(w * h["rmse"] ** 2) / w.sum()))
+            cov50 = float(np.sum(w * h["coverage50"]) / w.sum())
+            cov90 = float(np.sum(w * h["coverage90"]) / w.sum())
+            ll = float(np.sum(h["n_rows"] * h["loglik_per_row"]) / h["n_rows"].sum())
+            lines.append(f"| {m} | {int(h['n_people'].sum())} | {rmse:.2f} | {cov50:.2f} | {cov90:.2f} | {ll:.2f} |")
+        lines.append("")
+    lines += ["## Fine-tuning fits", "", "| fold | people held out | trained on | min | noise SD |", "|---|---|---|---|---|"]
+    for f in fold_info:
+        lines.append(f"| {f['fold']} | {f['held_out']} | {f['n_train']} | {f['fit_seconds'] / 60:.1f} | {f['noise_sd']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--folds", type=int, default=5)
+    main(n_folds=ap.parse_args().folds)
