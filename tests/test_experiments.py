@@ -130,3 +130,25 @@ def test_baccam_volunteers_tiny(tmp_path, shared_data):
     row = t.iloc[0]
     assert math.isclose(row["R0"], row["beta"] * row["p"] * bv.T0 / (row["c"] * row["delta"]))
     assert (tmp_path / "baccam_volunteers.md").exists() and (tmp_path / "baccam_volunteers.png").exists()
+
+
+@pytest.mark.slow  # ~2 min: two tiny fine-tuning fits on ten kissler2021 people, five methods
+def test_kissler_forecast_tiny(tmp_path, shared_data):
+    import kissler_forecast as kf
+
+    data = kf.kissler_data(shared_data / "kissler2021_nba_ct")
+    obs = data.observations
+    assert obs["time"].min() == 0.0 and data.covariates["age"].isna().all()
+    first = obs[~obs["censored"]].groupby("subject_id")["time"].min()
+    assert (first == 0.0).all()  # every person's axis starts at their first positive test
+    early, late = kf.split_quantified(obs, 2)
+    assert (early.groupby("subject_id").size() == 2).all() and not early["censored"].any()
+    last = early.groupby("subject_id")["time"].max()
+    assert (late["time"] > late["subject_id"].map(last)).all()
+    r = kf.main(path=shared_data / "kissler2021_nba_ct", out=tmp_path, n_people=10, n_folds=2, ks=(1,),
+                saem=dict(n_explore=2, n_smooth=1))
+    methods = {row["method"] for row in r["rows"]}
+    assert methods == {"twin external (auto)", "twin external (MAP)", "twin fine-tuned (MAP)", "LOCF",
+                       "population template"}
+    assert all(0 <= row["coverage90"] <= 1 and row["rmse"] > 0 for row in r["rows"])
+    assert (tmp_path / "kissler_forecast.md").exists()
