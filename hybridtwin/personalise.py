@@ -345,7 +345,26 @@ def importance_posterior(twin, batch: Batch, n_draws: int = 256, inflate: float 
         mean = torch.einsum("bk,bkp->bp", w, samples)
         sd = torch.sqrt(torch.clamp(torch.einsum("bk,bkp->bp", w, samples**2) - mean**2, min=1e-12))
         ess = 1.0 / (w**2).sum(1)
+    _warn_low_ess(batch.subject_ids, ess, n_draws)
     return Posterior(batch.subject_ids, mean, sd, samples, w, ess)
+
+
+#: below this effective sample size a patient's importance-sampled posterior rests on a handful of draws
+MIN_ESS = 10.0
+
+
+def _warn_low_ess(ids, ess: torch.Tensor, n_draws: int) -> None:
+    """Warn, naming the patients, where the importance weights collapse onto a few draws (the encoder's
+    proposal misses the posterior, e.g. for patients unlike the training data): intervals would be too narrow."""
+    low = torch.nonzero(ess < MIN_ESS).flatten().tolist()
+    if low:
+        import warnings
+
+        shown = [ids[i] for i in low[:5]]
+        warnings.warn(f"importance sampling: effective sample size below {MIN_ESS:g} of {n_draws} draws for "
+                      f"{len(low)} of {len(ids)} patient(s) (e.g. {shown}): their posterior rests on a few draws "
+                      "and its intervals are too narrow; use method='map' for them or raise n_draws",
+                      UserWarning, stacklevel=3)
 
 
 def posterior(twin, batch: Batch, method: str = AUTO, **options) -> Posterior:

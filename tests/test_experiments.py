@@ -152,3 +152,22 @@ def test_kissler_forecast_tiny(tmp_path, shared_data):
                        "population template"}
     assert all(0 <= row["coverage90"] <= 1 and row["rmse"] > 0 for row in r["rows"])
     assert (tmp_path / "kissler_forecast.md").exists()
+
+
+@pytest.mark.slow  # ~2 min: a tiny SAEM fit on tsang2016's households
+def test_tsang_households_tiny(tmp_path, shared_data):
+    import tsang_households as th
+
+    data = th.tsang_data(shared_data / "tsang2016_flu_households")
+    onset = data.covariates.set_index("subject_id")["onset_time"] if "onset_time" in data.covariates else None
+    assert onset is None and data.observations["time"].min() < 0  # own-onset clock: contacts sampled before it
+    train, test = th.household_split(data, seed=0)
+    homes = lambda d: set(d.subject_ids)  # noqa: E731
+    assert not homes(train) & homes(test) and len(homes(train)) + len(homes(test)) == len(data.subject_ids)
+    split_homes = {s.split("-")[0] for s in test.subject_ids} & {s.split("-")[0] for s in train.subject_ids}
+    assert not split_homes  # a household is never split
+    r = th.main(path=shared_data / "tsang2016_flu_households", out=tmp_path, stem="tiny",
+                saem=dict(n_explore=2, n_smooth=1, n_fisher=3, init_steps=1))
+    assert set(r["scores"]) == {"twin MAP", "population only", "LOCF"} and r["noise_sd"] > 0
+    effects = [q for q in r["population_table"] if q["kind"] == "effect" and q["covariate"] == "antiviral"]
+    assert {q["parameter"] for q in effects} >= {"p"} and (tmp_path / "tiny.md").exists()

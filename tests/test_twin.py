@@ -309,6 +309,24 @@ def test_encoder_is_corrects_a_biased_proposal(monkeypatch):
         ht.personalise.importance_posterior(twin, batch, defensive=1.0)
 
 
+def test_importance_sampling_warns_when_its_weights_collapse(monkeypatch):
+    """A proposal far from the posterior (an encoder meeting a patient unlike its training data) leaves a few
+    draws with all the weight: the route says so, naming the patient, instead of returning narrow intervals."""
+    _, twin, batch, post = _one_subject_map()
+    far = post.mean + 8.0 * post.sd
+    monkeypatch.setattr(twin, "posterior", lambda b, context=None: (far, 0.3 * post.sd))
+    with pytest.warns(UserWarning, match=r"effective sample size below 10 of 64 draws for 1 of 1 patient.*'p'"):
+        bad = ht.personalise.importance_posterior(twin, batch, n_draws=64, defensive=0.0, seed=0)
+    assert float(bad.ess[0]) < ht.personalise.MIN_ESS
+    monkeypatch.setattr(twin, "posterior", lambda b, context=None: (post.mean, post.sd))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a good proposal: no warning
+        good = ht.personalise.importance_posterior(twin, batch, n_draws=64, seed=0)
+    assert float(good.ess[0]) >= ht.personalise.MIN_ESS
+
+
 def test_auto_route_corrects_the_encoder_only_where_there_are_observations(monkeypatch):
     """predict's default ``method="auto"``: with observations it is the importance-corrected encoder (the same
     numbers as asking for ``encoder_is``), with covariates only the encoder; a misspelt route is refused."""
