@@ -1,6 +1,7 @@
 """The hybrid twin: closures start as the mechanism, encoder starts at the prior, M3 likelihood, ELBO,
 and the three personalisation routes."""
 
+import functools
 import math
 
 import numpy as np
@@ -176,6 +177,7 @@ def _one_subject(seed=3, sd=0.05):
     return truth, obs, dose_table
 
 
+@functools.lru_cache(maxsize=1)  # one MAP fit per test process: the tests below only read it (monkeypatch restores)
 def _one_subject_map():
     """The densely sampled subject, a twin with small known noise, its batch and the MAP posterior."""
     truth, obs, doses = _one_subject()
