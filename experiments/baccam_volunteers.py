@@ -43,7 +43,6 @@ T0 = 4e8
 def volunteer_twin(data) -> HybridTwin:
     """A twin whose patient parameters are beta, delta, p, c, V0 (k, T0 fixed) with a wide prior at the
     published averages and the residual SD fixed."""
-    model = data.meta.get("model", "baccam2006")
     cfg = TwinConfig(model="baccam2006", fixed=("k", "T0", "k_el", "Emax", "EC50"), covariate_effects=False,
                      noise_sd_init={"log10_V": SIGMA}, learn_noise=False, omega_init=3.0,
                      fixed_values={"k": 4.0, "T0": T0}, solver={"rtol": 1e-6, "atol": 1e-6})
@@ -52,7 +51,7 @@ def volunteer_twin(data) -> HybridTwin:
     centre = space.to_unconstrained(space.tensor_from({**space.defaults(), **{n: PUBLISHED[n] for n in FITTED}}))[0]
     with torch.no_grad():
         twin.mu.copy_(centre[twin.patient_idx])
-    assert sorted(twin.patient_names) == sorted(FITTED), (model, twin.patient_names)
+    assert sorted(twin.patient_names) == sorted(FITTED), twin.patient_names
     return twin.eval()
 
 

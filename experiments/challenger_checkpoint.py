@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from _common import RESULTS, ROOT
-from challenger_folds import _pooled_cohort, locf, score, split_early, study_folds
+from challenger_folds import _pooled_cohort, interval_rows, locf, route_posterior, score, split_early, study_folds
 from estimation_real import DATA, TWIN_OFFSET, challenger_data
 from hybridtwin.checkpoint import load, read_card, save
 from hybridtwin.data import CohortData
@@ -54,18 +54,13 @@ def heldout_scores(twin: HybridTwin, covariates: pd.DataFrame, observations: pd.
     early, late = split_early(observations, k)
     late = late[late["subject_id"].isin(set(early["subject_id"]))]
     rows = late[["subject_id", "time", "observable"]]
-    keys = ["subject_id", "time", "observable"]
     out = {}
     for label, method, personal in ROUTES:
         if label not in routes:
             continue
         shown = early if personal else None
-        p90, _ = twin.predict(covariates, shown, None, times=rows, method=method, n_samples=n_samples, level=0.90,
-                              seed=seed)
-        p50, _ = twin.predict(covariates, shown, None, times=rows, method=method, n_samples=n_samples, level=0.50,
-                              seed=seed)
-        pred = p90[keys + ["median", "lower", "upper"]].merge(
-            p50[keys + ["lower", "upper"]].rename(columns={"lower": "lower50", "upper": "upper50"}), on=keys)
+        post = route_posterior(twin, covariates, shown, method)
+        pred = interval_rows(twin, covariates, shown, rows, post, seed, n_samples)
         out[label] = score(pred, late)
     return out
 

@@ -46,7 +46,7 @@ from _common import RESULTS
 from estimation_real import DATA, TWIN_OFFSET, challenger_data
 from hybridtwin.data import CohortData
 from hybridtwin.estimation import SAEMConfig, estimate
-from hybridtwin.personalise import Posterior, _tables, fit_map
+from hybridtwin.personalise import Posterior, _tables, fit_map, posterior
 from hybridtwin.twin import HybridTwin, TwinConfig
 
 Z90, Z50 = norm.ppf(0.95), norm.ppf(0.75)
@@ -123,6 +123,22 @@ def locf(train_obs: pd.DataFrame, early: pd.DataFrame, late: pd.DataFrame, k: in
     return _from_quantiles(out)
 
 
+def route_posterior(twin: HybridTwin, cov: pd.DataFrame, shown: pd.DataFrame | None, method: str) -> Posterior:
+    """The patients' posterior by one personalisation route, computed once (then reused for every level)."""
+    ds, _ = _tables(twin, cov, shown, None)
+    return posterior(twin, ds.batch(), method)
+
+
+def interval_rows(twin: HybridTwin, cov: pd.DataFrame, shown: pd.DataFrame | None, rows: pd.DataFrame, post: Posterior,
+                  seed: int, n_samples: int = 400) -> pd.DataFrame:
+    """Median, 90 % and 50 % predictive intervals at ``rows`` (subject_id, time, observable) from ``post``."""
+    keys = ["subject_id", "time", "observable"]
+    p90, _ = twin.predict(cov, shown, None, times=rows[keys], given=post, n_samples=n_samples, level=0.90, seed=seed)
+    p50, _ = twin.predict(cov, shown, None, times=rows[keys], given=post, n_samples=n_samples, level=0.50, seed=seed)
+    return p90[keys + ["median", "lower", "upper"]].merge(
+        p50[keys + ["lower", "upper"]].rename(columns={"lower": "lower50", "upper": "upper50"}), on=keys)
+
+
 def _twin_rows(twin: HybridTwin, cov: pd.DataFrame, early: pd.DataFrame | None, late: pd.DataFrame,
                personalise: bool, seed: int) -> pd.DataFrame:
     ds, ids = _tables(twin, cov, early if personalise else None, None)
@@ -134,12 +150,8 @@ def _twin_rows(twin: HybridTwin, cov: pd.DataFrame, early: pd.DataFrame | None, 
             mean, sd = twin.prior(batch.covariates)
         post = Posterior(list(ids), mean, sd)
     rows = late[["subject_id", "time", "observable"]]
-    p90, _ = twin.predict(cov, early, None, times=rows, given=post, n_samples=400, level=0.90, seed=seed)
-    p50, _ = twin.predict(cov, early, None, times=rows, given=post, n_samples=400, level=0.50, seed=seed)
-    keys = ["subject_id", "time", "observable"]
-    m = p90[keys + ["median", "lower", "upper"]].merge(
-        p50[keys + ["lower", "upper"]].rename(columns={"lower": "lower50", "upper": "upper50"}), on=keys)
-    return rows.merge(m, on=keys, how="left")
+    m = interval_rows(twin, cov, early, rows, post, seed)
+    return rows.merge(m, on=["subject_id", "time", "observable"], how="left")
 
 
 def score(pred: pd.DataFrame, late: pd.DataFrame) -> dict:

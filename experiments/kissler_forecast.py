@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 
 from _common import RESULTS, ROOT
-from challenger_folds import QUANTILES, _from_quantiles, locf, score
+from challenger_folds import QUANTILES, _from_quantiles, interval_rows, locf, route_posterior, score
 from hybridtwin.checkpoint import load
 from hybridtwin.data import CohortData, map_observables
 from hybridtwin.datasets import load as load_dataset
@@ -128,14 +128,9 @@ def population_template(train: pd.DataFrame, early: pd.DataFrame, late: pd.DataF
 
 
 def twin_rows(twin, cov: pd.DataFrame, early: pd.DataFrame, late: pd.DataFrame, method: str, seed: int) -> pd.DataFrame:
-    keys = ["subject_id", "time", "observable"]
-    rows = late[keys]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # age missing for everyone is reported once in the results
-        p90, par = twin.predict(cov, early, None, times=rows, method=method, n_samples=400, level=0.90, seed=seed)
-        p50, _ = twin.predict(cov, early, None, times=rows, method=method, n_samples=400, level=0.50, seed=seed)
-    return p90[keys + ["median", "lower", "upper"]].merge(
-        p50[keys + ["lower", "upper"]].rename(columns={"lower": "lower50", "upper": "upper50"}), on=keys)
+        return interval_rows(twin, cov, early, late, route_posterior(twin, cov, early, method), seed)
 
 
 def folds(ids: list[str], n: int, seed: int) -> list[list[str]]:

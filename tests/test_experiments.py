@@ -159,11 +159,11 @@ def test_tsang_households_tiny(tmp_path, shared_data):
     import tsang_households as th
 
     data = th.tsang_data(shared_data / "tsang2016_flu_households")
-    onset = data.covariates.set_index("subject_id")["onset_time"] if "onset_time" in data.covariates else None
-    assert onset is None and data.observations["time"].min() < 0  # own-onset clock: contacts sampled before it
+    # own-onset clock (onset_time already applied, not kept): contacts are sampled before their onset
+    assert "onset_time" not in data.covariates.columns and data.observations["time"].min() < 0
     train, test = th.household_split(data, seed=0)
-    homes = lambda d: set(d.subject_ids)  # noqa: E731
-    assert not homes(train) & homes(test) and len(homes(train)) + len(homes(test)) == len(data.subject_ids)
+    people = lambda d: set(d.subject_ids)  # noqa: E731
+    assert not people(train) & people(test) and len(people(train)) + len(people(test)) == len(data.subject_ids)
     split_homes = {s.split("-")[0] for s in test.subject_ids} & {s.split("-")[0] for s in train.subject_ids}
     assert not split_homes  # a household is never split
     r = th.main(path=shared_data / "tsang2016_flu_households", out=tmp_path, stem="tiny",
