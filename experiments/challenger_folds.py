@@ -7,12 +7,22 @@ methods are scored on the same rows: every held-out row after a patient's first 
 
 Methods (all trained on the same patients):
 
-- **twin MAP**: the mechanistic twin of ``estimation_real.py`` (``sarscov2_cd8``, per-patient time offset
-  with the incubation-period prior, M3 likelihood at each row's LOD) estimated by SAEM, then each held-out
-  patient's MAP + Laplace posterior from the first k samples; posterior-predictive intervals.
-- **population only** (baseline i): the same twin, no personalisation (the population distribution given age).
+- **hybrid twin** (the issue's twin): the mechanistic twin below plus a neural closure for the immune
+  response that the model lacks: the clearance rate c is replaced by ``c * exp(net(t, log10 T))`` (time since
+  infection and the CD8+ pool; exactly the mechanistic model at the start), estimated by SAEM with the other
+  population quantities (networks by Adam), then its encoder amortised on simulations from the fit. Scored by
+  the default route (``auto``: the encoder corrected by importance sampling on the first k samples) and by MAP.
+- **mechanistic twin** (``estimation_real.py``'s: ``sarscov2_cd8``, per-patient time offset with the
+  incubation-period prior, M3 likelihood at each row's LOD), estimated and amortised the same way: scored by
+  the encoder route (baseline ii, "encoder without closure") and by MAP.
+- **population only** (baseline i): the mechanistic twin, no personalisation (the population given age).
 - **gradient boosting** (baseline iii): scikit-learn ``HistGradientBoostingRegressor`` (quantile loss at 5, 25,
   50, 75, 95 %) on (age, age missing, day since onset) -> log10 copies/ml; censored rows enter at their LOD.
+- **per-patient least squares** (baseline iv): the mechanistic model fitted to each patient's first k samples
+  alone (p, c_T, t_offset; c and K_V at the population values, the residual SD fixed at the fold's estimate,
+  censoring-aware, best of 4 starts, the prior made flat: SD 5 on the unconstrained scale). Only where a patient has
+  >= 4 quantified values to fit, i.e. at k = 4 on the patients whose first 4 samples are all quantified;
+  every method is scored on those same patients' later rows in that table.
 - **LOCF** (baseline v): the last of the first k values carried forward; intervals from the training
   patients' empirical quantiles of (later value - last early value) by gap (<= 3, 3-7, > 7 days).
 
@@ -21,11 +31,10 @@ quantified rows, and a censoring-aware log-likelihood per row (each method's pre
 normal with the median as mean and the 90 % interval's width / 3.29 as SD; a censored row scores
 ``log P(y < LOD)``).
 
-Not here yet (open in the issue): the neural closure, the encoder-without-closure baseline (ii) and the
-per-patient least-squares baseline (iv).
-
-Run ``python experiments/challenger_folds.py`` (about 30 min on 2 cores with the default SAEM settings here);
-results: ``experiments/results/challenger_folds.{md,json}``; each fold is cached and reused on a rerun.
+Run ``python experiments/challenger_folds.py`` (about 25 min per fold on one core; ``--only 0,2,4`` and
+``--only 1,3`` side by side, then a plain run to tabulate); results:
+``experiments/results/challenger_folds.{md,json}``; each fold's twins and scores are cached under
+``experiments/results/challenger_folds/`` and reused on a rerun.
 """
 
 from __future__ import annotations
@@ -45,8 +54,8 @@ from scipy.stats import norm
 from _common import RESULTS
 from estimation_real import DATA, TWIN_OFFSET, challenger_data
 from hybridtwin.data import CohortData
-from hybridtwin.estimation import SAEMConfig, estimate
-from hybridtwin.personalise import Posterior, _tables, fit_map, posterior
+from hybridtwin.estimation import AmortiseConfig, SAEMConfig, estimate
+from hybridtwin.personalise import Posterior, _neg_log_posterior, _tables, fit_map, posterior
 from hybridtwin.twin import HybridTwin, TwinConfig
 
 Z90, Z50 = norm.ppf(0.95), norm.ppf(0.75)
@@ -112,8 +121,10 @@ def locf(train_obs: pd.DataFrame, early: pd.DataFrame, late: pd.DataFrame, k: in
     last_tr = tr_early.groupby("subject_id")[["time", "value"]].last().add_suffix("_last")
     d = tr_late.join(last_tr, on="subject_id").dropna(subset=["value_last"])
     d = d.assign(change=d["value"] - d["value_last"], gap=np.digitize(d["time"] - d["time_last"], GAP_EDGES))
-    qs = d.groupby("gap")["change"].quantile(list(QUANTILES)).unstack()
+    if d.empty:
+        raise ValueError(f"LOCF needs training patients with more than {k} samples; there are none")
     pooled = d["change"].quantile(list(QUANTILES))
+    qs = pd.DataFrame({q: d.groupby("gap")["change"].quantile(q) for q in QUANTILES})
     qs = qs.reindex(range(len(GAP_EDGES) + 1)).fillna(pooled)  # a gap class without training pairs: all gaps
     last = early.groupby("subject_id")[["time", "value"]].last().add_suffix("_last")
     out = late[["subject_id", "time", "observable"]].join(last, on="subject_id")
@@ -140,18 +151,49 @@ def interval_rows(twin: HybridTwin, cov: pd.DataFrame, shown: pd.DataFrame | Non
 
 
 def _twin_rows(twin: HybridTwin, cov: pd.DataFrame, early: pd.DataFrame | None, late: pd.DataFrame,
-               personalise: bool, seed: int) -> pd.DataFrame:
-    ds, ids = _tables(twin, cov, early if personalise else None, None)
-    batch = ds.batch()
-    if personalise:
-        post = fit_map(twin, batch)
-    else:
-        with torch.no_grad():
-            mean, sd = twin.prior(batch.covariates)
-        post = Posterior(list(ids), mean, sd)
+               method: str, seed: int) -> pd.DataFrame:
+    """Predictions at ``late``'s rows after personalising by ``method`` on ``early`` (None: the population)."""
     rows = late[["subject_id", "time", "observable"]]
-    m = interval_rows(twin, cov, early, rows, post, seed)
-    return rows.merge(m, on=["subject_id", "time", "observable"], how="left")
+    shown = early if method != "population" else None
+    post = route_posterior(twin, cov, shown, "encoder" if shown is None else method)
+    return rows.merge(interval_rows(twin, cov, shown, rows, post, seed), on=["subject_id", "time", "observable"],
+                      how="left")
+
+
+#: prior SD on the unconstrained scale for the per-patient least-squares baseline (flat at the data's scale)
+LS_PRIOR_SD = 5.0
+
+
+def least_squares(twin: HybridTwin, cov: pd.DataFrame, early: pd.DataFrame, late: pd.DataFrame, seed: int,
+                  n_starts: int = 4) -> pd.DataFrame:
+    """Baseline iv: each patient's own fit of the mechanistic model to ``early`` (flat prior, residual SD
+    fixed at the twin's, censoring-aware), best of ``n_starts`` L-BFGS starts; Laplace intervals."""
+    import copy
+
+    ls = copy.deepcopy(twin).eval()
+    with torch.no_grad():
+        ls.log_omega.fill_(math.log(LS_PRIOR_SD))
+    ds, ids = _tables(ls, cov, early, None)
+    batch = ds.batch()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        centre = twin.prior(batch.covariates)[0]
+    best, best_obj = None, None
+    for i in range(n_starts):
+        init = centre if i == 0 else centre + torch.randn(centre.shape, generator=gen, dtype=centre.dtype)
+        post = fit_map(ls, batch, init=init, max_iter=100)
+        with torch.no_grad():
+            obj = _neg_log_posterior(ls, post.mean, batch)
+        if best is None:
+            best, best_obj = post, obj
+        else:
+            better = obj < best_obj
+            best = Posterior(list(ids), torch.where(better[:, None], post.mean, best.mean),
+                             torch.where(better[:, None], post.sd, best.sd))
+            best_obj = torch.minimum(obj, best_obj)
+    rows = late[["subject_id", "time", "observable"]]
+    return rows.merge(interval_rows(ls, cov, early, rows, best, seed), on=["subject_id", "time", "observable"],
+                      how="left")
 
 
 def score(pred: pd.DataFrame, late: pd.DataFrame) -> dict:
@@ -169,7 +211,47 @@ def score(pred: pd.DataFrame, late: pd.DataFrame) -> dict:
             "loglik_per_row": float(np.mean(ll))}
 
 
-def run_fold(data: CohortData, studies: list[str], fold: int, ks, seed: int, saem: dict, cache: Path) -> list[dict]:
+#: the hybrid twin's closure: the clearance rate as a learned function of time since infection and the CD8+ pool
+CLOSURE = {"target": "c", "mode": "replace", "inputs": ["t", "T"], "log_inputs": ["T"], "input_scale": {"t": 10.0},
+           "hidden": [16, 16]}
+TWINS = {"mechanistic": TWIN_OFFSET, "hybrid": {**TWIN_OFFSET, "closures": [CLOSURE]}}
+#: a shorter amortisation than the library default (10 twins to train instead of 1)
+FOLD_AMORTISE = dict(n_simulations=10000, epochs=20)
+#: k at which the per-patient least-squares baseline runs (patients whose first k samples are all quantified)
+LS_K = 4
+
+
+def fold_twin(kind: str, train: CohortData, seed: int, saem: dict, amortise: dict, folder: Path) -> tuple:
+    """The fold's ``kind`` twin (``TWINS``) estimated by SAEM and amortised, or reloaded from ``folder``."""
+    from hybridtwin.checkpoint import load, read_card, save
+
+    if (folder / "card.json").is_file():
+        return load(folder), read_card(folder)["metrics"]
+    torch.manual_seed(seed)
+    twin = HybridTwin.from_data(TwinConfig(**TWINS[kind]), train)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # findings are recorded below
+        fit = estimate(twin, train, SAEMConfig(seed=seed, progress=False, **saem),
+                       AmortiseConfig(seed=seed, progress=False, **amortise))
+    metrics = {"fit_seconds": time.perf_counter() - t0,
+               "noise_sd": float(twin.observation.log_sigma_add.detach().exp()[0]),
+               "diagnostics": [d["message"] for d in fit.diagnostics]}
+    save(twin.eval(), folder, metrics=metrics, data_summary={"n_train": len(train.subject_ids)})
+    print(f"{folder.name}: {len(train.subject_ids)} training patients, {metrics['fit_seconds'] / 60:.1f} min, "
+          f"noise SD {metrics['noise_sd']:.2f}", flush=True)
+    return twin.eval(), metrics
+
+
+def ls_eligible(obs: pd.DataFrame, k: int) -> set:
+    """Patients whose first ``k`` samples are all quantified."""
+    early, _ = split_early(obs, k)
+    n = early.groupby("subject_id")["censored"].agg(lambda c: int((~c).sum()))
+    return set(n.index[n >= k])
+
+
+def run_fold(data: CohortData, studies: list[str], fold: int, ks, seed: int, saem: dict, cache: Path,
+             amortise: dict | None = None) -> list[dict]:
     path = cache / f"fold{fold}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -177,50 +259,55 @@ def run_fold(data: CohortData, studies: list[str], fold: int, ks, seed: int, sae
     test_ids = sorted(obs.loc[obs["study"].isin(studies), "subject_id"].unique())
     train = data.subset([s for s in data.subject_ids if s not in set(test_ids)])
     test = data.subset(test_ids)
-    torch.manual_seed(seed)
-    twin = HybridTwin.from_data(TwinConfig(**TWIN_OFFSET), train)
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # findings are recorded below
-        fit = estimate(twin, train, SAEMConfig(seed=seed, progress=False, **saem), amortisation=False)
-    fit_seconds = time.perf_counter() - t0
-    print(f"fold {fold}: {len(train.subject_ids)} training patients fitted in {fit_seconds / 60:.1f} min", flush=True)
-    twin.eval()
+    twins = {kind: fold_twin(kind, train, seed, saem, {**FOLD_AMORTISE, **(amortise or {})},
+                             cache / f"fold{fold}_{kind}") for kind in TWINS}
+    hybrid, mech = twins["hybrid"][0], twins["mechanistic"][0]
     cov = test.covariates
     rows = []
     for k in ks:
         early, late = split_early(test.observations, k)
-        late = late[late["subject_id"].isin(set(early["subject_id"]))]
+        keep = set(early["subject_id"]) & (ls_eligible(test.observations, k) if k == LS_K else set(test_ids))
+        early, late = early[early["subject_id"].isin(keep)], late[late["subject_id"].isin(keep)]
         if late.empty:
             continue
-        methods = {"twin MAP": lambda: _twin_rows(twin, cov, early, late, True, seed),
-                   "population only": lambda: _twin_rows(twin, cov, None, late, False, seed),
+        methods = {"hybrid twin": lambda: _twin_rows(hybrid, cov, early, late, "auto", seed),
+                   "hybrid twin, MAP": lambda: _twin_rows(hybrid, cov, early, late, "map", seed),
+                   "encoder without closure": lambda: _twin_rows(mech, cov, early, late, "auto", seed),
+                   "mechanistic MAP": lambda: _twin_rows(mech, cov, early, late, "map", seed),
+                   "population only": lambda: _twin_rows(mech, cov, None, late, "population", seed),
                    "gradient boosting": lambda: gradient_boosting(train.observations,
                                                                   pd.concat([train.covariates, cov]), late, seed),
                    "LOCF": lambda: locf(train.observations, early, late, k)}
+        if k == LS_K:
+            methods["per-patient least squares"] = lambda: least_squares(mech, cov, early, late, seed)
         for name, method in methods.items():
             t1 = time.perf_counter()
-            pred = method()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # low importance-sampling ESS warnings: scored as they come
+                pred = method()
             rows.append({"fold": fold, "studies": studies, "k": k, "method": name, "n_train": len(train.subject_ids),
-                         "n_test": len(test_ids), "fit_seconds": fit_seconds,
-                         "predict_seconds": time.perf_counter() - t1, **score(pred, late)})
+                         "n_test": len(keep), "predict_seconds": time.perf_counter() - t1, **score(pred, late)})
             print(f"fold {fold} k={k} {name}: {rows[-1]['predict_seconds']:.1f} s, RMSE {rows[-1]['rmse']:.2f}",
                   flush=True)
-    rows.append({"fold": fold, "studies": studies, "method": "_fit", "noise_sd": float(
-        twin.observation.log_sigma_add.detach().exp()[0]), "diagnostics": [d["message"] for d in fit.diagnostics]})
+    for kind, (_, metrics) in twins.items():
+        rows.append({"fold": fold, "studies": studies, "method": "_fit", "twin": kind, **metrics})
     path.write_text(json.dumps(rows, indent=1))
     return rows
 
 
 def summarise(rows: list[dict]) -> str:
     df = pd.DataFrame([r for r in rows if r["method"] != "_fit"])
-    fits = [r for r in rows if r["method"] == "_fit"]
+    fits = pd.DataFrame([r for r in rows if r["method"] == "_fit"])
     lines = ["# Leave-studies-out on challenger2022 (SARS-CoV-2 viral load, 17 studies)", "",
              "Held-out patients' later samples predicted from age and their first k samples; every method is "
              "scored on the same rows (quantified rows for RMSE and coverage; all rows, censored ones by "
              "P(y < LOD), for the log-likelihood). See the script's docstring for the methods.", ""]
     for k, g in df.groupby("k"):
-        lines += [f"## k = {k}", "", "| method | RMSE (pooled) | 50 % coverage | 90 % coverage | log-lik / row | "
+        title = f"## k = {k}"
+        if k == LS_K:
+            title += (f" (patients whose first {k} samples are all quantified: {int(g.groupby('fold')['n_test'].first().sum())}"
+                      " patients; the per-patient least-squares baseline needs them)")
+        lines += [title, "", "| method | RMSE (pooled) | 50 % coverage | 90 % coverage | log-lik / row | "
                   "RMSE per fold |", "|---|---|---|---|---|---|"]
         for method, h in g.groupby("method", sort=False):
             w = h["n_quantified"]
@@ -230,17 +317,22 @@ def summarise(rows: list[dict]) -> str:
             lines.append(f"| {method} | {rmse:.2f} | {pooled('coverage50'):.2f} | {pooled('coverage90'):.2f} | "
                          f"{llr:.2f} | " + " / ".join(f"{v:.2f}" for v in h["rmse"]) + " |")
         lines.append("")
-    lines += ["## Folds", "", "| fold | held-out studies | patients held out | rows scored (k=1) | twin fit min | noise SD |",
-              "|---|---|---|---|---|---|"]
-    for f in fits:
-        h = df[(df["fold"] == f["fold"]) & (df["k"] == df["k"].min())]
-        lines.append(f"| {f['fold']} | {', '.join(f['studies'])} | {int(h['n_test'].iloc[0])} | "
-                     f"{int(h['n_rows'].iloc[0])} | {h['fit_seconds'].iloc[0] / 60:.1f} | {f['noise_sd']:.2f} |")
+    lines += ["## Folds", "", "| fold | held-out studies | patients held out | rows scored (k=1) | fit min (mechanistic / "
+              "hybrid) | noise SD (mechanistic / hybrid) |", "|---|---|---|---|---|---|"]
+    k0 = df["k"].min()
+    for fold, f in fits.groupby("fold"):
+        h = df[(df["fold"] == fold) & (df["k"] == k0)]
+        by = f.set_index("twin")
+        lines.append(f"| {fold} | {', '.join(f['studies'].iloc[0])} | {int(h['n_test'].iloc[0])} | "
+                     f"{int(h['n_rows'].iloc[0])} | " + " / ".join(f"{by.loc[t, 'fit_seconds'] / 60:.1f}" for t in TWINS)
+                     + " | " + " / ".join(f"{by.loc[t, 'noise_sd']:.2f}" for t in TWINS) + " |")
     return "\n".join(lines) + "\n"
 
 
-def main(n_folds: int = 5, ks=(1, 2), seed: int = 0, saem: dict | None = None, out: Path | str = RESULTS,
-         path=DATA, n_subjects: int | None = None, stem: str = "challenger_folds") -> dict:
+def main(n_folds: int = 5, ks=(1, 2, LS_K), seed: int = 0, saem: dict | None = None, out: Path | str = RESULTS,
+         path=DATA, n_subjects: int | None = None, stem: str = "challenger_folds", only=None,
+         amortise: dict | None = None) -> dict:
+    """Run (or reload) the folds in ``only`` (default all); with every fold done, tabulate them."""
     out = Path(out)
     cache = out / stem
     cache.mkdir(parents=True, exist_ok=True)
@@ -250,7 +342,10 @@ def main(n_folds: int = 5, ks=(1, 2), seed: int = 0, saem: dict | None = None, o
     folds = study_folds(data, n_folds)
     rows = []
     for i, studies in enumerate(folds):
-        rows += run_fold(data, studies, i, ks, seed, {**FOLD_SAEM, **(saem or {})}, cache)
+        if only is None or i in only:
+            rows += run_fold(data, studies, i, ks, seed, {**FOLD_SAEM, **(saem or {})}, cache, amortise)
+    if only is not None:
+        return {"rows": rows}
     text = summarise(rows)
     (out / f"{stem}.md").write_text(text)
     (out / f"{stem}.json").write_text(json.dumps(rows, indent=1))
@@ -262,4 +357,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
-    main(n_folds=ap.parse_args().folds, seed=ap.parse_args().seed)
+    ap.add_argument("--only", default=None, help="comma-separated fold numbers to run (no table)")
+    a = ap.parse_args()
+    main(n_folds=a.folds, seed=a.seed, only=None if a.only is None else [int(x) for x in a.only.split(",")])
