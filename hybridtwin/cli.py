@@ -442,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data without a cohort column use the twin's reference (first) cohort")
     g.add_argument("--out", required=True, help="output folder (created)")
     g.set_defaults(func=cmd_report)
+    from .cli_surrogate import add_parsers
+
+    add_parsers(sub)
     return p
 
 

@@ -1,0 +1,17 @@
+"""Neural surrogate emulators of the exact simulator, certified against it (see :mod:`.emulator`).
+
+- :class:`Domain` / :class:`ParameterDomain`: what is emulated (model, patient parameter ranges, a
+  :class:`~hybridtwin.scenarios.ScenarioSpace`, output times and outputs).
+- :func:`fit_surrogate`: exact simulations over a space-filling design, a deep ensemble trained on them.
+- :func:`certify`: errors against the exact engine on fresh pairs (median, 95th percentile, worst; ensemble
+  calibration), stored in the surrogate's card.
+- :class:`Surrogate`: the engine protocol (``run(population, scenarios, times)``), out-of-domain queries
+  flagged or routed to the exact engine; :func:`save` / :func:`load`.
+"""
+
+from .domain import Domain, ParameterDomain
+from .emulator import Surrogate, certificate_table, certify, fit_surrogate, load, read_card, save, simulate_domain
+from .network import EnsembleMLP
+
+__all__ = ["Domain", "EnsembleMLP", "ParameterDomain", "Surrogate", "certificate_table", "certify", "fit_surrogate",
+           "load", "read_card", "save", "simulate_domain"]

@@ -1,0 +1,399 @@
+"""Neural surrogate emulators of the exact simulator, with an error certificate.
+
+:func:`fit_surrogate` draws (patient, scenario) pairs from a space-filling design over a :class:`Domain`,
+simulates them with the exact engine, and trains a deep ensemble (:class:`EnsembleMLP`) that maps the
+unit-scaled patient parameters and scenario factors to every output at every grid time at once (PyTorch
+Lightning; a GPU when there is one). :func:`certify` compares the ensemble mean with the exact engine on fresh
+pairs drawn independently of the training design and records, per output and time, the median, 95th
+percentile and worst absolute error, plus how well the ensemble's spread predicts its own error. A
+:class:`Surrogate` answers the engine protocol (``run(population, scenarios, times)``); a query outside the
+validated domain is flagged in the status table, or routed to the exact engine on request.
+
+Why this architecture: the outputs are a fixed grid (20-100 times x a few observables), so one MLP emitting
+the whole grid is the cheapest possible evaluation (one batched matrix product per layer for every pair),
+and the scenario enters as its few factors (booster day, dose), which a
+:class:`~hybridtwin.scenarios.ScenarioSpace` defines. An operator network over time (DeepONet) would pay off
+for free output times or outputs of very different shapes; a set encoder for doses for schedules of
+varying length. ``experiments/bench_surrogate.py`` measures this choice against a Gaussian process.
+
+Example
+-------
+>>> import hybridtwin as ht
+>>> from hybridtwin.surrogate import Domain, fit_surrogate, certify
+>>> dom = Domain.from_dict({"model": "vaccine_asc", "parameters": {"delta_Ab": [0.015, 0.04]},
+...                         "scenarios": {"doses": [{"name": "prime", "target": "Ag", "time": 0, "amount": [0.5, 2]}]},
+...                         "times": [30, 60, 90], "outputs": ["log10_Ab"]})
+>>> s = fit_surrogate(dom, n_train=256, members=2, hidden=(32, 32), epochs=60, progress=False, seed=0)
+>>> cert = certify(s, n=64, seed=1)
+>>> cert["overall"]["median"] < 0.2
+True
+>>> import pandas as pd
+>>> sims = s.run(pd.DataFrame({"delta_Ab": [0.02, 0.5]}), [dom.scenarios.scenario([1.0])], [30, 60, 90])
+>>> sims.status["status"].tolist()          # the second patient lies outside the validated domain
+['ok', 'outside_domain']
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..engine import ExactEngine, Scenario, SimulationSet, check_run, pairs_to_set
+from .domain import Domain
+from .network import EnsembleMLP
+
+WEIGHTS, CARD = "weights.pt", "card.json"
+FORMAT = "hybridtwin-surrogate/1"
+#: z-score of a two-sided 90 % interval, used to check the ensemble's spread against its error
+Z90 = 1.6448536269514722
+OUTSIDE = ("flag", "exact", "error")
+
+
+class Surrogate:
+    """A trained emulator of ``domain`` (see the module docstring). ``certificate``: the dict of
+    :func:`certify`, once run. ``info``: how it was trained."""
+
+    def __init__(self, domain: Domain, net: EnsembleMLP, y_mean: torch.Tensor, y_sd: torch.Tensor,
+                 info: dict | None = None, certificate: dict | None = None):
+        self.domain, self.net = domain, net.eval()
+        self.y_mean, self.y_sd = y_mean.float(), y_sd.float()
+        self.info, self.certificate = dict(info or {}), certificate
+        self.exact = ExactEngine(domain.model, rtol=float(self.info.get("rtol", 1e-6)))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.domain.outputs), len(self.domain.times)
+
+    # ------------------------------------------------------------------ raw predictions
+    def _decode(self, z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        y = z * self.y_sd + self.y_mean  # (M, N, O*T)
+        mean, sd = y.mean(0), y.std(0, unbiased=True) if y.shape[0] > 1 else torch.zeros_like(y[0])
+        return mean.reshape(-1, *self.shape).numpy(), sd.reshape(-1, *self.shape).numpy()
+
+    @torch.no_grad()
+    def predict_unit(self, u: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+        """Ensemble mean and SD, each (N, outputs, times), at unit-scaled inputs ``u`` (N, parameters + factors)."""
+        means, sds = [], []
+        x = torch.as_tensor(np.asarray(u, dtype=np.float32)) * 2 - 1
+        for i in range(0, len(x), chunk):
+            m, s = self._decode(self.net(x[i:i + chunk]))
+            means.append(m)
+            sds.append(s)
+        return np.concatenate(means), np.concatenate(sds)
+
+    @torch.no_grad()
+    def predict_product(self, up: np.ndarray, us: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and SD (patients, scenarios, outputs, times) for every patient (unit inputs ``up``) under every
+        scenario (unit factors ``us``), sharing the first layer's work across pairs."""
+        a = torch.as_tensor(np.asarray(up, dtype=np.float32)) * 2 - 1
+        b = torch.as_tensor(np.asarray(us, dtype=np.float32)) * 2 - 1
+        rows = max(1, chunk // max(1, len(b)))
+        means, sds = [], []
+        for i in range(0, len(a), rows):
+            m, s = self._decode(self.net.product(a[i:i + rows], b))
+            means.append(m.reshape(-1, len(b), *self.shape))
+            sds.append(s.reshape(-1, len(b), *self.shape))
+        return np.concatenate(means), np.concatenate(sds)
+
+    def encode(self, population: pd.DataFrame, scenarios: Sequence[Scenario]) -> tuple:
+        """Unit inputs of the patients and of the scenarios, and whether each lies inside the domain."""
+        up, p_in = self.domain.parameters.encode(population)
+        xs, s_in = self.domain.scenarios.encode(list(scenarios))
+        b = self.domain.scenarios.bounds
+        us = (xs - b[:, 0]) / (b[:, 1] - b[:, 0]) if len(b) else xs
+        return up, us, p_in, s_in
+
+    # ------------------------------------------------------------------ engine protocol
+    def run(self, population: pd.DataFrame, scenarios: Sequence[Scenario], times=None,
+            outputs: Sequence[str] | None = None, outside: str = "flag", return_sd: bool = False) -> SimulationSet:
+        """Every patient under every scenario, as :class:`~hybridtwin.engine.ExactEngine.run` does.
+
+        times: the domain's grid or a subset of it (default the grid). outputs: a subset of the domain's.
+        outside: what to do with pairs outside the validated domain -- ``"flag"`` (predict, status
+        ``"outside_domain"``: excluded by ``ok_frame()``), ``"exact"`` (simulate them with the exact engine;
+        the status table's ``engine`` column says which pairs) or ``"error"``. return_sd: add the ensemble SD
+        as a column ``sd`` of the frame.
+        """
+        if outside not in OUTSIDE:
+            raise ValueError(f"outside must be one of {OUTSIDE}, got {outside!r}")
+        grid = self.domain.times if times is None else times
+        pop, scenarios, grid = check_run(population, scenarios, grid)
+        t_idx = _subset_index(self.domain.times, grid, "times")
+        outputs = list(self.domain.outputs) if outputs is None else list(outputs)
+        o_idx = _subset_index(self.domain.outputs, outputs, "outputs")
+        up, us, p_in, s_in = self.encode(pop.drop(columns="subject_id"), scenarios)
+        mean, sd = self.predict_product(up, us)
+        mean = mean[:, :, o_idx][..., t_idx].astype(np.float64)  # float64: exact values may be filled in
+        sd = sd[:, :, o_idx][..., t_idx].astype(np.float64)
+        inside = p_in[:, None] & s_in[None, :]  # (n, S)
+        n, S = inside.shape
+        engine = np.full((n, S), "surrogate", dtype=object)
+        status = np.where(inside, "ok", "outside_domain").astype(object)
+        if not inside.all():
+            bad = [(pop["subject_id"].iloc[i], scenarios[j].name) for i, j in zip(*np.nonzero(~inside))]
+            if outside == "error":
+                raise ValueError(f"{len(bad)} (patient, scenario) pair(s) lie outside the surrogate's validated domain, "
+                                 f"e.g. {bad[:3]}; pass outside='exact' to simulate them or 'flag' to mark them")
+            if outside == "exact":
+                params = pop.drop(columns="subject_id").assign(**{k: v for k, v in self.domain.parameters.fixed.items()
+                                                                  if k not in pop.columns})
+                ii, jj = np.nonzero(~inside)
+                vals, st = self.exact.simulate_pairs(params.iloc[ii], [scenarios[j] for j in jj], grid, outputs)
+                mean[ii, jj], sd[ii, jj] = vals, np.nan
+                status[ii, jj], engine[ii, jj] = st, "exact"
+        frame, status_t = pairs_to_set(pop["subject_id"], scenarios, grid, outputs, mean,
+                                       status.T.reshape(-1))
+        if return_sd:
+            frame["sd"] = sd.reshape(-1)
+        status_t["engine"] = engine.reshape(-1)
+        result = SimulationSet(frame, status_t, engine=f"surrogate:{self.domain.model.name}")
+        n_out = int((status_t["status"] == "outside_domain").sum())
+        if n_out:
+            warnings.warn(f"{n_out} of {len(status_t)} (patient, scenario) pairs lie outside the surrogate's validated "
+                          "domain: status 'outside_domain' (excluded by ok_frame()); run(..., outside='exact') "
+                          "simulates them instead", RuntimeWarning, stacklevel=2)
+        return result
+
+    def __repr__(self) -> str:
+        c = self.certificate["overall"] if self.certificate else None
+        cert = f", certified median/p95 error {c['median']:.3g}/{c['p95']:.3g}" if c else ", not certified"
+        return f"Surrogate({self.domain!r}, members={self.net.members}{cert})"
+
+
+def _subset_index(full, want, what: str) -> np.ndarray:
+    full = list(np.asarray(full).tolist())
+    idx = []
+    for w in np.asarray(want).tolist():
+        hits = [i for i, f in enumerate(full) if (f == w if isinstance(w, str) else math.isclose(f, w, abs_tol=1e-9))]
+        if not hits:
+            raise ValueError(f"{what} {w!r} is not in the surrogate's grid {full}; the surrogate emulates only "
+                             "its domain's grid (use the exact engine for others)")
+        idx.append(hits[0])
+    return np.array(idx, dtype=int)
+
+
+# ---------------------------------------------------------------------- training data
+def simulate_domain(domain: Domain, n: int, seed: int = 0, method: str = "sobol", engine: ExactEngine | None = None,
+                    rtol: float = 1e-6) -> dict:
+    """``n`` pairs from ``domain``'s design simulated exactly: ``u`` (n, inputs) unit inputs, ``y`` (n, outputs,
+    times), ``ok`` (n,) statuses ok. Failed pairs stay in (``ok`` False) so that callers exclude them
+    explicitly."""
+    engine = engine or ExactEngine(domain.model, rtol=rtol)
+    pop, scen = domain.sample(n, seed, method)
+    params = pop.assign(**domain.parameters.fixed)
+    y, status = engine.simulate_pairs(params, scen, domain.times, domain.outputs)
+    up, _ = domain.parameters.encode(pop)
+    xs, _ = domain.scenarios.encode(scen)
+    b = domain.scenarios.bounds
+    us = (xs - b[:, 0]) / (b[:, 1] - b[:, 0]) if len(b) else xs
+    ok = np.array([s == "ok" for s in status]) & np.all(np.isfinite(y.reshape(n, -1)), axis=1)
+    return {"u": np.concatenate([up, us], axis=1), "y": y, "ok": ok, "status": status}
+
+
+# ---------------------------------------------------------------------- training
+def fit_surrogate(domain: Domain, n_train: int = 20000, members: int = 5, hidden: Sequence[int] = (256, 256, 256),
+                  epochs: int = 300, batch_size: int = 512, lr: float = 2e-3, weight_decay: float = 1e-6,
+                  validation: float = 0.1, seed: int = 0, design: str = "sobol", rtol: float = 1e-6,
+                  accelerator: str = "auto", progress: bool = True, data: dict | None = None) -> Surrogate:
+    """Train a surrogate of ``domain`` on ``n_train`` exact simulations (see the module docstring).
+
+    members, hidden: the ensemble (members trained together, each on its own bootstrap weights of the same
+    pairs). epochs, batch_size, lr, weight_decay: AdamW with a one-cycle schedule; the epoch with the lowest
+    validation error (``validation`` share of the pairs) is kept. design: ``"sobol"``, ``"lhs"`` or
+    ``"random"``. accelerator: Lightning's (``"auto"`` uses a GPU when there is one). data: reuse pairs from
+    :func:`simulate_domain` (then ``n_train``, ``design`` and ``rtol`` are not used). Pairs whose exact
+    simulation failed are excluded and counted in ``info["n_failed"]``.
+    """
+    for name, v, lo in (("n_train", n_train, 8), ("members", members, 1), ("epochs", epochs, 1),
+                        ("batch_size", batch_size, 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if not 0 < validation < 0.5:
+        raise ValueError(f"validation must be in (0, 0.5), got {validation!r}")
+    t0 = time.perf_counter()
+    if data is None:
+        data = simulate_domain(domain, n_train, seed, design, rtol=rtol)
+    sim_seconds = time.perf_counter() - t0
+    ok = data["ok"]
+    u, y = data["u"][ok], data["y"][ok].reshape(int(ok.sum()), -1)
+    if len(u) < 8:
+        raise RuntimeError(f"only {len(u)} of {len(ok)} exact simulations succeeded; cannot train a surrogate")
+    y_t = torch.as_tensor(y, dtype=torch.float32)
+    y_mean, y_sd = y_t.mean(0), y_t.std(0).clamp_min(1e-6)
+    x_t = torch.as_tensor(u, dtype=torch.float32) * 2 - 1
+    z_t = (y_t - y_mean) / y_sd
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(x_t), generator=gen)
+    n_val = max(1, int(round(validation * len(x_t))))
+    val, tr = perm[:n_val], perm[n_val:]
+    torch.manual_seed(seed)
+    net = EnsembleMLP(x_t.shape[1], z_t.shape[1], hidden, members)
+    t1 = time.perf_counter()
+    best_val = _train(net, x_t[tr], z_t[tr], x_t[val], z_t[val], epochs, batch_size, lr, weight_decay, seed,
+                      accelerator, progress)
+    info = {"n_train": int(len(ok)), "n_failed": int((~ok).sum()), "n_validation": int(n_val), "members": members,
+            "hidden": list(hidden), "epochs": epochs, "batch_size": batch_size, "lr": lr, "design": design,
+            "rtol": rtol, "seed": seed, "simulation_seconds": sim_seconds, "training_seconds": time.perf_counter() - t1,
+            "best_validation_mse_standardised": best_val}
+    return Surrogate(domain, net.cpu(), y_mean, y_sd, info)
+
+
+def _train(net, x, z, xv, zv, epochs, batch_size, lr, weight_decay, seed, accelerator, progress) -> float:
+    import lightning as L
+    from torch.utils.data import DataLoader, IterableDataset
+
+    members = net.members
+    gen = torch.Generator().manual_seed(seed + 1)
+    boot = torch.distributions.Poisson(torch.ones(members, len(x))).sample() if members > 1 else torch.ones(1, len(x))
+
+    class Batches(IterableDataset):  # whole shuffled batches: no per-item collation
+        def __len__(self):
+            return math.ceil(len(x) / batch_size)
+
+        def __iter__(self):
+            p = torch.randperm(len(x), generator=gen)
+            for i in range(0, len(x), batch_size):
+                j = p[i:i + batch_size]
+                yield x[j], z[j], boot[:, j]
+
+    steps = epochs * math.ceil(len(x) / batch_size)
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+            self.best, self.best_state = float("inf"), None
+
+        def training_step(self, batch, _):
+            xb, zb, wb = batch
+            err = ((self.net(xb) - zb) ** 2).mean(-1)  # (M, B)
+            return (wb * err).sum() / wb.sum().clamp_min(1.0)
+
+        def validation_step(self, batch, _):
+            xb, zb = batch
+            mse = float(((self.net(xb).mean(0) - zb) ** 2).mean())
+            self.log("val_mse", mse, prog_bar=True)
+            if mse < self.best:
+                self.best, self.best_state = mse, copy.deepcopy(self.net.state_dict())
+
+        def configure_optimizers(self):
+            opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=weight_decay)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    module = Module()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*(num_workers|does not have many workers|GPU available|TPU available"
+                                "|LitLogger|tensorboard|IterableDataset).*")
+        import logging
+
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+                            check_val_every_n_epoch=max(1, epochs // 50), num_sanity_val_steps=0)
+        trainer.fit(module, DataLoader(Batches(), batch_size=None),
+                    DataLoader([(xv, zv)], batch_size=None))
+    net.cpu()
+    if module.best_state is not None:
+        net.load_state_dict({k: v.cpu() for k, v in module.best_state.items()})
+    return float(module.best)
+
+
+# ---------------------------------------------------------------------- certificate
+def certify(surrogate: Surrogate, n: int = 2000, seed: int = 12345, method: str = "random",
+            data: dict | None = None) -> dict:
+    """Compare ``surrogate`` with the exact engine on ``n`` fresh pairs of its domain (``method="random"``: drawn
+    independently of the training design; another ``seed`` than training). Returns and stores in
+    ``surrogate.certificate``: per output and time and overall, the median, 95th percentile and worst absolute
+    error of the ensemble mean; the ensemble's calibration (share of errors inside mean +- 1.645 SD, nominal
+    0.90; Spearman correlation of SD and error); counts (pairs, failed exact simulations, excluded)."""
+    from scipy.stats import spearmanr
+
+    data = data or simulate_domain(surrogate.domain, n, seed, method, engine=surrogate.exact)
+    ok = data["ok"]
+    mean, sd = surrogate.predict_unit(data["u"][ok])
+    err = np.abs(mean - data["y"][ok])  # (N, O, T)
+    dom = surrogate.domain
+    per = []
+    for o, name in enumerate(dom.outputs):
+        for t, tt in enumerate(dom.times):
+            e = err[:, o, t]
+            per.append({"output": name, "time": float(tt), "median": float(np.median(e)),
+                        "p95": float(np.quantile(e, 0.95)), "max": float(e.max())})
+    flat, sflat = err.reshape(-1), sd.reshape(-1)
+    rho = spearmanr(sflat, flat).statistic if len(flat) > 2 and np.ptp(sflat) > 0 else float("nan")
+    cert = {"n_pairs": int(len(ok)), "n_failed_exact": int((~ok).sum()), "seed": seed, "method": method,
+            "overall": {"median": float(np.median(flat)), "p95": float(np.quantile(flat, 0.95)), "max": float(flat.max())},
+            "per_output_time": per,
+            "calibration": {"coverage90": float(np.mean(flat <= Z90 * sflat)), "nominal": 0.90,
+                            "spearman_sd_error": float(rho), "rms_error": float(np.sqrt(np.mean(flat ** 2))),
+                            "rms_sd": float(np.sqrt(np.mean(sflat ** 2)))}}
+    surrogate.certificate = cert
+    return cert
+
+
+def certificate_table(cert: dict) -> pd.DataFrame:
+    """The per-output, per-time rows of a certificate as a table."""
+    return pd.DataFrame(cert["per_output_time"])
+
+
+# ---------------------------------------------------------------------- saving
+def save(surrogate: Surrogate, path) -> Path:
+    """Write ``weights.pt`` (a plain state dict: loadable with ``weights_only=True``) and ``card.json`` (domain,
+    architecture, training info, certificate, weights sha256) into the folder ``path``."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {f"net.{k}": v.detach().cpu() for k, v in surrogate.net.state_dict().items()}
+    state["y_mean"], state["y_sd"] = surrogate.y_mean.cpu(), surrogate.y_sd.cpu()
+    torch.save(state, folder / WEIGHTS)
+    from .. import __version__
+
+    card = {"format": FORMAT, "hybridtwin": __version__, "source": {"model": surrogate.domain.model.name},
+            "domain": surrogate.domain.to_dict(),
+            "architecture": {"n_in": surrogate.net.n_in, "n_out": surrogate.net.n_out, "hidden": surrogate.net.hidden,
+                             "members": surrogate.net.members, "activation": surrogate.net.activation},
+            "training": surrogate.info, "certificate": surrogate.certificate,
+            "weights": {"file": WEIGHTS, "sha256": hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest()}}
+    (folder / CARD).write_text(json.dumps(card, indent=1, default=float))
+    return folder
+
+
+def read_card(path) -> dict:
+    folder = Path(path)
+    folder = folder.parent if folder.name == CARD else folder
+    f = folder / CARD
+    if not f.is_file():
+        raise FileNotFoundError(f"{folder} has no {CARD}: not a saved surrogate")
+    card = json.loads(f.read_text())
+    if card.get("format") != FORMAT:
+        raise ValueError(f"{f} is not a hybridtwin surrogate card (format {card.get('format')!r})")
+    return card
+
+
+def load(path) -> Surrogate:
+    """A surrogate saved by :func:`save`; the weights are checked against the card's sha256 and read with
+    ``weights_only=True``."""
+    folder = Path(path)
+    folder = folder.parent if folder.name == CARD else folder
+    card = read_card(folder)
+    w = folder / card["weights"]["file"]
+    digest = hashlib.sha256(w.read_bytes()).hexdigest()
+    if digest != card["weights"]["sha256"]:
+        raise ValueError(f"{w} has sha256 {digest[:16]}..., the card records {card['weights']['sha256'][:16]}...: "
+                         "the weights were changed or swapped")
+    state = torch.load(w, map_location="cpu", weights_only=True)
+    a = card["architecture"]
+    net = EnsembleMLP(a["n_in"], a["n_out"], a["hidden"], a["members"], a["activation"])
+    net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+    return Surrogate(Domain.from_dict(card["domain"]), net, state["y_mean"], state["y_sd"], card.get("training"),
+                     card.get("certificate"))

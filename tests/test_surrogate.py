@@ -1,0 +1,134 @@
+"""Surrogate emulators: domain, training, certificate against the exact engine, saving, out-of-domain queries,
+sweeps, endpoints and sensitivity analysis."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hybridtwin.engine import ExactEngine
+from hybridtwin.surrogate import Domain, ParameterDomain, certify, fit_surrogate, load, save
+from hybridtwin.surrogate.network import EnsembleMLP
+from hybridtwin.sweep import Endpoint, sensitivity, sweep, verify
+
+DOMAIN = {"model": "vaccine_asc", "parameters": {"delta_Ab": [0.015, 0.04]},
+          "scenarios": {"doses": [{"name": "prime", "target": "Ag", "time": 0, "amount": 1},
+                                  {"name": "boost", "target": "Ag", "time": 200, "amount": [0.5, 2]}]},
+          "times": [30, 60, 90, 150, 250], "outputs": ["log10_Ab"]}
+
+
+@pytest.fixture(scope="module")
+def surrogate():
+    dom = Domain.from_dict(DOMAIN)
+    return fit_surrogate(dom, n_train=512, members=3, hidden=(32, 32), epochs=200, progress=False, seed=0)
+
+
+def test_parameter_domain_scales_logarithmically_and_flags_the_outside():
+    d = ParameterDomain("vaccine_asc", {"beta_S": [1000, 16000], "delta_Ab": [0.001, 0.049]},
+                        scale={"delta_Ab": "linear"})
+    pop = d.from_unit(np.array([[0.5, 0.5], [0.0, 1.0]]))
+    assert np.isclose(pop["beta_S"][0], 4000.0) and np.isclose(pop["delta_Ab"][0], 0.025)  # geometric / arithmetic middle
+    u, inside = d.encode(pd.DataFrame({"beta_S": [4000.0, 20000.0], "delta_Ab": [0.025, 0.01]}))
+    assert np.allclose(u[0], 0.5) and inside.tolist() == [True, False]
+    _, inside = d.encode(pd.DataFrame({"beta_S": [4000.0], "delta_Ab": [0.02], "alpha_S": [7.0]}))
+    assert not inside[0]  # a non-varied parameter away from its fixed value is outside too
+    with pytest.raises(ValueError, match="leaves its declared bounds"):
+        ParameterDomain("vaccine_asc", {"delta_Ab": [0.01, 5.0]})
+    with pytest.raises(ValueError, match="not a parameter"):
+        ParameterDomain("vaccine_asc", {"delta_ab": [0.01, 0.05]})
+
+
+def test_ensemble_product_equals_the_pairwise_forward():
+    torch.manual_seed(0)
+    net = EnsembleMLP(3, 5, hidden=(16, 16), members=4)
+    a, b = torch.rand(7, 2), torch.rand(3, 1)
+    pairs = torch.cat([a[:, None].expand(7, 3, 2), b[None].expand(7, 3, 1)], -1).reshape(21, 3)
+    torch.testing.assert_close(net.product(a, b), net(pairs), atol=1e-6, rtol=1e-5)
+
+
+def test_surrogate_matches_the_exact_engine_on_fresh_pairs(surrogate):
+    cert = certify(surrogate, n=200, seed=1)
+    assert cert["n_pairs"] == 200 and cert["n_failed_exact"] == 0
+    assert cert["overall"]["median"] < 0.03 and cert["overall"]["p95"] < 0.1, cert["overall"]
+    assert len(cert["per_output_time"]) == 5 and 0 <= cert["calibration"]["coverage90"] <= 1
+    # independently: a few patients through the engine protocol against the exact engine
+    pop = pd.DataFrame({"subject_id": ["a", "b"], "delta_Ab": [0.02, 0.035]})
+    scen = [surrogate.domain.scenarios.scenario([0.7]), surrogate.domain.scenarios.scenario([1.8])]
+    got = surrogate.run(pop, scen).frame
+    ref = ExactEngine("vaccine_asc").run(pop, scen, DOMAIN["times"]).frame
+    m = got.merge(ref, on=["subject_id", "scenario", "time", "output"])
+    assert len(m) == 20 and np.abs(m["value_x"] - m["value_y"]).max() < 0.15
+
+
+def test_out_of_domain_pairs_are_flagged_routed_to_the_exact_engine_or_refused(surrogate):
+    pop = pd.DataFrame({"subject_id": ["in", "out"], "delta_Ab": [0.02, 0.2]})
+    scen = [surrogate.domain.scenarios.scenario([1.0], name="one")]
+    with pytest.warns(RuntimeWarning, match="outside the surrogate's validated domain"):
+        flagged = surrogate.run(pop, scen)
+    assert flagged.status.set_index("subject_id")["status"].to_dict() == {"in": "ok", "out": "outside_domain"}
+    assert set(flagged.ok_frame()["subject_id"]) == {"in"}
+    routed = surrogate.run(pop, scen, outside="exact")
+    assert routed.n_failed == 0 and routed.status.set_index("subject_id")["engine"].to_dict() == {"in": "surrogate",
+                                                                                                     "out": "exact"}
+    exact = ExactEngine("vaccine_asc").run(pop[pop.subject_id == "out"], scen, DOMAIN["times"]).frame
+    np.testing.assert_allclose(routed.frame[routed.frame.subject_id == "out"]["value"], exact["value"], rtol=1e-9)
+    with pytest.raises(ValueError, match="outside the surrogate's validated domain"):
+        surrogate.run(pop, scen, outside="error")
+    with pytest.raises(ValueError, match="not in the surrogate's grid"):
+        surrogate.run(pop[:1], scen, times=[30, 45])
+
+
+def test_saved_surrogate_reloads_with_weights_only_and_detects_tampering(surrogate, tmp_path):
+    certify(surrogate, n=50, seed=2)
+    folder = save(surrogate, tmp_path / "s")
+    again = load(folder)
+    u = np.random.default_rng(0).random((10, 2))
+    np.testing.assert_array_equal(again.predict_unit(u)[0], surrogate.predict_unit(u)[0])
+    card = json.loads((folder / "card.json").read_text())
+    assert card["certificate"]["n_pairs"] == 50 and card["domain"]["model"] == "vaccine_asc"
+    torch.load(folder / "weights.pt", weights_only=True)
+    state = torch.load(folder / "weights.pt", weights_only=True)
+    state["y_mean"] += 1.0
+    torch.save(state, folder / "weights.pt")
+    with pytest.raises(ValueError, match="sha256"):
+        load(folder)
+
+
+def test_sweep_is_the_same_table_on_either_engine_and_independent_of_chunking(surrogate):
+    pop = pd.DataFrame({"delta_Ab": [0.02, 0.025, 0.03]})
+    grid = list(surrogate.domain.scenarios.grid({"boost.amount": [0.5, 1.0, 2.0]}))
+    one = sweep(surrogate, pop, grid, max_pairs=10_000)
+    chunked = sweep(surrogate, pop, grid, max_pairs=3, progress=False)
+    pd.testing.assert_frame_equal(one.frame, chunked.frame)
+    exact = sweep(ExactEngine("vaccine_asc"), pop, grid, times=DOMAIN["times"])
+    assert list(exact.frame.columns) == list(one.frame.columns) and len(exact.frame) == len(one.frame)
+    ep = Endpoint("value_at", "log10_Ab", time=250)
+    check = verify(one, ExactEngine("vaccine_asc"), pop, grid, ep, top_k=2)
+    assert len(check["scenarios"]) == 2 and check["abs_error"]["max"] < 0.15
+    self_check = verify(exact, ExactEngine("vaccine_asc"), pop, grid, n_scenarios=2)
+    assert self_check["abs_error"]["max"] == 0.0
+
+
+def test_endpoints_against_hand_computation():
+    frame = pd.DataFrame({"subject_id": ["a"] * 4 + ["b"] * 4, "scenario": "s", "time": [0, 1, 2, 4] * 2,
+                          "output": "y", "value": [0, 2, 1, 3, 5, 4, 4, 4]})
+    get = lambda *a, **k: Endpoint(*a, **k).compute(frame).droplevel("scenario").to_dict()  # noqa: E731
+    assert get("value_at", "y", time=2) == {"a": 1, "b": 4}
+    assert get("above", "y", time=4, threshold=3.5) == {"a": 0.0, "b": 1.0}
+    assert get("peak", "y") == {"a": 3, "b": 5}
+    assert get("auc", "y") == {"a": 0.5 * 2 + 1.5 + 4, "b": 4.5 + 4 + 8}
+    assert get("time_above", "y", threshold=2) == {"a": 1.0, "b": 0.0}
+    assert np.allclose(Endpoint("auc", "y").from_array(frame["value"].to_numpy().reshape(2, 1, 4), np.array([0, 1, 2, 4]), 0),
+                       [6.5, 16.5])
+    with pytest.raises(ValueError, match="needs a threshold"):
+        Endpoint("above", "y", time=1)
+
+
+def test_sensitivity_finds_the_input_that_matters(surrogate):
+    # the boost (day 200) cannot change the day-90 titre: its amount must get a total index near 0
+    res = sensitivity(surrogate, Endpoint("value_at", "log10_Ab", time=90), n=256, n_check=20)
+    st = res["table"].set_index("input")["ST"]
+    assert st["delta_Ab"] > 0.8 and abs(st["boost.amount"]) < 0.05, res["table"]
+    assert res["exact_check"]["n"] == 20 and res["exact_check"]["median_abs_error"] < 0.05
