@@ -80,16 +80,18 @@ def scenario(name: str, n: int, rng):
     return m, params, doses, times, order, rhs, y0, dose_times, full
 
 
-def scipy_solve(rhs, y0, args, times, dose_times, atol, target=0):
-    """Piecewise LSODA between bolus times; a dose at time a adds 1 to state ``target`` (right-continuous)."""
+def scipy_solve(rhs, y0, args, times, dose_times, atol, target=0, amounts=None):
+    """Piecewise LSODA between bolus times; a dose at time a adds ``amounts[i]`` (default 1) of dose i to state
+    ``target`` (right-continuous)."""
     from scipy.integrate import solve_ivp
 
     out = np.full((len(times), len(y0)), np.nan)
     y = np.array(y0, dtype=float)
     edges = sorted({0.0, *dose_times, float(times[-1])})
     for a, b in zip(edges[:-1], edges[1:]):
-        if a in dose_times:
-            y[target] += 1.0
+        for i, d in enumerate(dose_times):
+            if d == a:
+                y[target] += 1.0 if amounts is None else float(amounts[i])
         sel = (times >= a) & ((times <= b) if b == edges[-1] else (times < b))
         t_eval = np.unique(np.r_[times[sel], b])
         sol = solve_ivp(rhs, (a, b), y, method="LSODA", t_eval=t_eval, args=args, rtol=RTOL, atol=atol)

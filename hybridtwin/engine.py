@@ -228,4 +228,118 @@ class ExactEngine:
         return result
 
 
-__all__ = ["Engine", "ExactEngine", "Scenario", "SimulationSet"]
+class TwinEngine:
+    """The exact engine of a trained :class:`~hybridtwin.twin.HybridTwin`: its own dynamics (neural closures
+    or a black box included), solver settings and population-level values, for given patient parameters.
+
+    A population row holds the twin's patient parameters (``twin.patient_names``, natural scale) and
+    optionally ``cohort`` (a cohort name of the twin, for its cohort shifts; default the reference cohort).
+    Any other parameter column is refused: the twin sets every other parameter itself. ``run`` and
+    ``simulate_pairs`` behave as :class:`ExactEngine`'s. ``source``: the twin's checkpoint folder, recorded
+    by surrogates of this engine so that they can reload it.
+    """
+
+    def __init__(self, twin, source=None):
+        from .twin import HybridTwin
+
+        if not isinstance(twin, HybridTwin):
+            raise TypeError(f"TwinEngine needs a HybridTwin, got {type(twin).__name__}")
+        self.twin = twin.eval()
+        self.model = twin.model
+        self.source = None if source is None else str(source)
+
+    @classmethod
+    def from_checkpoint(cls, path) -> "TwinEngine":
+        """The engine of the twin saved in the checkpoint folder ``path`` (recorded as its source)."""
+        from .checkpoint import load
+
+        return cls(load(path), source=path)
+
+    def _outputs(self, outputs) -> list[str]:
+        return ExactEngine._outputs(self, outputs)
+
+    def _theta(self, params: pd.DataFrame):
+        import torch
+
+        twin = self.twin
+        names = list(twin.patient_names)
+        extra = [c for c in params.columns if c not in names and c not in ("subject_id", "cohort")]
+        if extra:
+            raise ValueError(f"column(s) {extra} are not patient parameters of the twin ({names}); the twin sets every "
+                             "other parameter itself")
+        missing = [n for n in names if n not in params.columns]
+        if missing:
+            raise ValueError(f"population lacks the twin's patient parameter(s) {missing}")
+        space = self.model.parameter_space
+        dtype = twin.dtype
+        full = space.tensor_from(params[names].assign(**{k: v for k, v in space.defaults().items() if k not in names}),
+                                 dtype=dtype)
+        space.check_bounds(full, [str(i) for i in range(len(params))], context=" of the twin's patients")
+        z = space.to_unconstrained(full)[:, twin.patient_idx]
+        cohort = None
+        if "cohort" in params.columns:
+            known = {c: i for i, c in enumerate(twin.cohort_names)}
+            bad = sorted(set(params["cohort"]) - set(known))
+            if bad:
+                raise ValueError(f"unknown cohort(s) {bad}; the twin knows {list(known)}")
+            cohort = torch.tensor([known[c] for c in params["cohort"]], dtype=torch.long)
+        with torch.no_grad():
+            return twin.theta(z, cohort)
+
+    def simulate_pairs(self, params: pd.DataFrame, scenarios: Sequence[Scenario], times,
+                       outputs: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+        """As :meth:`ExactEngine.simulate_pairs`, with the twin's dynamics."""
+        import torch
+
+        from .dosing import BatchSchedule
+        from .models import time_offset as _time_offset
+        from .solve import Status, solve
+
+        scenarios = list(scenarios)
+        if len(params) != len(scenarios):
+            raise ValueError(f"simulate_pairs needs one scenario per parameter row, got {len(params)} rows and "
+                             f"{len(scenarios)} scenarios")
+        if any(sc.overrides for sc in scenarios):
+            raise ValueError("a twin engine takes no parameter overrides in scenarios (the twin sets its parameters)")
+        grid = check_times(times)
+        outputs = self._outputs(outputs)
+        params = params.reset_index(drop=True)
+        theta = self._theta(params)
+        twin, model = self.twin, self.model
+        N, dtype = len(params), theta.dtype
+        targets = {k: iv.target for k, iv in model.interventions.items()}
+        schedules = [[Dose(d.time, d.amount, targets.get(d.target, d.target), d.duration, d.interval, d.additional)
+                      for d in sc.doses] for sc in scenarios]
+        schedule = BatchSchedule.from_doses(schedules, model.all_state_names, dtype=dtype)
+        t = torch.as_tensor(grid, dtype=dtype).expand(N, -1)
+        if twin.config.time_offset is not None:
+            shift = theta[:, model.parameter_names.index(_time_offset.TIME_OFFSET)]
+            t = _time_offset.shift_to_model_clock(t, shift)
+            schedule = schedule.shifted(shift)
+        with torch.no_grad():
+            sol = solve(twin.dynamics, model.initial_state(theta), t, theta, schedule=schedule,
+                        config=twin.solver_config, state_names=model.all_state_names)
+            obs = model.observe(sol.ys, theta[:, None, :])
+            cols = [obs[o] if o in obs else sol.ys[..., model.all_state_names.index(o)] for o in outputs]
+        values = torch.stack(cols, dim=1).double().numpy()  # (N, O, T)
+        return values, [Status(int(v)).name.lower() for v in sol.status]
+
+    def run(self, population: pd.DataFrame, scenarios: Sequence[Scenario], times,
+            outputs: Sequence[str] | None = None) -> SimulationSet:
+        """Every patient under every scenario (see :meth:`ExactEngine.run`)."""
+        pop, scenarios, grid = check_run(population, scenarios, times)
+        outputs = self._outputs(outputs)
+        n = len(pop)
+        params = pd.concat([pop.drop(columns="subject_id")] * len(scenarios), ignore_index=True)
+        values, status = self.simulate_pairs(params, [sc for sc in scenarios for _ in range(n)], grid, outputs)
+        frame, status = pairs_to_set(pop["subject_id"], scenarios, grid, outputs, values.reshape(
+            len(scenarios), n, len(outputs), len(grid)).transpose(1, 0, 2, 3), status)
+        result = SimulationSet(frame, status, engine=f"twin:{self.model.name}")
+        if result.n_failed:
+            warnings.warn(f"{result.n_failed} of {len(status)} (patient, scenario) simulations failed; they keep "
+                          "their status and NaN values (SimulationSet.failed(), ok_frame())", RuntimeWarning,
+                          stacklevel=2)
+        return result
+
+
+__all__ = ["Engine", "ExactEngine", "Scenario", "SimulationSet", "TwinEngine"]

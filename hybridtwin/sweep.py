@@ -258,7 +258,9 @@ def sensitivity(surrogate, endpoint: Endpoint, n: int = 1024, seed: int = 0, n_c
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(u), min(n_check, len(u)), replace=False)
     P = len(dom.parameters.names)
-    pop = dom.parameters.from_unit(u[pick, :P]).assign(**dom.parameters.fixed)
+    from .surrogate.emulator import exact_params
+
+    pop = exact_params(surrogate.exact, dom, dom.parameters.from_unit(u[pick, :P]))
     b = dom.scenarios.bounds
     scen = [dom.scenarios.scenario(b[:, 0] + x * (b[:, 1] - b[:, 0]), name=f"c{i}") for i, x in enumerate(u[pick, P:])]
     exact, status = surrogate.exact.simulate_pairs(pop, scen, dom.times, dom.outputs)

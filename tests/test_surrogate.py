@@ -132,3 +132,74 @@ def test_sensitivity_finds_the_input_that_matters(surrogate):
     st = res["table"].set_index("input")["ST"]
     assert st["delta_Ab"] > 0.8 and abs(st["boost.amount"]) < 0.05, res["table"]
     assert res["exact_check"]["n"] == 20 and res["exact_check"]["median_abs_error"] < 0.05
+
+
+def _twin_with_closure():
+    from hybridtwin.twin import HybridTwin, TwinConfig
+    from hybridtwin.virtual.cohort import make_virtual_cohort
+
+    cohort = make_virtual_cohort("vaccine_asc", n_subjects=12, n_cohorts=1, seed=1)
+    torch.manual_seed(0)
+    cfg = TwinConfig(model="vaccine_asc", closures=[dict(target="beta_S", inputs=("M",), mode="replace", hidden=(8,))],
+                     solver={"rtol": 1e-6, "atol": 1e-8})
+    twin = HybridTwin.from_data(cfg, cohort)
+    with torch.no_grad():  # a closure that matters: beta_S * exp(net(M)) with a non-zero last layer
+        twin.dynamics.closures[0].net.net[-1].weight.fill_(0.5)
+        twin.dynamics.closures[0].net.net[-1].bias.fill_(0.3)
+    return twin.eval(), cohort
+
+
+def test_twin_engine_runs_the_twins_own_dynamics_closures_included():
+    from hybridtwin.engine import TwinEngine
+    from hybridtwin.scenarios import ScenarioSpace
+
+    twin, cohort = _twin_with_closure()
+    engine = TwinEngine(twin)
+    names = twin.patient_names
+    with torch.no_grad():
+        z = twin.mu.detach()[None] + 0.3 * torch.randn(3, len(names), dtype=twin.dtype)
+        theta = twin.theta(z)
+    pop = pd.DataFrame(theta[:, twin.patient_idx].numpy(), columns=names)
+    space = ScenarioSpace([{"name": "prime", "target": "Ag", "time": 0, "amount": 1},
+                           {"name": "boost", "target": "Ag", "time": [14, 100], "amount": 1}])
+    scen = [space.scenario([30]), space.scenario([60]), space.scenario([90])]
+    times = [20.0, 50.0, 120.0]
+    vals, status = engine.simulate_pairs(pop, scen, times, ["log10_Ab"])
+    assert status == ["ok"] * 3
+    # independently: the twin's likelihood path (observables_at) on a data batch with the same doses and times
+    from hybridtwin.data.schema import validate
+
+    obs = pd.DataFrame([{"subject_id": f"s{i}", "time": t, "observable": "log10_Ab", "value": 0.0, "cohort":
+                         twin.cohort_names[0]} for i in range(3) for t in times])
+    doses = pd.DataFrame([{"subject_id": f"s{i}", "time": float(d.time), "amount": float(d.amount), "target": "Ag"}
+                          for i, sc in enumerate(scen) for d in sc.doses])
+    cov = cohort.covariates.iloc[:3].assign(subject_id=[f"s{i}" for i in range(3)])  # unused by observables_at
+    batch = twin.dataset(validate(obs, doses, cov)).batch()
+    with torch.no_grad():
+        g, st = twin.observables_at(theta, batch)
+    np.testing.assert_allclose(vals[:, 0], g.numpy(), rtol=1e-10)
+    mech = ExactEngine("vaccine_asc", rtol=1e-6).simulate_pairs(
+        pd.DataFrame(theta.numpy(), columns=twin.model.parameter_names), scen, times, ["log10_Ab"])[0]
+    assert np.abs(mech - vals).max() > 0.05  # the closure changes the trajectory
+    with pytest.raises(ValueError, match="not patient parameters"):
+        engine.simulate_pairs(pop.assign(K_Ag=1.0), scen, times)
+
+
+def test_surrogate_of_a_trained_twin_is_certified_against_the_twin(tmp_path):
+    from hybridtwin.checkpoint import save as save_twin
+    from hybridtwin.engine import TwinEngine
+    from hybridtwin.scenarios import ScenarioSpace
+    from hybridtwin.surrogate import twin_domain
+
+    twin, _ = _twin_with_closure()
+    save_twin(twin, tmp_path / "twin")
+    engine = TwinEngine.from_checkpoint(tmp_path / "twin")
+    space = ScenarioSpace([{"name": "prime", "target": "Ag", "time": 0, "amount": [0.5, 2]}])
+    dom = twin_domain(engine.twin, space, [30, 60, 90], width=1.0)
+    s = fit_surrogate(dom, n_train=512, members=2, hidden=(32, 32), epochs=200, progress=False, engine=engine)
+    cert = certify(s, n=100, seed=3)
+    assert cert["overall"]["median"] < 0.05, cert["overall"]
+    again = load(save(s, tmp_path / "surr"))  # reloads the twin from the recorded checkpoint
+    assert isinstance(again.exact, TwinEngine)
+    u = np.random.default_rng(1).random((5, len(dom.input_names)))
+    np.testing.assert_array_equal(again.predict_unit(u)[0], s.predict_unit(u)[0])

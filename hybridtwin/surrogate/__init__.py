@@ -9,9 +9,9 @@
   flagged or routed to the exact engine; :func:`save` / :func:`load`.
 """
 
-from .domain import Domain, ParameterDomain
+from .domain import Domain, ParameterDomain, twin_domain
 from .emulator import Surrogate, certificate_table, certify, fit_surrogate, load, read_card, save, simulate_domain
 from .network import EnsembleMLP
 
 __all__ = ["Domain", "EnsembleMLP", "ParameterDomain", "Surrogate", "certificate_table", "certify", "fit_surrogate",
-           "load", "read_card", "save", "simulate_domain"]
+           "load", "read_card", "save", "simulate_domain", "twin_domain"]

@@ -165,14 +165,15 @@ class Domain:
                 "times": [float(t) for t in self.times], "outputs": list(self.outputs)}
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "Domain":
+    def from_dict(cls, d: Mapping, model=None) -> "Domain":
         """From ``{model, parameters: {name: [lo, hi]}, fixed?, scale?, scenarios: {doses, overrides?}, times,
-        outputs?}``; ``times`` a list or ``{start, stop, num}`` (evenly spaced)."""
+        outputs?}``; ``times`` a list or ``{start, stop, num}`` (evenly spaced). ``model``: a
+        :class:`~hybridtwin.Model` to use instead of looking ``d["model"]`` up (e.g. a trained twin's model)."""
         allowed = {"model", "parameters", "fixed", "scale", "scenarios", "times", "outputs"}
         unknown = set(d) - allowed
         if unknown:
             raise ValueError(f"surrogate domain: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-        for key in ("model", "parameters", "scenarios", "times"):
+        for key in ("parameters", "scenarios", "times") + (("model",) if model is None else ()):
             if key not in d:
                 raise ValueError(f"surrogate domain: {key!r} is required")
         times = d["times"]
@@ -181,9 +182,30 @@ class Domain:
                 times = np.linspace(float(times["start"]), float(times["stop"]), int(times["num"]))
             except KeyError as exc:
                 raise ValueError(f"surrogate domain: times as a mapping needs start, stop and num (missing {exc})") from None
-        params = ParameterDomain(d["model"], d["parameters"], d.get("fixed"), d.get("scale"))
+        params = ParameterDomain(model if model is not None else d["model"], d["parameters"], d.get("fixed"),
+                                 d.get("scale"))
         return cls(params, ScenarioSpace.from_dict(d["scenarios"]), times, d.get("outputs"))
 
     def __repr__(self) -> str:
         return (f"Domain(model={self.model.name!r}, inputs={self.input_names}, times={len(self.times)}, "
                 f"outputs={self.outputs})")
+
+
+def twin_domain(twin, scenarios: ScenarioSpace, times, outputs: Sequence[str] | None = None, width: float = 3.0) -> Domain:
+    """A domain over a trained twin's patient parameters: each within ``width`` between-patient SDs of its
+    typical value (on the twin's unconstrained scale, reference covariates), clipped to the declared bounds;
+    outputs default to the twin's observables."""
+    import torch
+
+    space = twin.model.parameter_space
+    with torch.no_grad():
+        mu, omega = twin.mu.detach().reshape(1, -1), twin.log_omega.detach().exp().reshape(1, -1)
+        lo, hi = twin.theta(mu - width * omega)[0], twin.theta(mu + width * omega)[0]
+    ranges = {}
+    for n in twin.patient_names:
+        j = twin.model.parameter_names.index(n)
+        a, b = sorted((float(lo[j]), float(hi[j])))
+        p = space[n]
+        ranges[n] = [max(a, p.lower), min(b, p.upper)]
+    params = ParameterDomain(twin.model, ranges)
+    return Domain(params, scenarios, times, outputs if outputs is not None else list(twin.config.observables))

@@ -48,15 +48,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..engine import ExactEngine, Scenario, SimulationSet, check_run, pairs_to_set
+from ..engine import ExactEngine, Scenario, SimulationSet, TwinEngine, check_run, pairs_to_set
 from .domain import Domain
-from .network import EnsembleMLP
+from .network import EnsembleMLP, SeparableEnsemble
 
 WEIGHTS, CARD = "weights.pt", "card.json"
 FORMAT = "hybridtwin-surrogate/1"
 #: z-score of a two-sided 90 % interval, used to check the ensemble's spread against its error
 Z90 = 1.6448536269514722
 OUTSIDE = ("flag", "exact", "error")
+ARCHS = ("grid", "separable")
+
+
+def _network(arch: str, n_patient: int, n_scenario: int, n_out: int, hidden, members: int, activation: str, rank: int):
+    if arch == "separable":
+        return SeparableEnsemble(n_patient, n_scenario, n_out, rank, hidden, members, activation)
+    return EnsembleMLP(n_patient + n_scenario, n_out, hidden, members, activation)
 
 
 class Surrogate:
@@ -64,11 +71,11 @@ class Surrogate:
     :func:`certify`, once run. ``info``: how it was trained."""
 
     def __init__(self, domain: Domain, net: EnsembleMLP, y_mean: torch.Tensor, y_sd: torch.Tensor,
-                 info: dict | None = None, certificate: dict | None = None):
+                 info: dict | None = None, certificate: dict | None = None, exact=None):
         self.domain, self.net = domain, net.eval()
         self.y_mean, self.y_sd = y_mean.float(), y_sd.float()
         self.info, self.certificate = dict(info or {}), certificate
-        self.exact = ExactEngine(domain.model, rtol=float(self.info.get("rtol", 1e-6)))
+        self.exact = exact if exact is not None else ExactEngine(domain.model, rtol=float(self.info.get("rtol", 1e-6)))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -145,8 +152,7 @@ class Surrogate:
                 raise ValueError(f"{len(bad)} (patient, scenario) pair(s) lie outside the surrogate's validated domain, "
                                  f"e.g. {bad[:3]}; pass outside='exact' to simulate them or 'flag' to mark them")
             if outside == "exact":
-                params = pop.drop(columns="subject_id").assign(**{k: v for k, v in self.domain.parameters.fixed.items()
-                                                                  if k not in pop.columns})
+                params = exact_params(self.exact, self.domain, pop.drop(columns="subject_id"))
                 ii, jj = np.nonzero(~inside)
                 vals, st = self.exact.simulate_pairs(params.iloc[ii], [scenarios[j] for j in jj], grid, outputs)
                 mean[ii, jj], sd[ii, jj] = vals, np.nan
@@ -183,15 +189,22 @@ def _subset_index(full, want, what: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- training data
-def simulate_domain(domain: Domain, n: int, seed: int = 0, method: str = "sobol", engine: ExactEngine | None = None,
+def exact_params(engine, domain: Domain, pop: pd.DataFrame) -> pd.DataFrame:
+    """``pop`` with the domain's fixed values where an exact model engine needs them (a twin engine sets its
+    own)."""
+    if isinstance(engine, TwinEngine):
+        return pop
+    return pop.assign(**{k: v for k, v in domain.parameters.fixed.items() if k not in pop.columns})
+
+
+def simulate_domain(domain: Domain, n: int, seed: int = 0, method: str = "sobol", engine=None,
                     rtol: float = 1e-6) -> dict:
     """``n`` pairs from ``domain``'s design simulated exactly: ``u`` (n, inputs) unit inputs, ``y`` (n, outputs,
     times), ``ok`` (n,) statuses ok. Failed pairs stay in (``ok`` False) so that callers exclude them
     explicitly."""
     engine = engine or ExactEngine(domain.model, rtol=rtol)
     pop, scen = domain.sample(n, seed, method)
-    params = pop.assign(**domain.parameters.fixed)
-    y, status = engine.simulate_pairs(params, scen, domain.times, domain.outputs)
+    y, status = engine.simulate_pairs(exact_params(engine, domain, pop), scen, domain.times, domain.outputs)
     up, _ = domain.parameters.encode(pop)
     xs, _ = domain.scenarios.encode(scen)
     b = domain.scenarios.bounds
@@ -204,15 +217,20 @@ def simulate_domain(domain: Domain, n: int, seed: int = 0, method: str = "sobol"
 def fit_surrogate(domain: Domain, n_train: int = 20000, members: int = 5, hidden: Sequence[int] = (256, 256, 256),
                   epochs: int = 300, batch_size: int = 512, lr: float = 2e-3, weight_decay: float = 1e-6,
                   validation: float = 0.1, seed: int = 0, design: str = "sobol", rtol: float = 1e-6,
-                  accelerator: str = "auto", progress: bool = True, data: dict | None = None) -> Surrogate:
+                  accelerator: str = "auto", progress: bool = True, data: dict | None = None, arch: str = "grid",
+                  rank: int = 32, engine=None) -> Surrogate:
     """Train a surrogate of ``domain`` on ``n_train`` exact simulations (see the module docstring).
 
     members, hidden: the ensemble (members trained together, each on its own bootstrap weights of the same
-    pairs). epochs, batch_size, lr, weight_decay: AdamW with a one-cycle schedule; the epoch with the lowest
+    pairs). arch: ``"grid"`` (one MLP from all inputs to the whole output grid, :class:`EnsembleMLP`) or
+    ``"separable"`` (a rank-``rank`` patient x scenario split, :class:`SeparableEnsemble`: much cheaper for
+    population x scenario sweeps). epochs, batch_size, lr, weight_decay: AdamW with a one-cycle schedule; the epoch with the lowest
     validation error (``validation`` share of the pairs) is kept. design: ``"sobol"``, ``"lhs"`` or
     ``"random"``. accelerator: Lightning's (``"auto"`` uses a GPU when there is one). data: reuse pairs from
     :func:`simulate_domain` (then ``n_train``, ``design`` and ``rtol`` are not used). Pairs whose exact
-    simulation failed are excluded and counted in ``info["n_failed"]``.
+    simulation failed are excluded and counted in ``info["n_failed"]``. engine: the exact engine to emulate
+    (default :class:`~hybridtwin.engine.ExactEngine` of the domain's model; a
+    :class:`~hybridtwin.engine.TwinEngine` for a trained twin, with a domain from :func:`twin_domain`).
     """
     for name, v, lo in (("n_train", n_train, 8), ("members", members, 1), ("epochs", epochs, 1),
                         ("batch_size", batch_size, 1)):
@@ -222,7 +240,7 @@ def fit_surrogate(domain: Domain, n_train: int = 20000, members: int = 5, hidden
         raise ValueError(f"validation must be in (0, 0.5), got {validation!r}")
     t0 = time.perf_counter()
     if data is None:
-        data = simulate_domain(domain, n_train, seed, design, rtol=rtol)
+        data = simulate_domain(domain, n_train, seed, design, engine=engine, rtol=rtol)
     sim_seconds = time.perf_counter() - t0
     ok = data["ok"]
     u, y = data["u"][ok], data["y"][ok].reshape(int(ok.sum()), -1)
@@ -236,16 +254,22 @@ def fit_surrogate(domain: Domain, n_train: int = 20000, members: int = 5, hidden
     perm = torch.randperm(len(x_t), generator=gen)
     n_val = max(1, int(round(validation * len(x_t))))
     val, tr = perm[:n_val], perm[n_val:]
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
     torch.manual_seed(seed)
-    net = EnsembleMLP(x_t.shape[1], z_t.shape[1], hidden, members)
+    net = _network(arch, len(domain.parameters.names), len(domain.scenarios.factors), z_t.shape[1], hidden, members,
+                   "silu", rank)
     t1 = time.perf_counter()
     best_val = _train(net, x_t[tr], z_t[tr], x_t[val], z_t[val], epochs, batch_size, lr, weight_decay, seed,
                       accelerator, progress)
     info = {"n_train": int(len(ok)), "n_failed": int((~ok).sum()), "n_validation": int(n_val), "members": members,
+            "arch": arch, "rank": rank if arch == "separable" else None,
             "hidden": list(hidden), "epochs": epochs, "batch_size": batch_size, "lr": lr, "design": design,
             "rtol": rtol, "seed": seed, "simulation_seconds": sim_seconds, "training_seconds": time.perf_counter() - t1,
             "best_validation_mse_standardised": best_val}
-    return Surrogate(domain, net.cpu(), y_mean, y_sd, info)
+    if isinstance(engine, TwinEngine):
+        info["twin"] = getattr(engine, "source", None)
+    return Surrogate(domain, net.cpu(), y_mean, y_sd, info, exact=engine)
 
 
 def _train(net, x, z, xv, zv, epochs, batch_size, lr, weight_decay, seed, accelerator, progress) -> float:
@@ -358,10 +382,15 @@ def save(surrogate: Surrogate, path) -> Path:
     torch.save(state, folder / WEIGHTS)
     from .. import __version__
 
-    card = {"format": FORMAT, "hybridtwin": __version__, "source": {"model": surrogate.domain.model.name},
+    source = {"model": surrogate.domain.model.name}
+    if isinstance(surrogate.exact, TwinEngine):
+        source["twin"] = getattr(surrogate.exact, "source", None)
+    card = {"format": FORMAT, "hybridtwin": __version__, "source": source,
             "domain": surrogate.domain.to_dict(),
-            "architecture": {"n_in": surrogate.net.n_in, "n_out": surrogate.net.n_out, "hidden": surrogate.net.hidden,
-                             "members": surrogate.net.members, "activation": surrogate.net.activation},
+            "architecture": {"kind": "separable" if isinstance(surrogate.net, SeparableEnsemble) else "grid",
+                             "n_in": surrogate.net.n_in, "n_out": surrogate.net.n_out, "hidden": surrogate.net.hidden,
+                             "members": surrogate.net.members, "activation": surrogate.net.activation,
+                             "rank": getattr(surrogate.net, "rank", None)},
             "training": surrogate.info, "certificate": surrogate.certificate,
             "weights": {"file": WEIGHTS, "sha256": hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest()}}
     (folder / CARD).write_text(json.dumps(card, indent=1, default=float))
@@ -380,9 +409,10 @@ def read_card(path) -> dict:
     return card
 
 
-def load(path) -> Surrogate:
+def load(path, twin=None) -> Surrogate:
     """A surrogate saved by :func:`save`; the weights are checked against the card's sha256 and read with
-    ``weights_only=True``."""
+    ``weights_only=True``. A twin's surrogate needs its twin: ``twin`` (a HybridTwin) or, by default, the
+    checkpoint folder recorded in the card."""
     folder = Path(path)
     folder = folder.parent if folder.name == CARD else folder
     card = read_card(folder)
@@ -393,7 +423,19 @@ def load(path) -> Surrogate:
                          "the weights were changed or swapped")
     state = torch.load(w, map_location="cpu", weights_only=True)
     a = card["architecture"]
-    net = EnsembleMLP(a["n_in"], a["n_out"], a["hidden"], a["members"], a["activation"])
+    exact = None
+    if "twin" in card["source"]:
+        if twin is None:
+            from ..checkpoint import load as load_twin
+
+            if not card["source"]["twin"]:
+                raise ValueError(f"{folder} emulates a twin whose checkpoint folder was not recorded: pass twin=")
+            twin = load_twin(card["source"]["twin"])
+        exact = TwinEngine(twin)
+        exact.source = card["source"]["twin"]
+    dom = Domain.from_dict(card["domain"], model=twin.model if twin is not None else None)
+    net = _network(a.get("kind", "grid"), len(dom.parameters.names), len(dom.scenarios.factors), a["n_out"], a["hidden"],
+                   a["members"], a["activation"], a.get("rank") or 32)
     net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
-    return Surrogate(Domain.from_dict(card["domain"]), net, state["y_mean"], state["y_sd"], card.get("training"),
-                     card.get("certificate"))
+    return Surrogate(dom, net, state["y_mean"], state["y_sd"], card.get("training"), card.get("certificate"),
+                     exact=exact)

@@ -72,3 +72,52 @@ class EnsembleMLP(nn.Module):
         hb = torch.matmul(b, w[:, k:]) + self.bias[0]  # (M, Nb, H)
         h = (ha[:, :, None] + hb[:, None]).reshape(self.members, a.shape[0] * b.shape[0], -1)
         return self._rest(h)
+
+
+class SeparableEnsemble(nn.Module):
+    """A low-rank emulator ``y(p, s) = sum_r a_r(p) B_r(s) + c(s)`` (a DeepONet-style branch/trunk split between
+    patient inputs ``p`` and scenario inputs ``s``): ``a`` from a patient network, ``B`` and ``c`` from a
+    scenario network, every member of the ensemble its own pair. For a population x scenarios sweep each
+    network runs once per patient or per scenario and each pair costs only the rank-``rank`` contraction.
+
+    n_patient, n_scenario: input sizes (``n_scenario`` may be 0: the scenario network then reads a constant).
+    Inputs and outputs as :class:`EnsembleMLP` (inputs ``[p, s]``).
+
+    >>> import torch
+    >>> net = SeparableEnsemble(2, 1, 4, rank=3, hidden=(8,), members=2)
+    >>> a, b = torch.rand(6, 2), torch.rand(7, 1)
+    >>> pairs = torch.cat([a[:, None].expand(6, 7, 2), b[None].expand(6, 7, 1)], -1).reshape(42, 3)
+    >>> bool(torch.allclose(net.product(a, b), net(pairs), atol=1e-5))
+    True
+    """
+
+    def __init__(self, n_patient: int, n_scenario: int, n_out: int, rank: int = 32, hidden: Sequence[int] = (128, 128),
+                 members: int = 5, activation: str = "silu"):
+        super().__init__()
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        self.n_patient, self.n_scenario, self.n_out, self.rank = n_patient, n_scenario, n_out, rank
+        self.n_in, self.members, self.hidden, self.activation = n_patient + n_scenario, members, list(hidden), activation
+        self.branch = EnsembleMLP(n_patient, rank, hidden, members, activation)
+        self.trunk = EnsembleMLP(max(n_scenario, 1), rank * n_out + n_out, hidden, members, activation)
+        with torch.no_grad():  # start with small patient-scenario products (the bias c carries the mean)
+            self.trunk.weight[-1][..., : rank * n_out].mul_(1.0 / math.sqrt(rank))
+
+    def _trunk(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.n_scenario == 0:
+            s = torch.zeros(s.shape[0], 1, dtype=s.dtype, device=s.device)
+        t = self.trunk(s)  # (M, Ns, R*O + O)
+        R, O = self.rank, self.n_out
+        return t[..., : R * O].reshape(*t.shape[:2], R, O), t[..., R * O:]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, s = x[..., : self.n_patient], x[..., self.n_patient:]
+        a = self.branch(p)  # (M, N, R)
+        B, c = self._trunk(s if s.dim() == 2 else s[0])
+        return torch.einsum("mnr,mnro->mno", a, B) + c
+
+    def product(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        A = self.branch(a)  # (M, Na, R)
+        B, c = self._trunk(b)  # (M, Nb, R, O), (M, Nb, O)
+        y = torch.einsum("mir,mjro->mijo", A, B) + c[:, None]
+        return y.reshape(self.members, a.shape[0] * b.shape[0], self.n_out)
