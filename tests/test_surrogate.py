@@ -203,3 +203,14 @@ def test_surrogate_of_a_trained_twin_is_certified_against_the_twin(tmp_path):
     assert isinstance(again.exact, TwinEngine)
     u = np.random.default_rng(1).random((5, len(dom.input_names)))
     np.testing.assert_array_equal(again.predict_unit(u)[0], s.predict_unit(u)[0])
+
+
+def test_refine_adds_points_where_the_ensemble_disagrees():
+    from hybridtwin.surrogate import refine, simulate_domain
+
+    dom = Domain.from_dict(DOMAIN)
+    data, held = simulate_domain(dom, 64, seed=0), simulate_domain(dom, 100, seed=5, method="random")
+    s, hist = refine(dom, data, held, rounds=1, n_add=64, n_candidates=500, members=3, hidden=(16,), epochs=50)
+    assert [h["n_simulations"] for h in hist] == [64, 128] and all(h["median"] > 0 for h in hist)
+    with pytest.raises(ValueError, match="strategy"):
+        refine(dom, data, held, strategy="greedy")

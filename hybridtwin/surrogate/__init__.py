@@ -7,11 +7,13 @@
   calibration), stored in the surrogate's card.
 - :class:`Surrogate`: the engine protocol (``run(population, scenarios, times)``), out-of-domain queries
   flagged or routed to the exact engine; :func:`save` / :func:`load`.
+- :func:`refine`: active learning -- new exact simulations where the ensemble disagrees most.
 """
 
 from .domain import Domain, ParameterDomain, twin_domain
-from .emulator import Surrogate, certificate_table, certify, fit_surrogate, load, read_card, save, simulate_domain
+from .emulator import (Surrogate, certificate_table, certify, fit_surrogate, load, read_card, refine, save,
+                       simulate_domain, simulate_unit)
 from .network import EnsembleMLP
 
 __all__ = ["Domain", "EnsembleMLP", "ParameterDomain", "Surrogate", "certificate_table", "certify", "fit_surrogate",
-           "load", "read_card", "save", "simulate_domain", "twin_domain"]
+           "load", "read_card", "refine", "save", "simulate_domain", "simulate_unit", "twin_domain"]

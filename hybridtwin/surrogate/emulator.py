@@ -202,15 +202,59 @@ def simulate_domain(domain: Domain, n: int, seed: int = 0, method: str = "sobol"
     """``n`` pairs from ``domain``'s design simulated exactly: ``u`` (n, inputs) unit inputs, ``y`` (n, outputs,
     times), ``ok`` (n,) statuses ok. Failed pairs stay in (``ok`` False) so that callers exclude them
     explicitly."""
-    engine = engine or ExactEngine(domain.model, rtol=rtol)
-    pop, scen = domain.sample(n, seed, method)
-    y, status = engine.simulate_pairs(exact_params(engine, domain, pop), scen, domain.times, domain.outputs)
-    up, _ = domain.parameters.encode(pop)
-    xs, _ = domain.scenarios.encode(scen)
+    from ..scenarios import unit_design
+
+    P, F = len(domain.parameters.names), len(domain.scenarios.factors)
+    return simulate_unit(domain, unit_design(n, P + F, seed, method), engine or ExactEngine(domain.model, rtol=rtol))
+
+
+def simulate_unit(domain: Domain, u: np.ndarray, engine) -> dict:
+    """Exact simulations at unit-scaled inputs ``u`` (n, parameters + factors); as :func:`simulate_domain`."""
+    P = len(domain.parameters.names)
+    pop = domain.parameters.from_unit(u[:, :P])
     b = domain.scenarios.bounds
-    us = (xs - b[:, 0]) / (b[:, 1] - b[:, 0]) if len(b) else xs
-    ok = np.array([s == "ok" for s in status]) & np.all(np.isfinite(y.reshape(n, -1)), axis=1)
-    return {"u": np.concatenate([up, us], axis=1), "y": y, "ok": ok, "status": status}
+    scen = [domain.scenarios.scenario(b[:, 0] + x * (b[:, 1] - b[:, 0]) if len(b) else [], name=f"s{i}")
+            for i, x in enumerate(u[:, P:])]
+    y, status = engine.simulate_pairs(exact_params(engine, domain, pop), scen, domain.times, domain.outputs)
+    ok = np.array([s == "ok" for s in status]) & np.all(np.isfinite(y.reshape(len(u), -1)), axis=1)
+    return {"u": np.asarray(u, dtype=float), "y": y, "ok": ok, "status": list(status)}
+
+
+def _merge(a: dict, b: dict) -> dict:
+    return {"u": np.concatenate([a["u"], b["u"]]), "y": np.concatenate([a["y"], b["y"]]),
+            "ok": np.concatenate([a["ok"], b["ok"]]), "status": list(a["status"]) + list(b["status"])}
+
+
+def refine(domain: Domain, data: dict, held: dict, rounds: int = 3, n_add: int = 1000, n_candidates: int = 20000,
+           strategy: str = "disagreement", seed: int = 0, engine=None, progress: bool = False, **fit) -> tuple:
+    """Active learning: ``rounds`` times, train on ``data``, certify on ``held`` (pairs from
+    :func:`simulate_domain`), then simulate ``n_add`` new pairs chosen among ``n_candidates`` random ones --
+    where the ensemble members disagree most (``strategy="disagreement"``: largest ensemble SD over outputs
+    and times) or at random (``"random"``, the control) -- and add them. Returns (the last surrogate, the
+    history: simulations spent and certificate after each fit). ``fit``: keyword arguments of
+    :func:`fit_surrogate`."""
+    from tqdm.auto import tqdm
+
+    if strategy not in ("disagreement", "random"):
+        raise ValueError(f"strategy must be 'disagreement' or 'random', got {strategy!r}")
+    engine = engine or ExactEngine(domain.model)
+    rng = np.random.default_rng(seed)
+    history, s = [], None
+    for r in tqdm(range(rounds + 1), desc=f"refine ({strategy})", disable=not progress):
+        s = fit_surrogate(domain, data=data, engine=engine, progress=False, seed=seed, **fit)
+        cert = certify(s, data=held)
+        history.append({"round": r, "n_simulations": int(len(data["u"])), **cert["overall"],
+                        "coverage90": cert["calibration"]["coverage90"]})
+        if r == rounds:
+            break
+        cand = rng.random((n_candidates, data["u"].shape[1]))
+        if strategy == "disagreement":
+            _, sd = s.predict_unit(cand)
+            pick = np.argsort(-sd.reshape(len(cand), -1).max(1))[:n_add]
+        else:
+            pick = rng.choice(n_candidates, n_add, replace=False)
+        data = _merge(data, simulate_unit(domain, cand[pick], engine))
+    return s, history
 
 
 # ---------------------------------------------------------------------- training
