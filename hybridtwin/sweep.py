@@ -1,7 +1,8 @@
 """Scenario sweeps on any engine, endpoints, exact verification, plots and global sensitivity analysis.
 
 - :func:`sweep`: ``engine.run`` over population x scenarios in chunks that bound memory, with a progress bar;
-  the exact engine and a surrogate give the same table.
+  the exact engine and a surrogate give the same table; ``backend="ray"`` runs the chunks as Ray tasks on a
+  cluster (or a local Ray instance), each shard optionally written to disk (:func:`merge_shards`).
 - :class:`Endpoint`: a number per (patient, scenario) from a trajectory -- the value at a time, above a
   threshold at a time, the peak, the area under the curve, the first time above a threshold.
 - :func:`verify`: re-run a random subset or the top-k scenarios of a sweep with the exact engine and report
@@ -113,11 +114,20 @@ class Endpoint:
 
 def sweep(engine, population: pd.DataFrame, scenarios: Sequence[Scenario], times=None,
           outputs: Sequence[str] | None = None, max_pairs: int = 200_000, progress: bool | None = None,
-          **run_options) -> SimulationSet:
+          backend: str = "local", shard_dir=None, **run_options) -> SimulationSet:
     """``engine.run`` for every patient under every scenario, in chunks of scenarios with at most ``max_pairs``
     (patient, scenario) pairs each (memory stays bounded), with a progress bar (default: when there is more
     than one chunk). ``times`` may be omitted for a surrogate (its grid). Failed or out-of-domain pairs keep
-    their status (see :class:`~hybridtwin.engine.SimulationSet`). Rows are ordered scenario by scenario."""
+    their status (see :class:`~hybridtwin.engine.SimulationSet`). Rows are ordered scenario by scenario.
+
+    backend: ``"local"`` (this process) or ``"ray"``: every chunk is a Ray task (``pip install
+    'hybridtwin[ray]'``; connects to a running cluster, or starts a local one, with ``ray.init()``), the
+    results are merged into the same table as the local backend gives. shard_dir: with Ray, each task also
+    writes its shard there (``shard_00000.csv`` ...), so that a sweep too large for memory can be merged
+    later (:func:`merge_shards`).
+    """
+    if backend not in ("local", "ray"):
+        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
     from tqdm.auto import tqdm
 
     scenarios = list(scenarios)
@@ -131,8 +141,11 @@ def sweep(engine, population: pd.DataFrame, scenarios: Sequence[Scenario], times
     chunks = [scenarios[i:i + per] for i in range(0, len(scenarios), per)]
     progress = len(chunks) > 1 if progress is None else progress
     frames, statuses, name = [], [], ""
-    for chunk in tqdm(chunks, desc="sweep", unit="chunk", disable=not progress):
-        sims = engine.run(population, chunk, times, outputs, **run_options)
+    if backend == "ray":
+        results = _ray_run(engine, population, chunks, times, outputs, run_options, shard_dir, progress)
+    else:
+        results = (engine.run(population, chunk, times, outputs, **run_options) for chunk in chunks)
+    for sims in tqdm(results, total=len(chunks), desc="sweep", unit="chunk", disable=not progress or backend == "ray"):
         frames.append(sims.frame)
         statuses.append(sims.status)
         name = sims.engine
@@ -143,6 +156,55 @@ def sweep(engine, population: pd.DataFrame, scenarios: Sequence[Scenario], times
 
     return SimulationSet(scenario_major(pd.concat(frames, ignore_index=True)),
                          scenario_major(pd.concat(statuses, ignore_index=True)), engine=name)
+
+
+def _ray_run(engine, population, chunks, times, outputs, run_options, shard_dir, progress) -> list:
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("backend='ray' needs Ray: pip install 'hybridtwin[ray]'") from None
+    from tqdm.auto import tqdm
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    folder = None if shard_dir is None else str(Path(shard_dir).resolve())
+    if folder is not None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+
+    @ray.remote
+    def task(engine, population, chunk, index):
+        sims = engine.run(population, chunk, times, outputs, **run_options)
+        if folder is not None:
+            sims.frame.to_csv(Path(folder) / f"shard_{index:05d}.csv", index=False)
+            sims.status.to_csv(Path(folder) / f"status_{index:05d}.csv", index=False)
+        return sims
+
+    eng, pop = ray.put(engine), ray.put(population)
+    refs = [task.remote(eng, pop, chunk, i) for i, chunk in enumerate(chunks)]
+    bar = tqdm(total=len(refs), desc="sweep (ray)", unit="shard", disable=not progress)
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        bar.update(len(done))
+    bar.close()
+    return ray.get(refs)
+
+
+def merge_shards(shard_dir, scenarios: Sequence[Scenario] | None = None) -> SimulationSet:
+    """The sweep written shard by shard into ``shard_dir`` by ``sweep(..., backend="ray", shard_dir=...)``,
+    merged (rows ordered scenario by scenario when ``scenarios`` are given, else as the shards come)."""
+    folder = Path(shard_dir)
+    shards = sorted(folder.glob("shard_*.csv"))
+    if not shards:
+        raise ValueError(f"{folder} holds no shard_*.csv files")
+    frame = pd.concat([pd.read_csv(f, dtype={"subject_id": str}) for f in shards], ignore_index=True)
+    status = pd.concat([pd.read_csv(f, dtype={"subject_id": str}) for f in sorted(folder.glob("status_*.csv"))],
+                       ignore_index=True)
+    if scenarios is not None:
+        order = {sc.name: j for j, sc in enumerate(scenarios)}
+        frame = frame.iloc[np.argsort(frame["scenario"].map(order).to_numpy(), kind="stable")].reset_index(drop=True)
+        status = status.iloc[np.argsort(status["scenario"].map(order).to_numpy(), kind="stable")].reset_index(drop=True)
+    return SimulationSet(frame, status, engine="merged")
 
 
 def verify(sims: SimulationSet, exact: ExactEngine, population: pd.DataFrame, scenarios: Sequence[Scenario],
@@ -289,4 +351,4 @@ def sensitivity(surrogate, endpoint: Endpoint, n: int = 1024, seed: int = 0, n_c
     return {"table": table, "n_evaluations": int(len(u)), "exact_check": check}
 
 
-__all__ = ["Endpoint", "distributions", "heatmap", "sensitivity", "sweep", "verify"]
+__all__ = ["Endpoint", "distributions", "heatmap", "merge_shards", "sensitivity", "sweep", "verify"]
