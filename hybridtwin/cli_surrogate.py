@@ -11,7 +11,7 @@ Sweep config (YAML)::
     times: [...]                                  # default: the surrogate's grid
     endpoint: {kind: value_at, output: log10_Ab, time: 365}
     verify: {n_scenarios: 5, top_k: 3}            # re-run with the exact engine (optional)
-    out: sweep_output
+    out: sweep_output                             # paths in the file are relative to the file
     format: csv                                   # or parquet (needs pyarrow)
 """
 
@@ -156,7 +156,7 @@ def cmd_sweep(args) -> int:
     if times is None:
         raise ValueError("sweep config: times are required with an exact engine")
     endpoint = Endpoint(**cfg["endpoint"])
-    out = Path(args.out or cfg.get("out", "sweep_output"))
+    out = Path(args.out) if args.out else base / cfg.get("out", "sweep_output")  # config paths: relative to it
     out.mkdir(parents=True, exist_ok=True)
     print(f"sweep: {len(population)} patients x {len(grid)} scenarios = {len(population) * len(grid)} pairs on "
           f"{type(engine).__name__}")

@@ -214,3 +214,34 @@ def test_refine_adds_points_where_the_ensemble_disagrees():
     assert [h["n_simulations"] for h in hist] == [64, 128] and all(h["median"] > 0 for h in hist)
     with pytest.raises(ValueError, match="strategy"):
         refine(dom, data, held, strategy="greedy")
+
+
+def test_cli_fits_validates_sweeps_and_analyses_sensitivity(tmp_path, capsys):
+    import yaml
+
+    from hybridtwin.cli import main
+
+    (tmp_path / "domain.yaml").write_text(yaml.safe_dump(DOMAIN))
+    assert main(["surrogate", "fit", "--domain", str(tmp_path / "domain.yaml"), "--out", str(tmp_path / "s"),
+                 "--n-train", "512", "--members", "2", "--hidden", "32,32", "--epochs", "150", "--validate", "100",
+                 "--quiet"]) == 0
+    assert "certificate on 100 fresh pairs" in capsys.readouterr().out
+    assert main(["surrogate", "validate", str(tmp_path / "s"), "--n", "100"]) == 0
+    assert (tmp_path / "s" / "certificate.csv").is_file() and load(tmp_path / "s").certificate["n_pairs"] == 100
+    sweep_cfg = {"engine": {"surrogate": "s"}, "population": {"sample": 20, "seed": 0},
+                 "scenarios": {"grid": {"boost.amount": {"start": 0.5, "stop": 2, "num": 4}}},
+                 "endpoint": {"kind": "value_at", "output": "log10_Ab", "time": 250}, "verify": {"n_scenarios": 2},
+                 "out": "sw"}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep_cfg))
+    assert main(["sweep", str(tmp_path / "sweep.yaml"), "--quiet"]) == 0
+    summary = pd.read_csv(tmp_path / "sw" / "summary.csv")
+    assert len(summary) == 4 and summary["count"].eq(20).all()
+    assert summary.sort_values("boost.amount")["mean"].is_monotonic_increasing  # a larger booster, a higher titre
+    assert (tmp_path / "sw" / "distributions.png").is_file() and (tmp_path / "sw" / "verify.json").is_file()
+    assert main(["surrogate", "sensitivity", str(tmp_path / "s"), "--output", "log10_Ab", "--time", "90",
+                 "--n", "128", "--out", str(tmp_path / "sens")]) == 0
+    assert (tmp_path / "sens" / "sensitivity.png").is_file()
+    sweep_cfg["endpoint"]["time"] = 45  # not on the surrogate's grid: a clear error, exit status 2
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(sweep_cfg))
+    assert main(["sweep", str(tmp_path / "bad.yaml"), "--quiet"]) == 2
+    assert "not on the sweep's grid" in capsys.readouterr().err
