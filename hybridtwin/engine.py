@@ -97,6 +97,15 @@ class SimulationSet:
         """The (patient, scenario) pairs whose simulation failed, with their status."""
         return self.status[self.status["status"] != "ok"].reset_index(drop=True)
 
+    def to_observations(self, sep: str = "|") -> pd.DataFrame:
+        """The simulations in the canonical long observation schema (``subject_id, time, observable, value,
+        cohort``): one virtual subject per (patient, scenario) pair, ``"<patient><sep><scenario>"``, the
+        scenario as its cohort; failed pairs are left out (see :meth:`failed`)."""
+        f = self.ok_frame()
+        return pd.DataFrame({"subject_id": f["subject_id"].astype(str) + sep + f["scenario"].astype(str),
+                             "time": f["time"].to_numpy(float), "observable": f["output"].to_numpy(),
+                             "value": f["value"].to_numpy(float), "cohort": f["scenario"].to_numpy()})
+
     def ok_frame(self) -> pd.DataFrame:
         """``frame`` without the failed pairs -- an explicit exclusion (see :meth:`failed` for what was left out)."""
         bad = self.failed()[["subject_id", "scenario"]]
@@ -342,4 +351,32 @@ class TwinEngine:
         return result
 
 
-__all__ = ["Engine", "ExactEngine", "Scenario", "SimulationSet", "TwinEngine"]
+def twin_population(twin, covariates: pd.DataFrame, per_patient: int = 1, seed: int = 0) -> pd.DataFrame:
+    """Virtual patients from a trained twin's population model: for every row of ``covariates`` (the twin's
+    covariates, ``subject_id`` and optional ``cohort``), ``per_patient`` draws of the patient parameters from
+    the population distribution given those covariates (between-patient variability included). Returns the
+    patient parameters on their natural scale (``subject_id`` ``"<id>#<k>"``, ``cohort`` when given): a
+    population for :class:`TwinEngine` or a surrogate of the twin."""
+    import torch
+
+    from .personalise import _tables
+
+    if isinstance(per_patient, bool) or not isinstance(per_patient, int) or per_patient < 1:
+        raise ValueError(f"per_patient must be a positive integer, got {per_patient!r}")
+    ds, ids = _tables(twin, covariates, None, None)
+    batch = ds.batch()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        mean, sd = twin.prior(batch.covariates)
+        mean, sd = mean.repeat_interleave(per_patient, 0), sd.repeat_interleave(per_patient, 0)
+        cohort = batch.cohort.repeat_interleave(per_patient, 0)
+        z = mean + sd * torch.randn(mean.shape, generator=gen, dtype=mean.dtype)
+        theta = twin.theta(z, cohort)[:, twin.patient_idx]
+    out = pd.DataFrame(theta.double().numpy(), columns=list(twin.patient_names))
+    out.insert(0, "subject_id", [f"{i}#{k}" for i in ids for k in range(per_patient)])
+    if "cohort" in covariates.columns:
+        out["cohort"] = [twin.cohort_names[int(c)] for c in cohort]
+    return out
+
+
+__all__ = ["Engine", "ExactEngine", "Scenario", "SimulationSet", "TwinEngine", "twin_population"]

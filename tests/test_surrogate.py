@@ -245,3 +245,27 @@ def test_cli_fits_validates_sweeps_and_analyses_sensitivity(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(sweep_cfg))
     assert main(["sweep", str(tmp_path / "bad.yaml"), "--quiet"]) == 2
     assert "not on the sweep's grid" in capsys.readouterr().err
+
+
+def test_twin_population_draws_between_patient_variability_and_runs_on_the_twin():
+    from hybridtwin.engine import TwinEngine, twin_population
+
+    twin, cohort = _twin_with_closure()
+    cov = cohort.covariates.iloc[:2]
+    pop = twin_population(twin, cov, per_patient=400, seed=1)
+    assert len(pop) == 800 and list(pop.columns[1:]) == list(twin.patient_names)
+    space = twin.model.parameter_space
+    z = space.to_unconstrained(space.tensor_from(pop[twin.patient_names].assign(
+        **{k: v for k, v in space.defaults().items() if k not in twin.patient_names})))[:, twin.patient_idx]
+    with torch.no_grad():
+        mean, sd = twin.prior(twin.dataset(cohort.subset(list(cov["subject_id"]))).batch().covariates)
+    first = z[:400].numpy()
+    assert np.allclose(first.mean(0), mean[0].numpy(), atol=4 * sd[0].numpy() / 20)  # 4 standard errors
+    assert np.allclose(first.std(0), sd[0].numpy(), rtol=0.15)
+    from hybridtwin.engine import Scenario
+    import hybridtwin as ht
+
+    sims = TwinEngine(twin).run(pop.iloc[:3], [Scenario("prime", (ht.Dose(0, 1.0, "Ag"),))], [30, 60])
+    long = sims.to_observations()
+    assert sims.n_failed == 0 and list(long.columns) == ["subject_id", "time", "observable", "value", "cohort"]
+    assert long["subject_id"].str.endswith("|prime").all() and len(long) == 6
