@@ -19,6 +19,9 @@ Engines, side by side in one process:
   ``--gp-n`` pairs (an exact GP cannot take the surrogate's full budget: its cost grows as n^3); the
   surrogate is also trained on the same ``--gp-n`` pairs for the equal-data comparison.
 
+A trained hybrid twin with a closure (``--twin``; default the fold-1 hybrid twin of ``challenger_folds.py``):
+its surrogate against the twin's own exact solve (``TwinEngine``), accuracy and speed-up.
+
 Accuracy: absolute error of log10 antibody on 2,000 held-out pairs drawn independently (uniform random) of the
 training design: median, 95th percentile, worst. Targets (2 CPU cores): surrogate >= 100x the exact engine and
 >= 1,000x the scipy loop; median error <= 0.05 and 95th percentile <= 0.15; better than the GP at equal data.
@@ -50,6 +53,8 @@ DOMAIN = {"model": "vaccine_asc", "parameters": {k: [v / 2, v * 2] for k, v in P
           "scenarios": {"doses": [{"name": "prime", "target": "Ag", "time": 0, "amount": 1},
                                   {"name": "boost", "target": "Ag", "time": [14, 365], "amount": [0.25, 4]}]},
           "times": {"start": 18.25, "stop": 365, "num": 20}, "outputs": ["log10_Ab"]}
+#: the hybrid twin (sarscov2_cd8 + a neural clearance closure) trained in leave-studies-out fold 1
+TWIN = RESULTS / "challenger_folds" / "fold1_hybrid"
 ORDER = ["delta_Ag", "K_Ag", "rho_M", "M_max", "alpha_S", "beta_S", "alpha_L", "beta_L", "theta_S", "theta_L",
          "delta_S", "delta_L", "delta_Ab"]
 
@@ -117,7 +122,7 @@ def gaussian_process(train: dict, n: int, held: dict, seed: int = 0):
 
 def main(n_train: int = 20000, epochs: int = 300, gp_n: int = 2000, scipy_pairs: int = 200, n_patients: int = 1000,
          n_days: int = 10, n_doses: int = 10, n_held: int = 2000, out=RESULTS, stem: str = "bench_surrogate",
-         archs=("grid", "separable"), hidden=(256, 256, 256), members: int = 5) -> dict:
+         archs=("grid", "separable"), hidden=(256, 256, 256), members: int = 5, twin=None) -> dict:
     torch.manual_seed(0)
     domain = Domain.from_dict(DOMAIN)
     pop, scenarios = workload(domain, n_patients, n_days, n_doses)
@@ -181,6 +186,9 @@ def main(n_train: int = 20000, epochs: int = 300, gp_n: int = 2000, scipy_pairs:
     g = res["gp"]
     print(f"GP (n={gp_n}): fit {g['fit_seconds']:.0f} s; median {g['median']:.4f} p95 {g['p95']:.4f}; "
           f"{1 / g['seconds_per_pair']:,.0f} pairs/s", flush=True)
+    if twin is not None:
+        res["twin"] = twin_bench(twin, epochs=epochs, hidden=hidden, members=members,
+                                 **({"n_train": 500, "n_patients": 200} if n_train < 5000 else {}))
     if torch.cuda.is_available():
         res["cuda"] = torch.cuda.get_device_name(0)
     out.mkdir(parents=True, exist_ok=True)
@@ -188,6 +196,43 @@ def main(n_train: int = 20000, epochs: int = 300, gp_n: int = 2000, scipy_pairs:
     (out / f"{stem}.md").write_text(report(res))
     print(report(res))
     return res
+
+
+def twin_bench(path, n_train: int = 10000, n_patients: int = 20000, epochs: int = 300, hidden=(256, 256, 256),
+               members: int = 5, width: float = 2.5) -> dict:
+    """The same comparison for a trained hybrid twin with a closure (default: the leave-studies-out fold-1
+    hybrid of ``challenger_folds.py``, ``sarscov2_cd8`` with a learned clearance): its surrogate over the twin's
+    patient parameters (within ``width`` between-patient SDs) vs the twin's own exact solve (``TwinEngine``),
+    log10 viral load at 15 days since onset (0-28)."""
+    from hybridtwin.engine import TwinEngine
+    from hybridtwin.scenarios import ScenarioSpace
+    from hybridtwin.surrogate import twin_domain
+
+    engine = TwinEngine.from_checkpoint(path)
+    closures = [c.name for c in getattr(engine.twin.dynamics, "closures", [])]
+    domain = twin_domain(engine.twin, ScenarioSpace([]), np.linspace(0, 28, 15), width=width)
+    t = time.perf_counter()
+    train = simulate_domain(domain, n_train, seed=0, engine=engine)
+    sim_s = time.perf_counter() - t
+    held = simulate_domain(domain, 2000, seed=99, method="random", engine=engine)
+    s = fit_surrogate(domain, members=members, hidden=hidden, epochs=epochs, progress=False, seed=0, data=train,
+                      engine=engine)
+    cert = certify(s, data=held)
+    rng = np.random.default_rng(3)
+    pop = domain.parameters.from_unit(rng.random((n_patients, len(domain.parameters.names))))
+    scen = [domain.scenarios.scenario([], name="none")]
+    ex_s, ex = timed(lambda: engine.run(pop, scen, domain.times), repeats=1)
+    run_s, _ = timed(lambda: s.run(pop, scen))
+    out = {"checkpoint": str(path), "model": engine.model.name, "closures": closures, "inputs": domain.input_names,
+           "n_train": n_train, "n_failed_train": int((~train["ok"]).sum()), "train_simulation_seconds": sim_s,
+           "train_seconds": s.info["training_seconds"], "median": cert["overall"]["median"],
+           "p95": cert["overall"]["p95"], "max": cert["overall"]["max"], "calibration": cert["calibration"],
+           "n_patients": n_patients, "exact_seconds": ex_s, "exact_failed": ex.n_failed, "surrogate_seconds": run_s,
+           "speedup": ex_s / run_s}
+    print(f"twin surrogate ({engine.model.name}, closures {closures}): held-out median {out['median']:.4f} p95 "
+          f"{out['p95']:.4f}; {n_patients} patients: exact {ex_s:.1f} s, surrogate {run_s:.3f} s "
+          f"({out['speedup']:.0f}x)", flush=True)
+    return out
 
 
 def report(r: dict) -> str:
@@ -221,6 +266,16 @@ def report(r: dict) -> str:
                         f"{s['calibration']['spearman_sd_error']:.2f})" for s in r["surrogates"]) + ".",
               f"Exact engine on the workload: {ex['seconds']:.1f} s, {ex['n_failed']} failed pairs. Training data: "
               f"{r['train_simulation_seconds']:.1f} s of exact simulation."]
+    if r.get("twin"):
+        t = r["twin"]
+        lines += ["", "## A trained hybrid twin with a closure", "",
+                  f"`{t['checkpoint']}`: `{t['model']}` with closure(s) {t['closures']}; surrogate inputs {t['inputs']}, "
+                  f"log10 viral load at 15 days (0-28 since onset); {t['n_train']} training simulations of the twin's "
+                  f"own dynamics ({t['n_failed_train']} failed, excluded).", "",
+                  "| | held-out median abs error | p95 | worst | exact twin solve | surrogate | speed-up |",
+                  "|---|---|---|---|---|---|---|",
+                  f"| {t['n_patients']:,} patients | {t['median']:.4f} | {t['p95']:.4f} | {t['max']:.3f} | "
+                  f"{t['exact_seconds']:.1f} s | {t['surrogate_seconds']:.3f} s | {t['speedup']:.0f}x |"]
     return "\n".join(lines) + "\n"
 
 
@@ -229,9 +284,11 @@ if __name__ == "__main__":
     ap.add_argument("--small", action="store_true", help="a 1-minute smoke run (small sizes; not the benchmark)")
     ap.add_argument("--n-train", type=int, default=20000)
     ap.add_argument("--epochs", type=int, default=300)
+    ap.add_argument("--twin", default=str(TWIN) if TWIN.is_dir() else None,
+                    help="a trained hybrid twin's checkpoint folder (default: challenger_folds' fold-1 hybrid, if run)")
     a = ap.parse_args()
     if a.small:
         main(n_train=1000, epochs=20, gp_n=200, scipy_pairs=10, n_patients=50, n_days=4, n_doses=5, n_held=200,
-             stem="bench_surrogate_small", hidden=(64, 64), members=2)
+             stem="bench_surrogate_small", hidden=(64, 64), members=2, twin=a.twin)
     else:
-        main(n_train=a.n_train, epochs=a.epochs)
+        main(n_train=a.n_train, epochs=a.epochs, twin=a.twin)
