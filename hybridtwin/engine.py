@@ -159,6 +159,23 @@ def pairs_to_set(ids, scenarios, grid, outputs, values: "np.ndarray", status) ->
     return frame, status
 
 
+def run_product(engine, population: pd.DataFrame, scenarios, times, outputs, label: str) -> SimulationSet:
+    """Every patient of ``population`` under every scenario through ``engine.simulate_pairs`` (one batch),
+    as a :class:`SimulationSet`; failures keep their status and are warned about."""
+    pop, scenarios, grid = check_run(population, scenarios, times)
+    outputs = engine._outputs(outputs)
+    n = len(pop)
+    params = pd.concat([pop.drop(columns="subject_id")] * len(scenarios), ignore_index=True)
+    values, status = engine.simulate_pairs(params, [sc for sc in scenarios for _ in range(n)], grid, outputs)
+    frame, status = pairs_to_set(pop["subject_id"], scenarios, grid, outputs, values.reshape(
+        len(scenarios), n, len(outputs), len(grid)).transpose(1, 0, 2, 3), status)
+    result = SimulationSet(frame, status, engine=label)
+    if result.n_failed:
+        warnings.warn(f"{result.n_failed} of {len(status)} (patient, scenario) simulations failed; they keep "
+                      "their status and NaN values (SimulationSet.failed(), ok_frame())", RuntimeWarning, stacklevel=3)
+    return result
+
+
 class ExactEngine:
     """The exact engine: :func:`hybridtwin.simulate` (batched adaptive ODE solves) per scenario.
 
@@ -221,20 +238,7 @@ class ExactEngine:
             outputs: Sequence[str] | None = None) -> SimulationSet:
         """Simulate every patient of ``population`` under every scenario at ``times``; ``outputs`` selects
         observables/states (default: the model's observables)."""
-        pop, scenarios, grid = check_run(population, scenarios, times)
-        outputs = self._outputs(outputs)
-        n = len(pop)
-        params = pd.concat([pop.drop(columns="subject_id")] * len(scenarios), ignore_index=True)
-        pairs = [sc for sc in scenarios for _ in range(n)]
-        values, status = self.simulate_pairs(params, pairs, grid, outputs)
-        frame, status = pairs_to_set(pop["subject_id"], scenarios, grid, outputs, values.reshape(len(scenarios), n,
-                                     len(outputs), len(grid)).transpose(1, 0, 2, 3), status)
-        result = SimulationSet(frame, status, engine=f"exact:{self.model.name}")
-        if result.n_failed:
-            warnings.warn(f"{result.n_failed} of {len(status)} (patient, scenario) simulations failed; they keep "
-                          "their status and NaN values (SimulationSet.failed(), ok_frame())", RuntimeWarning,
-                          stacklevel=2)
-        return result
+        return run_product(self, population, scenarios, times, outputs, f"exact:{self.model.name}")
 
 
 class TwinEngine:
@@ -336,19 +340,7 @@ class TwinEngine:
     def run(self, population: pd.DataFrame, scenarios: Sequence[Scenario], times,
             outputs: Sequence[str] | None = None) -> SimulationSet:
         """Every patient under every scenario (see :meth:`ExactEngine.run`)."""
-        pop, scenarios, grid = check_run(population, scenarios, times)
-        outputs = self._outputs(outputs)
-        n = len(pop)
-        params = pd.concat([pop.drop(columns="subject_id")] * len(scenarios), ignore_index=True)
-        values, status = self.simulate_pairs(params, [sc for sc in scenarios for _ in range(n)], grid, outputs)
-        frame, status = pairs_to_set(pop["subject_id"], scenarios, grid, outputs, values.reshape(
-            len(scenarios), n, len(outputs), len(grid)).transpose(1, 0, 2, 3), status)
-        result = SimulationSet(frame, status, engine=f"twin:{self.model.name}")
-        if result.n_failed:
-            warnings.warn(f"{result.n_failed} of {len(status)} (patient, scenario) simulations failed; they keep "
-                          "their status and NaN values (SimulationSet.failed(), ok_frame())", RuntimeWarning,
-                          stacklevel=2)
-        return result
+        return run_product(self, population, scenarios, times, outputs, f"twin:{self.model.name}")
 
 
 def twin_population(twin, covariates: pd.DataFrame, per_patient: int = 1, seed: int = 0) -> pd.DataFrame:
