@@ -77,6 +77,16 @@ class Surrogate:
         self.info, self.certificate = dict(info or {}), certificate
         self.exact = exact if exact is not None else ExactEngine(domain.model, rtol=float(self.info.get("rtol", 1e-6)))
 
+    def to(self, device) -> "Surrogate":
+        """Move the network to ``device`` (e.g. ``"cuda"``) for predictions there; returns self."""
+        self.net.to(device)
+        self.y_mean, self.y_sd = self.y_mean.to(device), self.y_sd.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.y_mean.device
+
     @property
     def shape(self) -> tuple[int, int]:
         return len(self.domain.outputs), len(self.domain.times)
@@ -85,13 +95,13 @@ class Surrogate:
     def _decode(self, z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         y = z * self.y_sd + self.y_mean  # (M, N, O*T)
         mean, sd = y.mean(0), y.std(0, unbiased=True) if y.shape[0] > 1 else torch.zeros_like(y[0])
-        return mean.reshape(-1, *self.shape).numpy(), sd.reshape(-1, *self.shape).numpy()
+        return mean.reshape(-1, *self.shape).cpu().numpy(), sd.reshape(-1, *self.shape).cpu().numpy()
 
     @torch.no_grad()
     def predict_unit(self, u: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
         """Ensemble mean and SD, each (N, outputs, times), at unit-scaled inputs ``u`` (N, parameters + factors)."""
         means, sds = [], []
-        x = torch.as_tensor(np.asarray(u, dtype=np.float32)) * 2 - 1
+        x = torch.as_tensor(np.asarray(u, dtype=np.float32), device=self.device) * 2 - 1
         for i in range(0, len(x), chunk):
             m, s = self._decode(self.net(x[i:i + chunk]))
             means.append(m)
@@ -102,8 +112,8 @@ class Surrogate:
     def predict_product(self, up: np.ndarray, us: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
         """Mean and SD (patients, scenarios, outputs, times) for every patient (unit inputs ``up``) under every
         scenario (unit factors ``us``), sharing the first layer's work across pairs."""
-        a = torch.as_tensor(np.asarray(up, dtype=np.float32)) * 2 - 1
-        b = torch.as_tensor(np.asarray(us, dtype=np.float32)) * 2 - 1
+        a = torch.as_tensor(np.asarray(up, dtype=np.float32), device=self.device) * 2 - 1
+        b = torch.as_tensor(np.asarray(us, dtype=np.float32), device=self.device) * 2 - 1
         rows = max(1, chunk // max(1, len(b)))
         means, sds = [], []
         for i in range(0, len(a), rows):
