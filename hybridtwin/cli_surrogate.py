@@ -2,9 +2,11 @@
 
 Sweep config (YAML)::
 
-    engine: {surrogate: surrogate_dir}            # or {exact: vaccine_asc, rtol: 1e-6}
+    engine: {surrogate: surrogate_dir}            # or {exact: vaccine_asc, rtol: 1e-6} or {twin: checkpoint_dir}
     population: {sample: 1000, seed: 0}           # from the surrogate's domain; or {csv: pop.csv};
-                                                  # or {sample: N, parameters: {name: [lo, hi]}} for an exact engine
+                                                  # or {sample: N, parameters: {name: [lo, hi]}} for an exact engine;
+                                                  # or {sample: N, covariates: cov.csv}: N draws per patient from a
+                                                  # twin's population model
     scenarios:
       space: {doses: [...]}                       # default: the surrogate's scenario space
       grid: {boost.time: {start: 14, stop: 365, num: 12}, boost.amount: [0.25, 0.5, 1, 2, 4]}
@@ -55,16 +57,43 @@ def _print_certificate(cert: dict) -> None:
           f"ensemble 90 % band covers {c['coverage90']:.2f} of errors (Spearman SD vs error {c['spearman_sd_error']:.2f})")
 
 
+def _twin_domain(spec: dict, engine):
+    """A twin surrogate's domain: the file's parameter ranges, or the twin's population (``width`` SDs)."""
+    from .scenarios import ScenarioSpace
+    from .surrogate import Domain, twin_domain
+
+    unknown = set(spec) - {"parameters", "scale", "scenarios", "times", "outputs", "width"}
+    if unknown:
+        raise ValueError(f"twin surrogate domain: unknown key(s) {sorted(unknown)}")
+    if "parameters" in spec:
+        return Domain.from_dict({k: v for k, v in spec.items() if k != "width"}, model=engine.model)
+    times = spec.get("times")
+    if times is None:
+        raise ValueError("twin surrogate domain: 'times' is required")
+    if isinstance(times, dict):
+        times = _values(times, "times")
+    return twin_domain(engine.twin, ScenarioSpace.from_dict(spec.get("scenarios", {"doses": []})), times,
+                       spec.get("outputs"), float(spec.get("width", 3.0)))
+
+
 def cmd_surrogate_fit(args) -> int:
+    from .engine import TwinEngine
     from .surrogate import Domain, certify, fit_surrogate, save
 
     spec = _yaml(args.domain)
-    if args.model:
-        spec = {**spec, "model": args.model}
-    domain = Domain.from_dict(spec)
+    engine = None
+    if args.twin:
+        if args.model:
+            raise ValueError("give --model or --twin, not both")
+        engine = TwinEngine.from_checkpoint(args.twin)
+        domain = _twin_domain(spec, engine)
+    else:
+        if args.model:
+            spec = {**spec, "model": args.model}
+        domain = Domain.from_dict(spec)
     hidden = tuple(int(h) for h in args.hidden.split(","))
     s = fit_surrogate(domain, n_train=args.n_train, members=args.members, hidden=hidden, epochs=args.epochs,
-                      seed=args.seed, progress=not args.quiet)
+                      seed=args.seed, progress=not args.quiet, engine=engine, arch=args.arch)
     print(f"trained on {s.info['n_train'] - s.info['n_failed']} exact simulations ({s.info['simulation_seconds']:.0f} s) "
           f"in {s.info['training_seconds']:.0f} s")
     if args.validate:
@@ -125,13 +154,25 @@ def cmd_sweep(args) -> int:
     if "surrogate" in eng:
         surrogate = load(base / eng["surrogate"])
         engine, exact = surrogate, surrogate.exact
+    elif "twin" in eng:
+        from .engine import TwinEngine
+
+        engine = exact = TwinEngine.from_checkpoint(base / eng["twin"])
     elif "exact" in eng:
         engine = exact = ExactEngine(eng["exact"], rtol=float(eng.get("rtol", 1e-6)))
     else:
-        raise ValueError("sweep config: engine needs 'surrogate: DIR' or 'exact: MODEL'")
+        raise ValueError("sweep config: engine needs 'surrogate: DIR', 'twin: DIR' or 'exact: MODEL'")
     pop_cfg = cfg["population"]
     if "csv" in pop_cfg:
         population = pd.read_csv(base / pop_cfg["csv"])
+    elif "sample" in pop_cfg and "covariates" in pop_cfg:  # a trained twin's population model
+        from .engine import twin_population
+
+        twin = getattr(exact, "twin", None)
+        if twin is None:
+            raise ValueError("sweep config: population.covariates needs a twin engine (or a surrogate of a twin)")
+        population = twin_population(twin, pd.read_csv(base / pop_cfg["covariates"]), int(pop_cfg["sample"]),
+                                     int(pop_cfg.get("seed", 0)))
     elif "sample" in pop_cfg:
         from .scenarios import unit_design
 
@@ -215,6 +256,11 @@ def add_parsers(sub) -> None:
     f = ss.add_parser("fit", help="simulate a domain with the exact engine and train a certified surrogate")
     f.add_argument("--domain", required=True, help="domain YAML: model, parameters, scenarios, times, outputs")
     f.add_argument("--model", default=None, help="model name (overrides the domain file's)")
+    f.add_argument("--twin", default=None, help="emulate a trained twin (its checkpoint folder) instead of a model; "
+                                                "the domain file then needs scenarios and times, and parameters or "
+                                                "width (between-patient SDs around the twin's population, default 3)")
+    f.add_argument("--arch", default="grid", choices=["grid", "separable"],
+                   help="grid: one MLP to the whole output grid; separable: patient x scenario low-rank split")
     f.add_argument("--out", required=True, help="output folder (weights.pt + card.json)")
     f.add_argument("--n-train", type=int, default=20000, help="exact simulations to train on (default 20000)")
     f.add_argument("--members", type=int, default=5, help="ensemble members (default 5)")

@@ -269,3 +269,27 @@ def test_twin_population_draws_between_patient_variability_and_runs_on_the_twin(
     long = sims.to_observations()
     assert sims.n_failed == 0 and list(long.columns) == ["subject_id", "time", "observable", "value", "cohort"]
     assert long["subject_id"].str.endswith("|prime").all() and len(long) == 6
+
+
+def test_cli_emulates_and_sweeps_a_trained_twin(tmp_path):
+    import yaml
+
+    from hybridtwin.checkpoint import save as save_twin
+    from hybridtwin.cli import main
+
+    twin, cohort = _twin_with_closure()
+    save_twin(twin, tmp_path / "twin")
+    space = {"doses": [{"name": "prime", "target": "Ag", "time": 0, "amount": [0.5, 2]}]}
+    (tmp_path / "dom.yaml").write_text(yaml.safe_dump({"scenarios": space, "times": [30, 60, 90], "width": 1.0}))
+    assert main(["surrogate", "fit", "--twin", str(tmp_path / "twin"), "--domain", str(tmp_path / "dom.yaml"),
+                 "--out", str(tmp_path / "s"), "--n-train", "256", "--members", "2", "--hidden", "16",
+                 "--epochs", "30", "--validate", "50", "--quiet"]) == 0
+    assert load(tmp_path / "s").certificate["n_pairs"] == 50
+    cohort.covariates.iloc[:3].to_csv(tmp_path / "cov.csv", index=False)
+    cfg = {"engine": {"twin": "twin"}, "population": {"sample": 4, "covariates": "cov.csv"},
+           "scenarios": {"space": space, "grid": {"prime.amount": [0.5, 2.0]}}, "times": [30, 60, 90],
+           "endpoint": {"kind": "peak", "output": "log10_Ab"}, "out": "sw"}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["sweep", str(tmp_path / "sweep.yaml"), "--quiet"]) == 0
+    summary = pd.read_csv(tmp_path / "sw" / "summary.csv").sort_values("prime.amount")
+    assert summary["count"].tolist() == [12, 12] and summary["mean"].is_monotonic_increasing
