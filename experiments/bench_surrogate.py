@@ -186,7 +186,7 @@ def main(n_train: int = 20000, epochs: int = 300, gp_n: int = 2000, scipy_pairs:
     g = res["gp"]
     print(f"GP (n={gp_n}): fit {g['fit_seconds']:.0f} s; median {g['median']:.4f} p95 {g['p95']:.4f}; "
           f"{1 / g['seconds_per_pair']:,.0f} pairs/s", flush=True)
-    if twin is not None:
+    if twin:
         res["twin"] = twin_bench(twin, epochs=epochs, hidden=hidden, members=members,
                                  **({"n_train": 500, "n_patients": 200} if n_train < 5000 else {}))
     if torch.cuda.is_available():

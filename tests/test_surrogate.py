@@ -52,7 +52,9 @@ def test_surrogate_matches_the_exact_engine_on_fresh_pairs(surrogate):
     cert = certify(surrogate, n=200, seed=1)
     assert cert["n_pairs"] == 200 and cert["n_failed_exact"] == 0
     assert cert["overall"]["median"] < 0.03 and cert["overall"]["p95"] < 0.1, cert["overall"]
-    assert len(cert["per_output_time"]) == 5 and 0 <= cert["calibration"]["coverage90"] <= 1
+    assert len(cert["per_output_time"]) == 5
+    # the ensemble SD, scaled on the validation pairs, covers about 90 % of fresh errors (1.0 unscaled would not)
+    assert surrogate.sd_scale > 1.2 and 0.8 <= cert["calibration"]["coverage90"] <= 0.97, cert["calibration"]
     # independently: a few patients through the engine protocol against the exact engine
     pop = pd.DataFrame({"subject_id": ["a", "b"], "delta_Ab": [0.02, 0.035]})
     scen = [surrogate.domain.scenarios.scenario([0.7]), surrogate.domain.scenarios.scenario([1.8])]
