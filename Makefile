@@ -23,6 +23,7 @@ test: install
 	$(PY) -m pytest -q -n auto
 
 test-all: install
+	$(PIP) install -q -e ".[dev,ray]"   # the Ray sweep test needs the optional extra
 	$(PY) -m pytest -q -n auto -m "not gpu"
 
 bench: install
