@@ -310,12 +310,14 @@ def summarise(rows: list[dict]) -> str:
         lines += [title, "", "| method | RMSE (pooled) | 50 % coverage | 90 % coverage | log-lik / row | "
                   "RMSE per fold |", "|---|---|---|---|---|---|"]
         for method, h in g.groupby("method", sort=False):
-            w = h["n_quantified"]
-            pooled = lambda c: float(np.average(h[c], weights=w))  # noqa: E731
-            rmse = math.sqrt(float(np.average(h["rmse"] ** 2, weights=w)))
+            q = h[h["n_quantified"] > 0]  # a fold whose scored rows are all censored has no RMSE or coverage
+            w = q["n_quantified"]
+            pooled = lambda c: float(np.average(q[c], weights=w))  # noqa: E731
+            rmse = math.sqrt(float(np.average(q["rmse"] ** 2, weights=w)))
             llr = float(np.average(h["loglik_per_row"], weights=h["n_rows"]))
             lines.append(f"| {method} | {rmse:.2f} | {pooled('coverage50'):.2f} | {pooled('coverage90'):.2f} | "
-                         f"{llr:.2f} | " + " / ".join(f"{v:.2f}" for v in h["rmse"]) + " |")
+                         f"{llr:.2f} | " + " / ".join("-" if n == 0 else f"{v:.2f}" for v, n in
+                                                       zip(h["rmse"], h["n_quantified"])) + " |")
         lines.append("")
     lines += ["## Folds", "", "| fold | held-out studies | patients held out | rows scored (k=1) | fit min (mechanistic / "
               "hybrid) | noise SD (mechanistic / hybrid) |", "|---|---|---|---|---|---|"]
