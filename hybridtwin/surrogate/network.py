@@ -89,6 +89,8 @@ class SeparableEnsemble(nn.Module):
     >>> pairs = torch.cat([a[:, None].expand(6, 7, 2), b[None].expand(6, 7, 1)], -1).reshape(42, 3)
     >>> bool(torch.allclose(net.product(a, b), net(pairs), atol=1e-5))
     True
+    >>> bool(torch.allclose(net.product_mean(a, b), net.product(a, b).mean(0), atol=1e-5))
+    True
     """
 
     def __init__(self, n_patient: int, n_scenario: int, n_out: int, rank: int = 32, hidden: Sequence[int] = (128, 128),
@@ -121,3 +123,16 @@ class SeparableEnsemble(nn.Module):
         B, c = self._trunk(b)  # (M, Nb, R, O), (M, Nb, O)
         y = torch.einsum("mir,mjro->mijo", A, B) + c[:, None]
         return y.reshape(self.members, a.shape[0] * b.shape[0], self.n_out)
+
+    def product_mean(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The ensemble mean of :meth:`product` without the members' outputs: the members are stacked along
+        the rank (``mean_m sum_r a_mr B_mr = sum_(m,r) a_mr B_mr / M``), so one matrix product gives every pair:
+        (Na * Nb, n_out)."""
+        A = self.branch(a)  # (M, Na, R)
+        B, c = self._trunk(b)  # (M, Nb, R, O), (M, Nb, O)
+        M, Na, R = A.shape
+        Nb, O = B.shape[1], B.shape[3]
+        A2 = A.permute(1, 0, 2).reshape(Na, M * R)
+        B2 = B.permute(0, 2, 1, 3).reshape(M * R, Nb * O)
+        y = (A2 @ B2).reshape(Na, Nb, O) / M + c.mean(0)[None]
+        return y.reshape(Na * Nb, O)
