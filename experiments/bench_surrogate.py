@@ -198,6 +198,49 @@ def main(n_train: int = 20000, epochs: int = 300, gp_n: int = 2000, scipy_pairs:
     return res
 
 
+def timing(n_patients: int = 1000, n_days: int = 10, n_doses: int = 10, hidden=(256, 256, 256), members: int = 5,
+           rank: int = 32, out=RESULTS, stem: str = "bench_surrogate_timing") -> dict:
+    """Throughput only, side by side in one process: the exact engine and both surrogate architectures on the
+    workload (a surrogate's speed does not depend on its trained weights, so freshly initialised networks of
+    the benchmark's sizes are timed; accuracy is in ``bench_surrogate.md``). The engine protocol's run (long
+    table included; the mean only, as a sweep uses it) and the raw arrays."""
+    from hybridtwin.surrogate import Surrogate
+    from hybridtwin.surrogate.emulator import _network
+
+    domain = Domain.from_dict(DOMAIN)
+    pop, scenarios = workload(domain, n_patients, n_days, n_doses)
+    n_pairs = len(pop) * len(scenarios)
+    exact = ExactEngine("vaccine_asc", rtol=1e-6)
+    ex_s, _ = timed(lambda: exact.run(pop, scenarios, domain.times), repeats=1)
+    res = {"threads": torch.get_num_threads(), "n_pairs": n_pairs, "exact_seconds": ex_s, "surrogates": []}
+    P, F, K = len(domain.parameters.names), len(domain.scenarios.factors), len(domain.times)
+    for arch in ("grid", "separable"):
+        torch.manual_seed(0)
+        s = Surrogate(domain, _network(arch, P, F, K, hidden, members, "silu", rank), torch.zeros(K), torch.ones(K))
+        up, us, _, _ = s.encode(pop.drop(columns="subject_id"), scenarios)
+        run_s, _ = timed(lambda: s.run(pop, scenarios))
+        arr_s, _ = timed(lambda: s.predict_product(up, us, sd=False))
+        sd_s, _ = timed(lambda: s.predict_product(up, us, sd=True))
+        res["surrogates"].append({"arch": arch, "run_seconds": run_s, "array_mean_seconds": arr_s,
+                                  "array_mean_sd_seconds": sd_s, "x_exact_run": ex_s / run_s,
+                                  "x_exact_array": ex_s / arr_s, "x_exact_array_sd": ex_s / sd_s})
+        print(f"{arch}: run {run_s:.3f} s ({ex_s / run_s:.0f}x exact), arrays {arr_s:.4f} s ({ex_s / arr_s:.0f}x), "
+              f"with SD {sd_s:.3f} s ({ex_s / sd_s:.0f}x)", flush=True)
+    lines = ["# Surrogate throughput vs the exact engine (one process, side by side)", "",
+             f"{n_pairs:,} patient-scenario pairs (vaccine_asc, {K} output times); exact batched engine "
+             f"{ex_s:.1f} s ({n_pairs / ex_s:,.0f} pairs/s); {res['threads']} torch thread(s).", "",
+             "| surrogate | engine protocol (long table, mean) | x exact | arrays, mean | x exact | arrays, mean + SD | x exact |",
+             "|---|---|---|---|---|---|---|"]
+    for r in res["surrogates"]:
+        lines.append(f"| `{r['arch']}` | {r['run_seconds']:.3f} s | {r['x_exact_run']:.0f} | {r['array_mean_seconds']:.4f} s | "
+                     f"{r['x_exact_array']:.0f} | {r['array_mean_sd_seconds']:.3f} s | {r['x_exact_array_sd']:.0f} |")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return res
+
+
 def twin_bench(path, n_train: int = 10000, n_patients: int = 20000, epochs: int = 300, hidden=(256, 256, 256),
                members: int = 5, width: float = 2.5) -> dict:
     """The same comparison for a trained hybrid twin with a closure (default: the leave-studies-out fold-1
@@ -286,8 +329,11 @@ if __name__ == "__main__":
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--twin", default=str(TWIN) if TWIN.is_dir() else None,
                     help="a trained hybrid twin's checkpoint folder (default: challenger_folds' fold-1 hybrid, if run)")
+    ap.add_argument("--timing", action="store_true", help="throughput only (1 min): exact engine vs both architectures")
     a = ap.parse_args()
-    if a.small:
+    if a.timing:
+        timing()
+    elif a.small:
         main(n_train=1000, epochs=20, gp_n=200, scipy_pairs=10, n_patients=50, n_days=4, n_doses=5, n_held=200,
              stem="bench_surrogate_small", hidden=(64, 64), members=2, twin=a.twin)
     else:
