@@ -246,14 +246,15 @@ def twin_bench(path, n_train: int = 10000, n_patients: int = 20000, epochs: int 
     """The same comparison for a trained hybrid twin with a closure (default: the leave-studies-out fold-1
     hybrid of ``challenger_folds.py``, ``sarscov2_cd8`` with a learned clearance): its surrogate over the twin's
     patient parameters (within ``width`` between-patient SDs) vs the twin's own exact solve (``TwinEngine``),
-    log10 viral load at 15 days since onset (0-28)."""
+    log10 viral load at 15 days since onset (0-28), floored at 0 (1 copy/ml: far below any assay's limit;
+    a cleared infection's exact log10 V falls to -20 and below, where its value carries no information)."""
     from hybridtwin.engine import TwinEngine
     from hybridtwin.scenarios import ScenarioSpace
     from hybridtwin.surrogate import twin_domain
 
     engine = TwinEngine.from_checkpoint(path)
     closures = [c.name for c in getattr(engine.twin.dynamics, "closures", [])]
-    domain = twin_domain(engine.twin, ScenarioSpace([]), np.linspace(0, 28, 15), width=width)
+    domain = twin_domain(engine.twin, ScenarioSpace([]), np.linspace(0, 28, 15), width=width, floor={"log10_V": 0.0})
     t = time.perf_counter()
     train = simulate_domain(domain, n_train, seed=0, engine=engine)
     sim_s = time.perf_counter() - t

@@ -308,3 +308,16 @@ def test_separable_surrogate_mean_path_equals_its_ensemble_and_the_exact_engine(
     full = s.run(pop, scen, return_sd=True).frame
     np.testing.assert_allclose(fast, full["value"], rtol=1e-5, atol=1e-5)
     assert full["sd"].gt(0).all()
+
+
+def test_domain_floor_is_applied_to_the_exact_training_data_and_round_trips():
+    from hybridtwin.surrogate import simulate_domain
+
+    spec = {**DOMAIN, "floor": {"log10_Ab": 2.5}}
+    dom = Domain.from_dict(spec)
+    data = simulate_domain(dom, 64, seed=0)
+    raw = simulate_domain(Domain.from_dict(DOMAIN), 64, seed=0)
+    assert np.array_equal(data["y"], np.maximum(raw["y"], 2.5)) and (raw["y"] < 2.5).any()
+    assert Domain.from_dict(dom.to_dict()).floor == {"log10_Ab": 2.5}
+    with pytest.raises(ValueError, match="not outputs"):
+        Domain.from_dict({**DOMAIN, "floor": {"log10_V": 0}})

@@ -118,9 +118,11 @@ class ParameterDomain:
 class Domain:
     """What a surrogate emulates: ``model``, patient ``parameters`` (:class:`ParameterDomain`), ``scenarios``
     (:class:`~hybridtwin.scenarios.ScenarioSpace`), output ``times`` and ``outputs`` (default the model's
-    observables)."""
+    observables); ``floor``: ``{output: value}`` below which an output is reported at the floor, by the exact
+    engine in training and certification and hence by the surrogate."""
 
-    def __init__(self, parameters: ParameterDomain, scenarios: ScenarioSpace, times, outputs: Sequence[str] | None = None):
+    def __init__(self, parameters: ParameterDomain, scenarios: ScenarioSpace, times, outputs: Sequence[str] | None = None,
+                 floor: Mapping[str, float] | None = None):
         if not isinstance(parameters, ParameterDomain):
             raise TypeError("parameters must be a ParameterDomain")
         if not isinstance(scenarios, ScenarioSpace):
@@ -134,6 +136,16 @@ class Domain:
         if bad or not outputs:
             raise ValueError(f"outputs {bad or outputs} are not observables or states of {self.model.name!r}")
         self.outputs = outputs
+        floor = dict(floor or {})
+        bad = [k for k in floor if k not in outputs]
+        if bad:
+            raise ValueError(f"floor names {bad}, which are not outputs {outputs}")
+        for k, v in floor.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"floor of {k!r} must be a finite number, got {v!r}")
+        #: per output, the value below which results are reported at the floor (e.g. log10 V below 1 copy/ml:
+        #: far below any assay's limit, where the exact value carries no information but spans tens of log10)
+        self.floor = {k: float(v) for k, v in floor.items()}
         targets = set(self.model.all_state_names) | set(self.model.interventions)
         for d in scenarios.doses:
             if d.target not in targets:
@@ -162,14 +174,14 @@ class Domain:
     def to_dict(self) -> dict:
         d = self.parameters.to_dict()
         return {"model": self.model.name, **d, "scenarios": self.scenarios.to_dict(),
-                "times": [float(t) for t in self.times], "outputs": list(self.outputs)}
+                "times": [float(t) for t in self.times], "outputs": list(self.outputs), "floor": dict(self.floor)}
 
     @classmethod
     def from_dict(cls, d: Mapping, model=None) -> "Domain":
         """From ``{model, parameters: {name: [lo, hi]}, fixed?, scale?, scenarios: {doses, overrides?}, times,
         outputs?}``; ``times`` a list or ``{start, stop, num}`` (evenly spaced). ``model``: a
         :class:`~hybridtwin.Model` to use instead of looking ``d["model"]`` up (e.g. a trained twin's model)."""
-        allowed = {"model", "parameters", "fixed", "scale", "scenarios", "times", "outputs"}
+        allowed = {"model", "parameters", "fixed", "scale", "scenarios", "times", "outputs", "floor"}
         unknown = set(d) - allowed
         if unknown:
             raise ValueError(f"surrogate domain: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -184,14 +196,15 @@ class Domain:
                 raise ValueError(f"surrogate domain: times as a mapping needs start, stop and num (missing {exc})") from None
         params = ParameterDomain(model if model is not None else d["model"], d["parameters"], d.get("fixed"),
                                  d.get("scale"))
-        return cls(params, ScenarioSpace.from_dict(d["scenarios"]), times, d.get("outputs"))
+        return cls(params, ScenarioSpace.from_dict(d["scenarios"]), times, d.get("outputs"), d.get("floor"))
 
     def __repr__(self) -> str:
         return (f"Domain(model={self.model.name!r}, inputs={self.input_names}, times={len(self.times)}, "
                 f"outputs={self.outputs})")
 
 
-def twin_domain(twin, scenarios: ScenarioSpace, times, outputs: Sequence[str] | None = None, width: float = 3.0) -> Domain:
+def twin_domain(twin, scenarios: ScenarioSpace, times, outputs: Sequence[str] | None = None, width: float = 3.0,
+                floor: Mapping[str, float] | None = None) -> Domain:
     """A domain over a trained twin's patient parameters: each within ``width`` between-patient SDs of its
     typical value (on the twin's unconstrained scale, reference covariates), clipped to the declared bounds;
     outputs default to the twin's observables."""
@@ -208,4 +221,4 @@ def twin_domain(twin, scenarios: ScenarioSpace, times, outputs: Sequence[str] | 
         p = space[n]
         ranges[n] = [max(a, p.lower), min(b, p.upper)]
     params = ParameterDomain(twin.model, ranges)
-    return Domain(params, scenarios, times, outputs if outputs is not None else list(twin.config.observables))
+    return Domain(params, scenarios, times, outputs if outputs is not None else list(twin.config.observables), floor)

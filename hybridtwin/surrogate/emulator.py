@@ -175,6 +175,10 @@ class Surrogate:
                 params = exact_params(self.exact, self.domain, pop.drop(columns="subject_id"))
                 ii, jj = np.nonzero(~inside)
                 vals, st = self.exact.simulate_pairs(params.iloc[ii], [scenarios[j] for j in jj], grid, outputs)
+                for k, v in self.domain.floor.items():  # reported as the surrogate reports them
+                    if k in outputs:
+                        o = outputs.index(k)
+                        vals[:, o] = np.where(np.isnan(vals[:, o]), np.nan, np.maximum(vals[:, o], v))
                 mean[ii, jj], sd[ii, jj] = vals, np.nan
                 status[ii, jj], engine[ii, jj] = st, "exact"
         frame, status_t = pairs_to_set(pop["subject_id"], scenarios, grid, outputs, mean,
@@ -236,6 +240,9 @@ def simulate_unit(domain: Domain, u: np.ndarray, engine) -> dict:
     scen = [domain.scenarios.scenario(b[:, 0] + x * (b[:, 1] - b[:, 0]) if len(b) else [], name=f"s{i}")
             for i, x in enumerate(u[:, P:])]
     y, status = engine.simulate_pairs(exact_params(engine, domain, pop), scen, domain.times, domain.outputs)
+    for k, v in domain.floor.items():
+        j = domain.outputs.index(k)
+        y[:, j] = np.where(np.isnan(y[:, j]), np.nan, np.maximum(y[:, j], v))
     ok = np.array([s == "ok" for s in status]) & np.all(np.isfinite(y.reshape(len(u), -1)), axis=1)
     return {"u": np.asarray(u, dtype=float), "y": y, "ok": ok, "status": list(status)}
 
