@@ -31,7 +31,7 @@ quantified rows, and a censoring-aware log-likelihood per row (each method's pre
 normal with the median as mean and the 90 % interval's width / 3.29 as SD; a censored row scores
 ``log P(y < LOD)``).
 
-Run ``python experiments/challenger_folds.py`` (about 25 min per fold on one core; ``--only 0,2,4`` and
+Run ``python experiments/challenger_folds.py`` (40-60 min per fold on one core when 2-3 run side by side; ``--only 0,2,4`` and
 ``--only 1,3`` side by side, then a plain run to tabulate); results:
 ``experiments/results/challenger_folds.{md,json}``; each fold's twins and scores are cached under
 ``experiments/results/challenger_folds/`` and reused on a rerun.
