@@ -297,10 +297,12 @@ def test_cli_emulates_and_sweeps_a_trained_twin(tmp_path):
     assert summary["count"].tolist() == [12, 12] and summary["mean"].is_monotonic_increasing
 
 
-def test_separable_surrogate_mean_path_equals_its_ensemble_and_the_exact_engine():
+@pytest.mark.parametrize("arch", ["separable", "grid"])
+def test_either_architecture_matches_the_exact_engine_and_its_mean_path_equals_its_ensemble(arch):
     dom = Domain.from_dict(DOMAIN)
     s = fit_surrogate(dom, n_train=512, members=3, hidden=(32, 32), epochs=200, progress=False, seed=0,
-                      arch="separable", rank=8)
+                      arch=arch, rank=8)
+    assert type(s.net).__name__ == {"separable": "SeparableEnsemble", "grid": "EnsembleMLP"}[arch]
     assert certify(s, n=100, seed=4)["overall"]["median"] < 0.05
     pop = pd.DataFrame({"delta_Ab": [0.02, 0.03]})
     scen = [dom.scenarios.scenario([0.7]), dom.scenarios.scenario([1.5])]
