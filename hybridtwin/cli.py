@@ -443,8 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="output folder (created)")
     g.set_defaults(func=cmd_report)
     from .cli_surrogate import add_parsers
+    from .cli_trial import add_parser as add_trial_parser
 
     add_parsers(sub)
+    add_trial_parser(sub)
     return p
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .scenarios import values_from
+
 
 def _yaml(path) -> dict:
     import yaml
@@ -37,17 +39,6 @@ def _yaml(path) -> dict:
     if not isinstance(d, dict):
         raise ValueError(f"{p} must hold a YAML mapping, got {type(d).__name__}")
     return d
-
-
-def _values(v, what: str) -> list[float]:
-    if isinstance(v, dict):
-        unknown = set(v) - {"start", "stop", "num"}
-        if unknown or len(v) != 3:
-            raise ValueError(f"{what}: a range needs exactly start, stop and num, got {sorted(v)}")
-        return list(np.linspace(float(v["start"]), float(v["stop"]), int(v["num"])))
-    if isinstance(v, (list, tuple)):
-        return [float(x) for x in v]
-    return [float(v)]
 
 
 def _print_certificate(cert: dict) -> None:
@@ -71,7 +62,7 @@ def _twin_domain(spec: dict, engine):
     if times is None:
         raise ValueError("twin surrogate domain: 'times' is required")
     if isinstance(times, dict):
-        times = _values(times, "times")
+        times = values_from(times, "times")
     return twin_domain(engine.twin, ScenarioSpace.from_dict(spec.get("scenarios", {"doses": []})), times,
                        spec.get("outputs"), float(spec.get("width", 3.0)))
 
@@ -134,10 +125,73 @@ def cmd_surrogate_sensitivity(args) -> int:
     return 0
 
 
+def engine_from_config(eng: dict, base: Path, what: str):
+    """``(engine, exact engine, surrogate or None)`` from a config's ``engine`` mapping: ``{surrogate: DIR}``,
+    ``{twin: DIR}`` or ``{exact: MODEL, rtol: ...}`` (paths relative to ``base``)."""
+    from .engine import ExactEngine, TwinEngine
+    from .surrogate import load
+
+    if not isinstance(eng, dict):
+        raise ValueError(f"{what} config: engine must be a mapping, got {eng!r}")
+    if "surrogate" in eng:
+        surrogate = load(base / eng["surrogate"])
+        return surrogate, surrogate.exact, surrogate
+    if "twin" in eng:
+        engine = TwinEngine.from_checkpoint(base / eng["twin"])
+        return engine, engine, None
+    if "exact" in eng:
+        engine = ExactEngine(eng["exact"], rtol=float(eng.get("rtol", 1e-6)))
+        return engine, engine, None
+    raise ValueError(f"{what} config: engine needs 'surrogate: DIR', 'twin: DIR' or 'exact: MODEL'")
+
+
+def population_from_config(pop_cfg: dict, base: Path, exact, surrogate, what: str) -> pd.DataFrame:
+    """Patients from a config's ``population`` mapping (see the module docstring; also
+    ``{virtual: N, covariates: cov.csv, method: gmm, parameter_uncertainty: false, replicates: 1}``:
+    :func:`hybridtwin.trials.virtual_population` of a twin engine, or of the twin behind a surrogate)."""
+    from .surrogate import ParameterDomain
+
+    if not isinstance(pop_cfg, dict):
+        raise ValueError(f"{what} config: population must be a mapping, got {pop_cfg!r}")
+    seed = int(pop_cfg.get("seed", 0))
+    twin = getattr(exact, "twin", None)
+    if "csv" in pop_cfg:
+        return pd.read_csv(base / pop_cfg["csv"])
+    if "virtual" in pop_cfg:
+        from .trials import virtual_population
+
+        if twin is None or "covariates" not in pop_cfg:
+            raise ValueError(f"{what} config: population.virtual needs 'covariates: FILE' and a twin engine (or a "
+                             "surrogate of a twin)")
+        return virtual_population(twin, int(pop_cfg["virtual"]), pd.read_csv(base / pop_cfg["covariates"]),
+                                  method=pop_cfg.get("method", "gmm"), cohort=pop_cfg.get("cohort"),
+                                  parameter_uncertainty=bool(pop_cfg.get("parameter_uncertainty", False)),
+                                  replicates=int(pop_cfg.get("replicates", 1)), seed=seed)
+    if "sample" in pop_cfg and "covariates" in pop_cfg:  # a trained twin's population model
+        from .engine import twin_population
+
+        if twin is None:
+            raise ValueError(f"{what} config: population.covariates needs a twin engine (or a surrogate of a twin)")
+        return twin_population(twin, pd.read_csv(base / pop_cfg["covariates"]), int(pop_cfg["sample"]), seed)
+    if "sample" in pop_cfg:
+        from .scenarios import unit_design
+
+        if "parameters" in pop_cfg:
+            pdom = ParameterDomain(exact.model, pop_cfg["parameters"], pop_cfg.get("fixed"))
+        elif surrogate is not None:
+            pdom = surrogate.domain.parameters
+        else:
+            raise ValueError(f"{what} config: population.sample needs 'parameters' ranges with an exact engine")
+        n = int(pop_cfg["sample"])
+        population = pdom.from_unit(unit_design(n, len(pdom.names), seed, "random"))
+        population = population.assign(**({} if surrogate is not None else pdom.fixed))
+        population.insert(0, "subject_id", [f"v{i}" for i in range(n)])
+        return population
+    raise ValueError(f"{what} config: population needs 'csv: FILE', 'sample: N' or 'virtual: N'")
+
+
 def cmd_sweep(args) -> int:
-    from .engine import ExactEngine
     from .scenarios import ScenarioSpace
-    from .surrogate import ParameterDomain, load
     from .sweep import Endpoint, distributions, heatmap, sweep, verify
 
     cfg = _yaml(args.config)
@@ -149,50 +203,13 @@ def cmd_sweep(args) -> int:
         if key not in cfg:
             raise ValueError(f"sweep config: {key!r} is required")
     base = Path(args.config).parent
-    eng = cfg["engine"]
-    surrogate = None
-    if "surrogate" in eng:
-        surrogate = load(base / eng["surrogate"])
-        engine, exact = surrogate, surrogate.exact
-    elif "twin" in eng:
-        from .engine import TwinEngine
-
-        engine = exact = TwinEngine.from_checkpoint(base / eng["twin"])
-    elif "exact" in eng:
-        engine = exact = ExactEngine(eng["exact"], rtol=float(eng.get("rtol", 1e-6)))
-    else:
-        raise ValueError("sweep config: engine needs 'surrogate: DIR', 'twin: DIR' or 'exact: MODEL'")
-    pop_cfg = cfg["population"]
-    if "csv" in pop_cfg:
-        population = pd.read_csv(base / pop_cfg["csv"])
-    elif "sample" in pop_cfg and "covariates" in pop_cfg:  # a trained twin's population model
-        from .engine import twin_population
-
-        twin = getattr(exact, "twin", None)
-        if twin is None:
-            raise ValueError("sweep config: population.covariates needs a twin engine (or a surrogate of a twin)")
-        population = twin_population(twin, pd.read_csv(base / pop_cfg["covariates"]), int(pop_cfg["sample"]),
-                                     int(pop_cfg.get("seed", 0)))
-    elif "sample" in pop_cfg:
-        from .scenarios import unit_design
-
-        if "parameters" in pop_cfg:
-            pdom = ParameterDomain(exact.model, pop_cfg["parameters"], pop_cfg.get("fixed"))
-        elif surrogate is not None:
-            pdom = surrogate.domain.parameters
-        else:
-            raise ValueError("sweep config: population.sample needs 'parameters' ranges with an exact engine")
-        n = int(pop_cfg["sample"])
-        population = pdom.from_unit(unit_design(n, len(pdom.names), int(pop_cfg.get("seed", 0)), "random"))
-        population = population.assign(**({} if surrogate is not None else pdom.fixed))
-        population.insert(0, "subject_id", [f"v{i}" for i in range(n)])
-    else:
-        raise ValueError("sweep config: population needs 'csv: FILE' or 'sample: N'")
+    engine, exact, surrogate = engine_from_config(cfg["engine"], base, "sweep")
+    population = population_from_config(cfg["population"], base, exact, surrogate, "sweep")
     sc = cfg["scenarios"]
     space = ScenarioSpace.from_dict(sc["space"]) if "space" in sc else (surrogate.domain.scenarios if surrogate else None)
     if space is None:
         raise ValueError("sweep config: scenarios.space is required with an exact engine")
-    grid = space.grid({k: _values(v, f"scenarios.grid.{k}") for k, v in sc.get("grid", {}).items()})
+    grid = space.grid({k: values_from(v, f"scenarios.grid.{k}") for k, v in sc.get("grid", {}).items()})
     times = cfg.get("times", list(surrogate.domain.times) if surrogate else None)
     if times is None:
         raise ValueError("sweep config: times are required with an exact engine")

@@ -224,6 +224,26 @@ class ScenarioSpace:
         return ScenarioGrid(self, values)
 
 
+def values_from(v, what: str) -> list[float]:
+    """Numbers from a config value: a number, a list, or ``{start, stop, num}`` (evenly spaced, ends included).
+
+    >>> values_from({"start": 0, "stop": 1, "num": 3}, "times"), values_from(2, "dose")
+    ([0.0, 0.5, 1.0], [2.0])
+    """
+    if isinstance(v, Mapping):
+        unknown, missing = set(v) - {"start", "stop", "num"}, {"start", "stop", "num"} - set(v)
+        if unknown or missing:
+            raise ValueError(f"{what}: a range needs exactly start, stop and num (unknown {sorted(unknown)}, missing "
+                             f"{sorted(missing)})")
+        return [float(x) for x in np.linspace(float(v["start"]), float(v["stop"]), int(v["num"]))]
+    if isinstance(v, (list, tuple, np.ndarray, range)):
+        return [float(x) for x in v]
+    try:
+        return [float(v)]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: expected a number, a list or {{start, stop, num}}, got {v!r}") from None
+
+
 def unit_design(n: int, dim: int, seed: int = 0, method: str = "sobol") -> np.ndarray:
     """(n, dim) points in [0, 1)^dim: scrambled Sobol, Latin hypercube (scipy.stats.qmc) or uniform random."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:

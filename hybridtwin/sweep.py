@@ -41,7 +41,11 @@ import pandas as pd
 
 from .engine import ExactEngine, Scenario, SimulationSet
 
-KINDS = ("value_at", "above", "peak", "auc", "time_above")
+KINDS = ("value_at", "above", "below", "peak", "auc", "time_above", "time_below", "ever_above")
+#: kinds whose value is 0/1 (a response rate in a trial)
+BINARY = ("above", "below", "ever_above")
+#: kinds whose value is a time on the grid, NaN when the threshold is never crossed
+TIMES = ("time_above", "time_below")
 _trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # numpy < 2 has only trapz
 
 
@@ -50,28 +54,72 @@ class Endpoint:
     """One number per (patient, scenario) from an output's trajectory.
 
     kind: ``"value_at"`` (the output at ``time``), ``"above"`` (1.0 if the output at ``time`` is >=
-    ``threshold``, else 0.0), ``"peak"`` (maximum over the grid), ``"auc"`` (trapezoidal area over the grid),
-    ``"time_above"`` (first grid time the output reaches ``threshold``; NaN if never).
+    ``threshold``, else 0.0), ``"below"`` (1.0 if it is < ``threshold`` at ``time``), ``"peak"`` (maximum
+    over the grid), ``"auc"`` (trapezoidal area over the grid), ``"time_above"`` (first grid time the output
+    reaches ``threshold``; NaN if never), ``"time_below"`` (first grid time after the output's peak at which it
+    is below ``threshold``, e.g. time to viral clearance; NaN if never), ``"ever_above"`` (1.0 if the output
+    reaches ``threshold`` at any grid time up to ``time`` -- the whole grid when ``time`` is None -- e.g. a
+    flare by a given day). name: an optional label for tables (default: built from the fields).
+
+    Any object with a ``label`` and a ``compute(sims) -> Series`` indexed by (subject_id, scenario) can stand
+    in for an :class:`Endpoint` in a trial (set ``binary = True`` on it for a 0/1 endpoint).
+
+    >>> Endpoint("above", "log10_Ab", time=365, threshold=2.0).label
+    'above log10_Ab t=365 >=2'
+    >>> Endpoint("time_below", "log10_V", threshold=2.0, name="clearance").label
+    'clearance'
     """
 
     kind: str
     output: str
     time: float | None = None
     threshold: float | None = None
+    name: str | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"endpoint kind must be one of {KINDS}, got {self.kind!r}")
-        if self.kind in ("value_at", "above") and self.time is None:
+        if not isinstance(self.output, str) or not self.output:
+            raise ValueError(f"endpoint {self.kind!r} needs an output name, got {self.output!r}")
+        if self.kind in ("value_at", "above", "below") and self.time is None:
             raise ValueError(f"endpoint {self.kind!r} needs a time")
-        if self.kind in ("above", "time_above") and self.threshold is None:
+        if self.kind in ("above", "below", "time_above", "time_below", "ever_above") and self.threshold is None:
             raise ValueError(f"endpoint {self.kind!r} needs a threshold")
+        for field in ("time", "threshold"):
+            v = getattr(self, field)
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+                    raise ValueError(f"endpoint {self.kind!r}: {field} must be a finite number, got {v!r}")
+                object.__setattr__(self, field, float(v))
+        if self.name is not None and (not isinstance(self.name, str) or not self.name):
+            raise ValueError(f"endpoint name must be a non-empty string, got {self.name!r}")
+
+    @property
+    def binary(self) -> bool:
+        """Whether the endpoint is 0/1 (a rate when averaged)."""
+        return self.kind in BINARY
 
     @property
     def label(self) -> str:
+        if self.name:
+            return self.name
+        op = "<" if self.kind == "below" else ">="
         bits = [self.kind, self.output] + ([f"t={self.time:g}"] if self.time is not None else []) + (
-            [f">={self.threshold:g}"] if self.threshold is not None else [])
+            [f"{op}{self.threshold:g}"] if self.threshold is not None else [])
         return " ".join(bits)
+
+    @classmethod
+    def from_dict(cls, d) -> "Endpoint":
+        """From a mapping ``{kind, output, time?, threshold?, name?}`` (a config file's endpoint)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"an endpoint must be a mapping with kind and output, got {d!r}")
+        unknown = set(d) - {"kind", "output", "time", "threshold", "name"}
+        if unknown:
+            raise ValueError(f"endpoint: unknown key(s) {sorted(unknown)}; allowed: kind, output, time, threshold, name")
+        missing = {"kind", "output"} - set(d)
+        if missing:
+            raise ValueError(f"endpoint {d!r} lacks {sorted(missing)}")
+        return cls(**d)
 
     def compute(self, sims: SimulationSet | pd.DataFrame) -> pd.Series:
         """The endpoint per (subject_id, scenario); pairs whose simulation failed are left out (use
@@ -81,35 +129,41 @@ class Endpoint:
         if f.empty:
             raise ValueError(f"no rows of output {self.output!r} (outputs: {sorted(frame['output'].unique())})")
         keys = ["subject_id", "scenario"]
-        if self.kind in ("value_at", "above"):
-            at = f[np.isclose(f["time"], self.time)]
-            if at.empty:
-                raise ValueError(f"time {self.time} is not on the sweep's grid {sorted(f['time'].unique())}")
-            v = at.set_index(keys)["value"]
-            return (v >= self.threshold).astype(float).rename(self.label) if self.kind == "above" else v.rename(self.label)
-        g = f.sort_values(keys + ["time"]).groupby(keys, sort=False)
-        if self.kind == "peak":
-            return g["value"].max().rename(self.label)
-        if self.kind == "auc":
-            return g.apply(lambda d: float(_trapezoid(d["value"], d["time"])), include_groups=False).rename(self.label)
-        return g.apply(lambda d: float(d["time"][d["value"] >= self.threshold].min()) if (d["value"] >= self.threshold).any()
-                       else math.nan, include_groups=False).rename(self.label)
+        wide = f.set_index(keys + ["time"])["value"].unstack("time").sort_index(axis=1)
+        times = wide.columns.to_numpy(dtype=float)
+        values = self.from_array(wide.to_numpy(dtype=float)[:, None, :], times, 0)
+        return pd.Series(values, index=wide.index, name=self.label)
 
     def from_array(self, values: np.ndarray, times: np.ndarray, output_index: int) -> np.ndarray:
         """The endpoint from an array (N, outputs, times) on the grid ``times`` (for surrogate-driven analyses)."""
         y = values[:, output_index]
-        if self.kind in ("value_at", "above"):
+        times = np.asarray(times, dtype=float)
+        if self.kind in ("value_at", "above", "below"):
             j = np.flatnonzero(np.isclose(times, self.time))
             if not len(j):
-                raise ValueError(f"time {self.time} is not on the grid {list(times)}")
+                raise ValueError(f"time {self.time:g} is not on the grid {[float(t) for t in times]}")
             v = y[:, j[0]]
-            return (v >= self.threshold).astype(float) if self.kind == "above" else v
+            if self.kind == "value_at":
+                return v
+            hit = v >= self.threshold if self.kind == "above" else v < self.threshold
+            return np.where(np.isnan(v), np.nan, hit.astype(float))
         if self.kind == "peak":
             return y.max(1)
         if self.kind == "auc":
             return _trapezoid(y, times, axis=1)
-        hit = y >= self.threshold
-        return np.where(hit.any(1), np.asarray(times)[hit.argmax(1)], np.nan)
+        if self.kind == "ever_above":
+            upto = times <= self.time + 1e-9 if self.time is not None else np.ones(len(times), bool)
+            if not upto.any():
+                raise ValueError(f"no grid time up to {self.time:g} (grid starts at {times[0]:g})")
+            v = y[:, upto]
+            return np.where(np.isnan(v).all(1), np.nan, (v >= self.threshold).any(1).astype(float))
+        if self.kind == "time_above":
+            hit = y >= self.threshold
+            return np.where(hit.any(1), times[hit.argmax(1)], np.nan)
+        # time_below: first time after the peak below the threshold
+        after_peak = np.arange(len(times))[None, :] >= np.nanargmax(np.where(np.isnan(y), -np.inf, y), axis=1)[:, None]
+        hit = (y < self.threshold) & after_peak
+        return np.where(hit.any(1), times[hit.argmax(1)], np.nan)
 
 
 def sweep(engine, population: pd.DataFrame, scenarios: Sequence[Scenario], times=None,

@@ -122,6 +122,17 @@ def test_endpoints_against_hand_computation():
     assert get("peak", "y") == {"a": 3, "b": 5}
     assert get("auc", "y") == {"a": 0.5 * 2 + 1.5 + 4, "b": 4.5 + 4 + 8}
     assert get("time_above", "y", threshold=2) == {"a": 1.0, "b": 0.0}
+    assert get("below", "y", time=2, threshold=2) == {"a": 1.0, "b": 0.0}
+    # from the peak on (a: 3 at t=4, b: 5 at t=0) the first time below 4.5: a at its peak, b at t=1
+    assert get("time_below", "y", threshold=4.5) == {"a": 4.0, "b": 1.0}
+    got = get("time_below", "y", threshold=2.5)  # a never falls below 2.5 after its peak
+    assert np.isnan(got["a"]) and np.isnan(got["b"])
+    assert get("ever_above", "y", time=2, threshold=2) == {"a": 1.0, "b": 1.0}
+    assert get("ever_above", "y", time=1, threshold=2.5) == {"a": 0.0, "b": 1.0}
+    assert Endpoint("above", "y", time=4, threshold=1).binary and not Endpoint("peak", "y").binary
+    assert Endpoint.from_dict({"kind": "peak", "output": "y", "name": "peak y"}).label == "peak y"
+    with pytest.raises(ValueError, match="unknown key"):
+        Endpoint.from_dict({"kind": "peak", "output": "y", "at": 3})
     assert np.allclose(Endpoint("auc", "y").from_array(frame["value"].to_numpy().reshape(2, 1, 4), np.array([0, 1, 2, 4]), 0),
                        [6.5, 16.5])
     with pytest.raises(ValueError, match="needs a threshold"):
@@ -246,7 +257,7 @@ def test_cli_fits_validates_sweeps_and_analyses_sensitivity(tmp_path, capsys):
     sweep_cfg["endpoint"]["time"] = 45  # not on the surrogate's grid: a clear error, exit status 2
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(sweep_cfg))
     assert main(["sweep", str(tmp_path / "bad.yaml"), "--quiet"]) == 2
-    assert "not on the sweep's grid" in capsys.readouterr().err
+    assert "time 45 is not on the grid" in capsys.readouterr().err
 
 
 def test_twin_population_draws_between_patient_variability_and_runs_on_the_twin():

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .. import models as _models
-from ..scenarios import ScenarioSpace, unit_design
+from ..scenarios import ScenarioSpace, unit_design, values_from
 from ..simulation import check_times
 
 
@@ -164,12 +164,14 @@ class Domain:
 
     def sample(self, n: int, seed: int = 0, method: str = "sobol") -> tuple[pd.DataFrame, list]:
         """``n`` (patient, scenario) pairs from one space-filling design over parameters and factors jointly."""
-        P, F = len(self.parameters.names), len(self.scenarios.factors)
-        u = unit_design(n, P + F, seed, method)
-        pop = self.parameters.from_unit(u[:, :P])
+        return self.from_unit(unit_design(n, len(self.parameters.names) + len(self.scenarios.factors), seed, method))
+
+    def from_unit(self, u: np.ndarray) -> tuple[pd.DataFrame, list]:
+        """Patients and scenarios at unit-scaled inputs ``u`` (n, parameters + factors), pair ``i`` in row ``i``."""
+        P = len(self.parameters.names)
         b = self.scenarios.bounds
-        X = b[:, 0] + u[:, P:] * (b[:, 1] - b[:, 0]) if F else np.zeros((n, 0))
-        return pop, [self.scenarios.scenario(x, name=f"s{i}") for i, x in enumerate(X)]
+        X = b[:, 0] + u[:, P:] * (b[:, 1] - b[:, 0]) if len(b) else np.zeros((len(u), 0))
+        return self.parameters.from_unit(u[:, :P]), [self.scenarios.scenario(x, name=f"s{i}") for i, x in enumerate(X)]
 
     def to_dict(self) -> dict:
         d = self.parameters.to_dict()
@@ -188,12 +190,7 @@ class Domain:
         for key in ("parameters", "scenarios", "times") + (("model",) if model is None else ()):
             if key not in d:
                 raise ValueError(f"surrogate domain: {key!r} is required")
-        times = d["times"]
-        if isinstance(times, Mapping):
-            try:
-                times = np.linspace(float(times["start"]), float(times["stop"]), int(times["num"]))
-            except KeyError as exc:
-                raise ValueError(f"surrogate domain: times as a mapping needs start, stop and num (missing {exc})") from None
+        times = values_from(d["times"], "surrogate domain times")
         params = ParameterDomain(model if model is not None else d["model"], d["parameters"], d.get("fixed"),
                                  d.get("scale"))
         return cls(params, ScenarioSpace.from_dict(d["scenarios"]), times, d.get("outputs"), d.get("floor"))

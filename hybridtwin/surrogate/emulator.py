@@ -238,11 +238,7 @@ def simulate_domain(domain: Domain, n: int, seed: int = 0, method: str = "sobol"
 
 def simulate_unit(domain: Domain, u: np.ndarray, engine) -> dict:
     """Exact simulations at unit-scaled inputs ``u`` (n, parameters + factors); as :func:`simulate_domain`."""
-    P = len(domain.parameters.names)
-    pop = domain.parameters.from_unit(u[:, :P])
-    b = domain.scenarios.bounds
-    scen = [domain.scenarios.scenario(b[:, 0] + x * (b[:, 1] - b[:, 0]) if len(b) else [], name=f"s{i}")
-            for i, x in enumerate(u[:, P:])]
+    pop, scen = domain.from_unit(u)
     y, status = engine.simulate_pairs(exact_params(engine, domain, pop), scen, domain.times, domain.outputs)
     for k, v in domain.floor.items():
         j = domain.outputs.index(k)
