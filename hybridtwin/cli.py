@@ -132,82 +132,27 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    from .diagnostics.plots import plot_simulation
-    import matplotlib.pyplot as plt
+    from .quickstart import run_quickstart, run_real_quickstart
 
-    _at_least(args.twin_epochs, 0, "--twin-epochs")
-    if args.twin_epochs > 0:
-        _at_least(args.twin_subjects, 1, "--twin-subjects")
-        _at_least(args.twin_iterations, 1, "--twin-iterations")
+    if args.data is not None:
+        if args.data_dir is not None and not Path(args.data_dir).is_dir():
+            raise ValueError(f"--data-dir {args.data_dir} is not a folder")
+        run_real_quickstart(_writable_dir(Path(args.out)), args.data, args.data_dir)
+        return 0
+    for name in ("subjects", "iterations", "surrogate_sims", "replicates", "patients_per_arm"):
+        _at_least(getattr(args, name), 1, "--" + name.replace("_", "-"))
+    if args.subjects < 30:
+        raise ValueError(f"--subjects must be an integer >= 30 (3 cohorts with held-out patients), got {args.subjects}")
     out = _writable_dir(Path(args.out))
-    frames = []
-    for name in _models.available():
-        m = _models.get(name)
-        doses = list(getattr(m, "example_doses", ()))
-        times = np.linspace(0.0, m.default_t_end, 201)
-        df = simulate(m, times, doses=doses)
-        fig = plot_simulation(m, df, doses=doses)
-        png = out / f"{name}.png"
-        fig.savefig(png, dpi=110)
-        plt.close(fig)
-        long = df.melt(id_vars="time", var_name="variable", value_name="value")
-        long.insert(0, "model", name)
-        frames.append(long)
-        extra = f" with example doses {[(d.time, d.amount, d.target) for d in doses]}" if doses else ""
-        print(f"  {name:<22} {m.time_unit:<13} -> {png}{extra}")
-    csv = out / "simulations.csv"
-    pd.concat(frames, ignore_index=True).to_csv(csv, index=False)
-    print(f"\nSimulated {len(frames)} built-in models with their published defaults.")
-    print(f"Figures: {out.resolve()}/<model>.png\nTable:   {csv.resolve()}")
-    if args.twin_epochs > 0:
-        _quickstart_twin(out, args.twin_subjects, args.twin_epochs, args.twin_iterations)
+    sizes = dict(n_subjects=args.subjects, iterations=args.iterations, surrogate_sims=args.surrogate_sims,
+                 replicates=args.replicates, n_per_arm=args.patients_per_arm)
+    if args.fast:  # a 1-2 minute run through every step: rough numbers, for trying things out and for tests
+        sizes.update(n_subjects=min(args.subjects, 60), iterations=min(args.iterations, 6), amortise_epochs=2,
+                     n_simulations=400, surrogate_sims=min(args.surrogate_sims, 400), surrogate_epochs=20,
+                     n_population=300, n_per_arm=min(args.patients_per_arm, 30), replicates=min(args.replicates, 20),
+                     n_trials=12)
+    run_quickstart(out, gallery=not args.no_gallery, seed=args.seed, **sizes)
     return 0
-
-
-def _quickstart_twin(out: Path, n_subjects: int, epochs: int, iterations: int = 150) -> None:
-    """Virtual vaccine cohort -> estimate a twin (SAEM + amortised encoder) -> personalise new patients from early
-    samples -> plot."""
-    import matplotlib.pyplot as plt
-
-    from training.config import RunConfig
-    from training.train import train
-
-    from .virtual import make_virtual_cohort
-    from .diagnostics.plots import plot_prediction
-
-    print(f"\nEstimating a vaccine_asc twin on a virtual cohort of {n_subjects} subjects in 3 cohorts (SAEM, "
-          f"{iterations} iterations; encoder amortised over {epochs} epochs) ...")
-    import shutil
-
-    shutil.rmtree(out / "twin_run", ignore_errors=True)
-    cfg = RunConfig.from_dict({
-        "name": "twin_run", "out": str(out),
-        "data": {"model": "vaccine_asc", "n_subjects": n_subjects, "n_cohorts": 3, "seed": 0, "fractions": [0.85, 0.15]},
-        "twin": {"model": "vaccine_asc", "cohort_calibration": ["log10_Ab"], "log10_covariates": ["baseline_marker"],
-                 "fixed": ["delta_Ag", "K_Ag", "rho_M", "M_max", "alpha_S", "alpha_L", "delta_L"], "n_samples": 2,
-                 "solver": {"rtol": 1e-4, "atol": 1e-4, "max_steps": 2000}},
-        "trainer": {"max_epochs": epochs, "batch_size": 32, "lr": 1e-2, "patience": 10, "accelerator": "cpu"},
-        "estimation": {"method": "saem",
-                       "saem": {"n_explore": max(1, int(iterations * 0.6)), "n_smooth": max(1, iterations - int(iterations * 0.6)),
-                                "n_fisher": min(40, max(2, iterations)), "init_steps": min(30, iterations)},
-                       "amortise": {"n_simulations": 4000, "epochs": epochs}}})
-    twin, run_dir = train(cfg)
-    new = make_virtual_cohort("vaccine_asc", n_subjects=4, n_cohorts=1, seed=99)
-    obs = new.observations
-    after = obs["time"] > 0
-    early = obs[(~after) | (after.groupby(obs["subject_id"]).cumsum() <= 2)]
-    cov = new.covariates.assign(cohort=twin.cohort_names[0])
-    traj, params = twin.predict(cov, early.assign(cohort=twin.cohort_names[0]), new.doses,
-                                times=np.linspace(0, 180, 61), n_samples=100)
-    traj.to_csv(out / "twin_predictions.csv", index=False)
-    params.to_csv(out / "twin_parameters.csv", index=False)
-    fig = plot_prediction(traj, obs, context=early, title="new patients personalised from their first two samples")
-    fig.savefig(out / "twin_predictions.png", dpi=110)
-    plt.close(fig)
-    table = twin.population_table()
-    print(table.loc[table.kind.isin(["typical", "population", "omega", "noise"]),
-                    ["quantity", "estimate", "se", "rse_percent", "lower", "upper"]].to_string(index=False))
-    print(f"Twin checkpoint: {run_dir.resolve()}\nPredictions:     {(out / 'twin_predictions.png').resolve()}")
 
 
 def cmd_cohort(args) -> int:
@@ -380,11 +325,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rtol", type=float, default=1e-8)
     s.add_argument("--out", required=True, help="output CSV path")
     s.set_defaults(func=cmd_simulate)
-    q = sub.add_parser("quickstart", help="simulate every built-in model; write figures and a CSV")
+    q = sub.add_parser("quickstart", help="the whole library in ~10 minutes: data -> hybrid twin -> held-out forecasts -> "
+                                          "surrogate -> virtual booster trial -> report",
+                       description="Virtual multi-cohort vaccine data, a hybrid twin (vaccine_asc + neural closure + "
+                                   "encoder), held-out patients personalised, a certified surrogate, a virtual booster "
+                                   "trial with power and schedule optimisation; ends with report.md/report.html. "
+                                   "--data challenger2022: the twin-fit part on real SARS-CoV-2 data instead, from the "
+                                   "pretrained checkpoint.")
     q.add_argument("--out", default="quickstart_output")
-    q.add_argument("--twin-subjects", type=int, default=240, help="virtual subjects for the twin demo")
-    q.add_argument("--twin-epochs", type=int, default=30, help="encoder amortisation epochs of the twin demo (0: skip it)")
-    q.add_argument("--twin-iterations", type=int, default=150, help="SAEM iterations of the twin demo")
+    q.add_argument("--fast", action="store_true", help="tiny sizes: every step in a minute or two (rough numbers)")
+    q.add_argument("--subjects", type=int, default=240, help="virtual patients in the data set (default 240)")
+    q.add_argument("--iterations", type=int, default=120, help="SAEM iterations (default 120)")
+    q.add_argument("--surrogate-sims", type=int, default=3000, help="exact twin simulations for the surrogate")
+    q.add_argument("--replicates", type=int, default=200, help="replicate trials (default 200)")
+    q.add_argument("--patients-per-arm", type=int, default=100, help="patients per arm (default 100)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--no-gallery", action="store_true", help="skip the figures of every built-in model")
+    q.add_argument("--data", default=None, choices=["challenger2022"],
+                   help="real data instead: the pretrained SARS-CoV-2 twin on the studies it never saw")
+    q.add_argument("--data-dir", default=None, help="the data set's folder (default: the held-out patients shipped "
+                                                     "with the checkpoint)")
     q.set_defaults(func=cmd_quickstart)
     c = sub.add_parser("cohort", help="simulate a multi-cohort virtual data set with known ground truth")
     c.add_argument("model")

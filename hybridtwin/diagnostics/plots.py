@@ -102,7 +102,12 @@ def plot_prediction(trajectories: pd.DataFrame, observations: pd.DataFrame | Non
             seen = [t["upper"].max()] + ([table.loc[(table.subject_id == s) & (table.observable == o), "value"].max()
                                          for table in (observations, context) if table is not None])
             top = float(np.nanmax(seen))
-            ax.set_ylim(bottom=max(float(np.nanmin(t["lower"])), top - 6.0) - 0.3, top=top + 0.3)
+            # the bottom shows every data point (censored ones at their limit) and the median down to 10 logs
+            # below the top, but not a log floor of the interval
+            low = [max(float(np.nanmin(t["lower"])), top - 6.0), max(float(np.nanmin(t["median"])), top - 10.0)]
+            low += [table.loc[(table.subject_id == s) & (table.observable == o), "value"].min()
+                    for table in (observations, context) if table is not None]
+            ax.set_ylim(bottom=float(np.nanmin(low)) - 0.3, top=top + 0.3)
         ax.set_title(f"{s}: {o}", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)

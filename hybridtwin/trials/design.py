@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from ..engine import ExactEngine, Scenario, TwinEngine
-from ..sweep import TIMES, Endpoint, sweep
+from ..sweep import TIMES, sweep
 from .population import subgroup
 
 

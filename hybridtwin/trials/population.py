@@ -205,8 +205,8 @@ def virtual_population(twin, n: int, covariates: pd.DataFrame, method: str = "gm
     if cohort is not None and cohort not in twin.cohort_names:
         raise ValueError(f"unknown cohort {cohort!r}; the twin knows {list(twin.cohort_names)}")
     cov_in = covariates.copy()
-    if cohort is not None:
-        cov_in["cohort"] = cohort
+    if cohort is not None or "cohort" not in cov_in.columns:
+        cov_in["cohort"] = cohort if cohort is not None else twin.cohort_names[0]
     model = CovariateModel(method, categorical=categorical, seed=seed).fit(cov_in)
     rng = np.random.default_rng(seed)
     frames = []
