@@ -16,7 +16,8 @@ def _snippet(heading: str) -> str:
 
 @pytest.mark.parametrize("heading", [
     pytest.param("## Hybrid twins: train, personalise, predict", marks=pytest.mark.slow),  # ~25 s: `make test-all`
-    "## Simulation engines"])
+    "## Simulation engines",
+    pytest.param("## Virtual trials and schedule optimisation", marks=pytest.mark.slow)])
 def test_readme_snippet_runs(heading, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(_snippet(heading), f"README {heading}", "exec"), {"__name__": "readme"})

@@ -114,14 +114,27 @@ class Report:
         return [md, page]
 
 
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def plot_endpoints(result, path) -> Path:
     """Per endpoint one panel: rates per arm (bar: mean over replicates; black bar: 2.5-97.5 % of the
     replicate trials) for a 0/1 endpoint, else box plots of the per-patient values per arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     labels = result.labels
     arms = result.design.arm_names
     fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels) + 0.6, 3.8), squeeze=False)
@@ -143,21 +156,13 @@ def plot_endpoints(result, path) -> Path:
             ax.set_xticks(np.arange(1, len(arms) + 1), arms, rotation=20, ha="right")
             ax.set_ylabel("per-patient value")
         ax.set_title(label, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_power(curve: pd.DataFrame, path, title: str = "") -> Path:
     """Power vs patients per arm: simulated (solid, the model's effect) and analytic (dashed, the stated
     effect) per arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for k, (arm, c) in enumerate(curve.groupby("arm", sort=False)):
         color = f"C{k}"
@@ -171,22 +176,14 @@ def plot_power(curve: pd.DataFrame, path, title: str = "") -> Path:
     ax.set_ylabel("power")
     ax.set_title(title or "power vs sample size", fontsize=10)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_landscape(opt, path) -> Path:
     """The optimisation landscape: for one factor the objective of every candidate against it; for two or
     more, the first two factors coloured by the objective. The top candidates are ringed, with their exact
     objective (one factor) when re-run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     cand, top, f = opt.candidates, opt.top, opt.space.factors
     fig, ax = plt.subplots(figsize=(5.8, 4.0))
     feas = cand[cand["feasible"]]
@@ -208,11 +205,7 @@ def plot_landscape(opt, path) -> Path:
         ax.set_ylabel(f[1])
     ax.set_title(f"{opt.direction} {label}", fontsize=10)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def add_trial_sections(report: Report, out, result, curve: pd.DataFrame | None = None, opt=None,
