@@ -41,9 +41,11 @@ import pandas as pd
 
 from .engine import ExactEngine, Scenario, SimulationSet
 
-KINDS = ("value_at", "above", "below", "peak", "auc", "time_above", "time_below", "ever_above")
+KINDS = ("value_at", "above", "below", "peak", "auc", "time_above", "time_below", "ever_above", "always_above")
 #: kinds whose value is 0/1 (a response rate in a trial)
-BINARY = ("above", "below", "ever_above")
+BINARY = ("above", "below", "ever_above", "always_above")
+#: kinds computed over a window [start, time] of the grid (either end open when None)
+WINDOWED = ("peak", "auc", "ever_above", "always_above")
 #: kinds whose value is a time on the grid, NaN when the threshold is never crossed
 TIMES = ("time_above", "time_below")
 _trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # numpy < 2 has only trapz
@@ -59,7 +61,10 @@ class Endpoint:
     reaches ``threshold``; NaN if never), ``"time_below"`` (first grid time after the output's peak at which it
     is below ``threshold``, e.g. time to viral clearance; NaN if never), ``"ever_above"`` (1.0 if the output
     reaches ``threshold`` at any grid time up to ``time`` -- the whole grid when ``time`` is None -- e.g. a
-    flare by a given day). name: an optional label for tables (default: built from the fields).
+    flare by a given day), ``"always_above"`` (1.0 if the output is >= ``threshold`` at every grid time of
+    the window, e.g. protected throughout months 6-18). start: the window's first time for ``peak``, ``auc``,
+    ``ever_above`` and ``always_above`` (default the grid's start; their ``time`` is the window's end, default
+    the grid's end). name: an optional label for tables (default: built from the fields).
 
     Any object with a ``label`` and a ``compute(sims) -> Series`` indexed by (subject_id, scenario) can stand
     in for an :class:`Endpoint` in a trial (set ``binary = True`` on it for a 0/1 endpoint).
@@ -75,6 +80,7 @@ class Endpoint:
     time: float | None = None
     threshold: float | None = None
     name: str | None = None
+    start: float | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -83,14 +89,18 @@ class Endpoint:
             raise ValueError(f"endpoint {self.kind!r} needs an output name, got {self.output!r}")
         if self.kind in ("value_at", "above", "below") and self.time is None:
             raise ValueError(f"endpoint {self.kind!r} needs a time")
-        if self.kind in ("above", "below", "time_above", "time_below", "ever_above") and self.threshold is None:
+        if self.kind in ("above", "below", "time_above", "time_below", "ever_above", "always_above") and self.threshold is None:
             raise ValueError(f"endpoint {self.kind!r} needs a threshold")
-        for field in ("time", "threshold"):
+        if self.start is not None and self.kind not in WINDOWED:
+            raise ValueError(f"endpoint {self.kind!r} takes no start (only {WINDOWED} are computed over a window)")
+        for field in ("time", "threshold", "start"):
             v = getattr(self, field)
             if v is not None:
                 if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
                     raise ValueError(f"endpoint {self.kind!r}: {field} must be a finite number, got {v!r}")
                 object.__setattr__(self, field, float(v))
+        if self.start is not None and self.time is not None and self.start > self.time:
+            raise ValueError(f"endpoint {self.kind!r}: start {self.start:g} is after time {self.time:g}")
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
             raise ValueError(f"endpoint name must be a non-empty string, got {self.name!r}")
 
@@ -104,8 +114,9 @@ class Endpoint:
         if self.name:
             return self.name
         op = "<" if self.kind == "below" else ">="
-        bits = [self.kind, self.output] + ([f"t={self.time:g}"] if self.time is not None else []) + (
-            [f"{op}{self.threshold:g}"] if self.threshold is not None else [])
+        when = ([f"t={self.start:g}-{self.time:g}" if self.start is not None and self.time is not None else
+                 f"t>={self.start:g}"] if self.start is not None else [f"t={self.time:g}"] if self.time is not None else [])
+        bits = [self.kind, self.output] + when + ([f"{op}{self.threshold:g}"] if self.threshold is not None else [])
         return " ".join(bits)
 
     @classmethod
@@ -113,9 +124,10 @@ class Endpoint:
         """From a mapping ``{kind, output, time?, threshold?, name?}`` (a config file's endpoint)."""
         if not isinstance(d, dict):
             raise ValueError(f"an endpoint must be a mapping with kind and output, got {d!r}")
-        unknown = set(d) - {"kind", "output", "time", "threshold", "name"}
+        unknown = set(d) - {"kind", "output", "time", "threshold", "name", "start"}
         if unknown:
-            raise ValueError(f"endpoint: unknown key(s) {sorted(unknown)}; allowed: kind, output, time, threshold, name")
+            raise ValueError(f"endpoint: unknown key(s) {sorted(unknown)}; allowed: kind, output, time, threshold, name, "
+                             "start")
         missing = {"kind", "output"} - set(d)
         if missing:
             raise ValueError(f"endpoint {d!r} lacks {sorted(missing)}")
@@ -147,16 +159,22 @@ class Endpoint:
                 return v
             hit = v >= self.threshold if self.kind == "above" else v < self.threshold
             return np.where(np.isnan(v), np.nan, hit.astype(float))
-        if self.kind == "peak":
-            return y.max(1)
-        if self.kind == "auc":
-            return _trapezoid(y, times, axis=1)
-        if self.kind == "ever_above":
-            upto = times <= self.time + 1e-9 if self.time is not None else np.ones(len(times), bool)
-            if not upto.any():
-                raise ValueError(f"no grid time up to {self.time:g} (grid starts at {times[0]:g})")
-            v = y[:, upto]
-            return np.where(np.isnan(v).all(1), np.nan, (v >= self.threshold).any(1).astype(float))
+        if self.kind in WINDOWED:
+            inside = np.ones(len(times), bool)
+            if self.start is not None:
+                inside &= times >= self.start - 1e-9
+            if self.time is not None:
+                inside &= times <= self.time + 1e-9
+            if not inside.any():
+                raise ValueError(f"no grid time in the window [{self.start}, {self.time}] of endpoint {self.label!r} "
+                                 f"(grid {times[0]:g}-{times[-1]:g})")
+            v, tw = y[:, inside], times[inside]
+            if self.kind == "peak":
+                return v.max(1)
+            if self.kind == "auc":
+                return _trapezoid(v, tw, axis=1)
+            hit = (v >= self.threshold).any(1) if self.kind == "ever_above" else (v >= self.threshold).all(1)
+            return np.where(np.isnan(v).any(1), np.nan, hit.astype(float))
         if self.kind == "time_above":
             hit = y >= self.threshold
             return np.where(hit.any(1), times[hit.argmax(1)], np.nan)

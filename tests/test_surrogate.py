@@ -129,6 +129,12 @@ def test_endpoints_against_hand_computation():
     assert np.isnan(got["a"]) and np.isnan(got["b"])
     assert get("ever_above", "y", time=2, threshold=2) == {"a": 1.0, "b": 1.0}
     assert get("ever_above", "y", time=1, threshold=2.5) == {"a": 0.0, "b": 1.0}
+    assert get("always_above", "y", start=1, time=4, threshold=1) == {"a": 1.0, "b": 1.0}
+    assert get("always_above", "y", threshold=1) == {"a": 0.0, "b": 1.0}  # a starts at 0
+    assert get("peak", "y", start=1, time=2) == {"a": 2, "b": 4}
+    assert get("auc", "y", start=2) == {"a": 4.0, "b": 8.0}
+    with pytest.raises(ValueError, match="takes no start"):
+        Endpoint("value_at", "y", time=1, start=0)
     assert Endpoint("above", "y", time=4, threshold=1).binary and not Endpoint("peak", "y").binary
     assert Endpoint.from_dict({"kind": "peak", "output": "y", "name": "peak y"}).label == "peak y"
     with pytest.raises(ValueError, match="unknown key"):

@@ -69,8 +69,8 @@ class OptimisationResult:
         return self.space.scenario({f: float(self.best[f]) for f in self.space.factors}, name=name)
 
 
-def _objective(engine, inputs: pd.DataFrame, scenarios, endpoint, times, progress) -> np.ndarray:
-    sims = sweep(engine, inputs, scenarios, times=times, progress=progress)
+def _objective(engine, inputs: pd.DataFrame, scenarios, endpoint, times, progress, **run_options) -> np.ndarray:
+    sims = sweep(engine, inputs, scenarios, times=times, progress=progress, **run_options)
     v = endpoint.compute(sims)
     if getattr(endpoint, "kind", None) in TIMES:
         v = v.fillna(float(sims.frame["time"].max()))
@@ -109,7 +109,8 @@ def _check_inside(engine, space: ScenarioSpace) -> None:
 def optimise_schedule(engine, population: pd.DataFrame, space: ScenarioSpace, endpoint, direction: str = "maximize",
                       method: str = "auto", grid: Mapping[str, Sequence[float]] | None = None, n_trials: int = 200,
                       batch: int = 16, constraints: Sequence[str] = (), top_k: int = 5, exact=None,
-                      times=None, seed: int = 0, tolerance: float = 0.0, progress: bool | None = None) -> OptimisationResult:
+                      times=None, seed: int = 0, tolerance: float = 0.0, progress: bool | None = None,
+                      **run_options) -> OptimisationResult:
     """Search ``space`` for the scenario with the best population mean of ``endpoint`` (see the module
     docstring).
 
@@ -121,6 +122,7 @@ def optimise_schedule(engine, population: pd.DataFrame, space: ScenarioSpace, en
     engine's ``exact`` attribute -- a surrogate's exact engine; ``False`` for none). times: output times
     (default the surrogate's grid). tolerance: how much worse (in objective units) the surrogate's best may
     be under the exact engine than the exact best of the top candidates and still count as confirmed.
+    run_options: passed to the engine's ``run`` (e.g. ``outside="exact"`` for a surrogate).
     """
     if direction not in ("maximize", "minimize"):
         raise ValueError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
@@ -143,7 +145,7 @@ def optimise_schedule(engine, population: pd.DataFrame, space: ScenarioSpace, en
 
     def evaluate(X: np.ndarray, start: int) -> np.ndarray:
         scen = [space.scenario(x, name=f"c{start + i}") for i, x in enumerate(X)]
-        return _objective(engine, inputs, scen, endpoint, times, progress=False)
+        return _objective(engine, inputs, scen, endpoint, times, progress=False, **run_options)
 
     if method == "grid":
         if grid is None:
