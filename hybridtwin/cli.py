@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--fast", action="store_true", help="tiny sizes: every step in a minute or two (rough numbers)")
     q.add_argument("--subjects", type=int, default=240, help="virtual patients in the data set (default 240)")
     q.add_argument("--iterations", type=int, default=120, help="SAEM iterations (default 120)")
-    q.add_argument("--surrogate-sims", type=int, default=3000, help="exact twin simulations for the surrogate")
+    q.add_argument("--surrogate-sims", type=int, default=8000, help="exact twin simulations for the surrogate (8000)")
     q.add_argument("--replicates", type=int, default=200, help="replicate trials (default 200)")
     q.add_argument("--patients-per-arm", type=int, default=100, help="patients per arm (default 100)")
     q.add_argument("--seed", type=int, default=0)
