@@ -3,7 +3,7 @@
 # outputs kept in experiments/results/cli_end_to_end/ (about 10 min on 2 cores).
 # Run from the repository root: bash experiments/cli_end_to_end.sh
 set -euo pipefail
-HT=${HT:-hybridtwin}
+HT=${HT:-$( [ -x .venv/bin/hybridtwin ] && echo .venv/bin/hybridtwin || echo hybridtwin )}
 KEEP=experiments/results/cli_end_to_end
 mkdir -p "$KEEP"
 {
