@@ -276,9 +276,9 @@ def add_parsers(sub) -> None:
     f.add_argument("--twin", default=None, help="emulate a trained twin (its checkpoint folder) instead of a model; "
                                                 "the domain file then needs scenarios and times, and parameters or "
                                                 "width (between-patient SDs around the twin's population, default 3)")
-    f.add_argument("--arch", default="separable", choices=["separable", "grid"],
-                   help="separable (default): patient x scenario low-rank split, fast for sweeps; "
-                        "grid: one MLP to the whole output grid")
+    f.add_argument("--arch", default="auto", choices=["auto", "separable", "grid"],
+                   help="separable: patient x scenario low-rank split, fast for sweeps; grid: one MLP to the whole "
+                        "output grid; auto (default): separable when the domain has scenario factors, else grid")
     f.add_argument("--out", required=True, help="output folder (weights.pt + card.json)")
     f.add_argument("--n-train", type=int, default=20000, help="exact simulations to train on (default 20000)")
     f.add_argument("--members", type=int, default=5, help="ensemble members (default 5)")

@@ -218,6 +218,7 @@ def test_surrogate_of_a_trained_twin_is_certified_against_the_twin(tmp_path):
     s = fit_surrogate(dom, n_train=512, members=2, hidden=(32, 32), epochs=200, progress=False, engine=engine)
     cert = certify(s, n=100, seed=3)
     assert cert["overall"]["median"] < 0.05, cert["overall"]
+    assert type(s.net).__name__ == "SeparableEnsemble"  # arch="auto" with a scenario factor
     again = load(save(s, tmp_path / "surr"))  # reloads the twin from the recorded checkpoint
     assert isinstance(again.exact, TwinEngine)
     u = np.random.default_rng(1).random((5, len(dom.input_names)))
@@ -340,3 +341,13 @@ def test_domain_floor_is_applied_to_the_exact_training_data_and_round_trips():
     assert Domain.from_dict(dom.to_dict()).floor == {"log10_Ab": 2.5}
     with pytest.raises(ValueError, match="not outputs"):
         Domain.from_dict({**DOMAIN, "floor": {"log10_V": 0}})
+
+
+def test_auto_architecture_is_separable_with_scenario_factors_and_grid_without():
+    fixed = Domain.from_dict({"model": "vaccine_asc", "parameters": {"delta_Ab": [0.015, 0.04]},
+                              "scenarios": {"doses": [{"name": "prime", "target": "Ag", "time": 0, "amount": 1}]},
+                              "times": [30, 60], "outputs": ["log10_Ab"]})
+    s = fit_surrogate(fixed, n_train=64, members=2, hidden=(8,), epochs=2, progress=False)
+    assert type(s.net).__name__ == "EnsembleMLP" and s.info["arch"] == "grid"
+    with pytest.raises(ValueError, match="arch must be one of"):
+        fit_surrogate(fixed, n_train=64, epochs=1, arch="deeponet", progress=False)
