@@ -44,5 +44,5 @@ def main(n_train: int = 10000, configs=("separable:256,256,256:256:150", "grid:2
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10000, tuple(sys.argv[2:]) or None or
-         ("separable:256,256,256:256:150", "grid:256,256,256:256:150"))
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10000,
+         tuple(sys.argv[2:]) or ("separable:256,256,256:256:150", "grid:256,256,256:256:150"))
