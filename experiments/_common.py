@@ -131,3 +131,30 @@ class OracleTwin(HybridTwin):
         if covariates.shape[0] != self._prior_mean.shape[0]:
             raise ValueError("the oracle's prior was set for another set of subjects")
         return self._prior_mean, self.log_omega.exp().expand_as(self._prior_mean)
+
+
+def surrogate_recipes(domain, train: dict, held: dict, specs, stem: str, out: Path = RESULTS, engine=None) -> list:
+    """Train and certify one surrogate per recipe ``ARCH:HIDDEN:BATCH:EPOCHS[:WEIGHT_DECAY[:MEMBERS]]`` (e.g.
+    ``grid:128,128,128:64:1000:1e-6:5``) on the same data; each row is printed and appended to
+    ``out/<stem>.jsonl``."""
+    import json
+
+    from hybridtwin.surrogate import certify, fit_surrogate
+
+    rows = []
+    for spec in specs:
+        arch, hidden, batch, epochs, *rest = spec.split(":")
+        wd, members = (float(rest[0]) if rest else 1e-6), (int(rest[1]) if len(rest) > 1 else 5)
+        t = time.perf_counter()
+        s = fit_surrogate(domain, members=members, hidden=tuple(int(h) for h in hidden.split(",")), epochs=int(epochs),
+                          batch_size=int(batch), weight_decay=wd, progress=False, seed=0, data=train, arch=arch,
+                          engine=engine)
+        cert = certify(s, data=held)
+        row = {"recipe": spec, "n_train": int(train["ok"].sum()), "train_seconds": time.perf_counter() - t,
+               **cert["overall"], "coverage90": cert["calibration"]["coverage90"]}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with open(Path(out) / f"{stem}.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return rows

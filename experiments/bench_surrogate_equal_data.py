@@ -8,33 +8,20 @@ Usage: ``python experiments/bench_surrogate_equal_data.py ARCH:HIDDEN:BATCH:EPOC
 ``experiments/results/bench_surrogate_equal_data.jsonl``.
 """
 
-import json
 import sys
-import time
 
-from _common import RESULTS
+from _common import RESULTS, surrogate_recipes
 from bench_surrogate import DOMAIN
-from hybridtwin.surrogate import Domain, certify, fit_surrogate, simulate_domain
+from hybridtwin.surrogate import Domain, simulate_domain
 
 
-def main(configs, n_train: int = 2000) -> list:
+def main(configs=("grid:128,128,128:64:1000:1e-6:5",), n_train: int = 2000, n_held: int = 2000, out=RESULTS,
+         stem: str = "bench_surrogate_equal_data") -> list:
     dom = Domain.from_dict(DOMAIN)
     train = simulate_domain(dom, n_train, seed=0, method="sobol")
-    held = simulate_domain(dom, 2000, seed=99, method="random")
-    rows = []
-    for spec in configs:
-        arch, hidden, batch, epochs, wd, members = spec.split(":")
-        t = time.perf_counter()
-        s = fit_surrogate(dom, members=int(members), hidden=tuple(int(h) for h in hidden.split(",")), epochs=int(epochs),
-                          batch_size=int(batch), weight_decay=float(wd), progress=False, seed=0, data=train, arch=arch)
-        row = {"recipe": spec, "n_train": n_train, "train_seconds": time.perf_counter() - t,
-               **certify(s, data=held)["overall"]}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        with open(RESULTS / "bench_surrogate_equal_data.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-    return rows
+    held = simulate_domain(dom, n_held, seed=99, method="random")
+    return surrogate_recipes(dom, train, held, configs, stem, out)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["grid:128,128,128:64:1000:1e-6:5"])
+    main(tuple(sys.argv[1:]) or ("grid:128,128,128:64:1000:1e-6:5",))

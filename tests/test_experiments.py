@@ -171,3 +171,14 @@ def test_tsang_households_tiny(tmp_path, shared_data):
     assert set(r["scores"]) == {"twin MAP", "population only", "LOCF"} and r["noise_sd"] > 0
     effects = [q for q in r["population_table"] if q["kind"] == "effect" and q["covariate"] == "antiviral"]
     assert {q["parameter"] for q in effects} >= {"p"} and (tmp_path / "tiny.md").exists()
+
+
+@pytest.mark.slow  # experiment scripts run in `make test-all` (default suite time)
+def test_surrogate_recipe_benchmarks_tiny(tmp_path):
+    import bench_surrogate_equal_data
+
+    rows = bench_surrogate_equal_data.main(("grid:16:64:2", "separable:16:64:2:1e-6:2"), n_train=128, n_held=64,
+                                           out=tmp_path, stem="tiny")
+    assert [r["recipe"] for r in rows] == ["grid:16:64:2", "separable:16:64:2:1e-6:2"]
+    lines = (tmp_path / "tiny.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(x)["median"] >= 0 for x in lines)
