@@ -92,8 +92,8 @@ def main(path=DATA, out: Path | str = RESULTS, saem: dict | None = None, seed: i
     late = late[late["subject_id"].isin(set(early["subject_id"]))]
     subtype = test.observations.groupby("subject_id")["cohort"].first()  # known when predicting
     cov = test.covariates.assign(cohort=test.covariates["subject_id"].map(subtype))
-    scores = {"twin MAP": score(_twin_rows(twin, cov, early, late, True, seed), late),
-              "population only": score(_twin_rows(twin, cov, None, late, False, seed), late),
+    scores = {"twin MAP": score(_twin_rows(twin, cov, early, late, "map", seed), late),
+              "population only": score(_twin_rows(twin, cov, None, late, "population", seed), late),
               "LOCF": score(locf(train.observations, early, late, 1), late)}
     unc = train.observations.loc[~train.observations["censored"], "value"]
     result = {"n_train": len(train.subject_ids), "n_test": len(test.subject_ids),

@@ -56,7 +56,7 @@ def test_estimation_tiny(tmp_path):
     assert {"log_sigma_add[log10_V]", "cohort_shift[V0, cohort_2]", "beta[p, sex[F vs M]]"} <= names
     truth = {e["quantity"]: e["truth"] for e in res["estimates"]}
     assert truth["beta[p, sex[F vs M]]"] == -0.2 and abs(truth["cohort_shift[V0, cohort_3]"] - 0.98083) < 1e-4
-    assert {f["method"] for f in res["forecast"]} == {"twin MAP", "twin encoder", "truth MAP"}
+    assert {f["method"] for f in res["forecast"]} == {"twin MAP", "twin encoder", "twin encoder+IS", "truth MAP"}
     assert (tmp_path / "estimation.md").exists() and (tmp_path / "estimation" / "baccam2006_seed0_convergence.png").exists()
     again = estimation.main(models=("baccam2006",), seeds=(0,), n_train=40, n_test=10, ks=(1,), out=tmp_path)
     assert again["results"][0]["fit_seconds"] == res["fit_seconds"]  # resumed from the cache, not refitted
@@ -97,7 +97,8 @@ def test_challenger_folds_tiny(tmp_path, shared_data):
     res = cf.main(n_folds=3, ks=(1,), n_subjects=60, path=shared_data / "challenger2022_covid_vl_combined",
                   saem=dict(n_explore=2, n_smooth=1, init_steps=1), out=tmp_path)
     rows = [r for r in res["rows"] if r["method"] != "_fit"]
-    assert {r["method"] for r in rows} == {"twin MAP", "population only", "gradient boosting", "LOCF"}
+    assert {r["method"] for r in rows} == {"hybrid twin", "hybrid twin, MAP", "encoder without closure", "mechanistic MAP",
+                                           "population only", "gradient boosting", "LOCF"}
     for r in rows:
         assert r["rmse"] > 0 and 0 <= r["coverage50"] <= r["coverage90"] + 1e-12 <= 1 + 1e-12
     assert (tmp_path / "challenger_folds.md").exists()
