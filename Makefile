@@ -23,10 +23,11 @@ test: install
 	$(PY) -m pytest -q -n auto
 
 test-all: install
-	$(PIP) install -q -e ".[dev,ray]"   # the Ray sweep test needs the optional extra
+	$(PIP) install -q -e ".[dev,ray,bench]"   # the Ray sweep test and the solve benchmark need the extras
 	$(PY) -m pytest -q -n auto -m "not gpu"
 
 bench: install
+	$(PIP) install -q -e ".[bench]"   # torchode, a baseline
 	$(PY) experiments/bench_solve.py
 
 clean:

@@ -10,18 +10,31 @@ Scenarios
   patient-specific day drawn uniformly in [21, 42] (continuous); 41 outputs over 180 days. scipy integrates
   piecewise between the doses and adds each bolus to Ag.
 
-Reported per N: per-patient time of each, speed-up ratio, and the max relative difference between the two
-solutions, |ours - scipy| / max(|scipy|, 1e-3 * peak_s) over all states, times and patients of the subset
-(a relative error that ignores values below 0.1 % of a state's peak, where only atol controls either
-solver). Our time is the best of ``repeats`` runs (these machines are shared and have transient stalls);
-scipy's is the mean over its subset.
+Engines, all in this one process on the same patients (one row per model, N and engine):
 
-Run: ``python experiments/bench_solve.py`` (writes experiments/results/bench_solve.csv and .md).
+- ``ours``: ``ht.simulate`` (native batched dopri5, per-subject clocks), the library default;
+- ``ours fused``: the same with ``fused=True`` (each step one ``torch.compile``-d graph); its one-off
+  compilation is reported apart (``compile_s``) and excluded from its time;
+- ``torchdiffeq``: the library's ``backend="torchdiffeq"`` (dopri5, the whole batch as one system with one
+  shared step; dose times are breakpoints for everyone);
+- ``torchode``: torchode's Dopri5 with an integral controller (per-sample steps, like ours), on states scaled
+  by their ``atol`` so that its scalar ``atol`` matches ours per state; no dose events in torchode, so
+  ``baccam2006`` only;
+- ``scipy``: the LSODA loop (a timed subset, scaled per patient).
+
+Reported per row: per-patient time, speed-up over the scipy loop, and the max relative difference from scipy,
+|x - scipy| / max(|scipy|, 1e-3 * peak_s) over all states, times and patients of the subset (a relative error
+that ignores values below 0.1 % of a state's peak, where only atol controls either solver). Times are the best
+of ``repeats`` runs (these machines are shared and have transient stalls); scipy's is the mean over its subset.
+
+Run: ``python experiments/bench_solve.py`` (writes experiments/results/bench_solve.csv and .md);
+``--engines ours fused`` restricts the engines.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import platform
 import time
 from pathlib import Path
@@ -100,7 +113,39 @@ def scipy_solve(rhs, y0, args, times, dose_times, atol, target=0, amounts=None):
     return out
 
 
-def run(name: str, sizes, n_scipy: int, seed: int = 0, repeats: int = 3) -> list[dict]:
+ENGINES = ("ours", "ours fused", "torchdiffeq", "torchode")
+
+
+def _torch_inputs(m, params, doses):
+    from hybridtwin.dosing import BatchSchedule
+
+    ids = params["subject_id"].tolist()
+    theta = m.parameter_space.tensor_from(params.drop(columns="subject_id").to_dict("records"), dtype=torch.float64)
+    target_map = {k: iv.target for k, iv in m.interventions.items()}
+    frame = doses if doses is not None else pd.DataFrame(columns=["subject_id", "time", "amount", "target", "duration"])
+    sched = BatchSchedule.from_frame(frame, ids, m.all_state_names, target_map, dtype=torch.float64)
+    return theta, m.initial_state(theta), sched
+
+
+def _torchode_solve(m, theta, y0, times, atol_states):
+    """torchode Dopri5 + integral controller on states scaled by their atol (scalar atol 1 = ours per state)."""
+    import torchode as to
+
+    scale = torch.tensor(atol_states, dtype=torch.float64)
+
+    def f(t, z):
+        return m.vector_field(t, z * scale, theta) / scale
+
+    term = to.ODETerm(f)
+    solver = to.AutoDiffAdjoint(to.Dopri5(term=term), to.IntegralController(atol=1.0, rtol=RTOL, term=term))
+    t_eval = torch.as_tensor(times, dtype=torch.float64).expand(len(theta), -1)
+    sol = solver.solve(to.InitialValueProblem(y0=y0 / scale, t_eval=t_eval))
+    return (sol.ys * scale).numpy()
+
+
+def run(name: str, sizes, n_scipy: int, seed: int = 0, repeats: int = 3, engines=ENGINES) -> list[dict]:
+    from hybridtwin.solve import SolverConfig, solve
+
     rng = np.random.default_rng(seed)
     rows = []
     for n in sizes:
@@ -111,12 +156,7 @@ def run(name: str, sizes, n_scipy: int, seed: int = 0, repeats: int = 3) -> list
             peak = np.maximum(peak, 1.0)
         atol = 1e-5 * RTOL * np.maximum(1.0, peak)
         atol_cfg = tuple(atol.tolist()) + tuple([1e-12] * len(m.compartment_names))
-        # ours: the whole cohort through the public API
-        t_ours = np.inf
-        for _ in range(repeats):  # best of `repeats`: shared machines have transient stalls
-            t0 = time.perf_counter()
-            ours = ht.simulate(m, times, params=params, doses=doses, rtol=RTOL, atol=atol_cfg, progress=False)
-            t_ours = min(t_ours, time.perf_counter() - t0)
+        S = len(m.state_names)
         # scipy: a subset, scaled per patient
         k = min(n, n_scipy)
         row0 = {**d, **params.iloc[0].to_dict()}
@@ -128,27 +168,67 @@ def run(name: str, sizes, n_scipy: int, seed: int = 0, repeats: int = 3) -> list
             args = tuple(row[o] for o in order)
             ref_states.append(scipy_solve(rhs, y0f(row), args, times, dose_times(i), atol))
         t_scipy = (time.perf_counter() - t0) / k
-        ours_states = ours[m.state_names].to_numpy().reshape(n, len(times), -1)[:k]
         ref_arr = np.stack(ref_states)
         floor = 1e-3 * np.maximum(peak, 1e-300)
-        rel = np.abs(ours_states - ref_arr) / np.maximum(np.abs(ref_arr), floor)
-        rows.append(dict(model=name, n_patients=n, ours_total_s=t_ours, ours_ms_per_patient=1e3 * t_ours / n,
-                         scipy_ms_per_patient=1e3 * t_scipy, scipy_patients_timed=k,
-                         speedup=t_scipy / (t_ours / n), max_rel_diff=float(np.nanmax(rel)),
-                         failed=int(sum(v != "ok" for v in ours.attrs["status"].values()))))
-        print(f"{name:<12} N={n:>6}  ours {1e3 * t_ours / n:8.4f} ms/pt  scipy {1e3 * t_scipy:8.4f} ms/pt  "
-              f"ratio {rows[-1]['speedup']:7.1f}x  max rel diff {rows[-1]['max_rel_diff']:.2e}", flush=True)
+        theta, y0, sched = _torch_inputs(m, params, doses)
+        t_tensor = torch.as_tensor(times, dtype=torch.float64)
+
+        def simulate(fused):
+            out = ht.simulate(m, times, params=params, doses=doses, rtol=RTOL, atol=atol_cfg, progress=False,
+                              fused=fused)
+            failed = int(sum(v != "ok" for v in out.attrs["status"].values()))
+            return out[m.state_names].to_numpy().reshape(n, len(times), -1), failed
+
+        def torchdiffeq():
+            with torch.no_grad():
+                sol = solve(m, y0, t_tensor, theta, schedule=sched,
+                            config=SolverConfig(backend="torchdiffeq", rtol=RTOL, atol=atol_cfg))
+            return sol.ys[..., :S].numpy(), int((~sol.ok).sum())
+
+        def torchode():
+            with torch.no_grad():
+                return _torchode_solve(m, theta, y0, times, atol_cfg)[..., :S], 0
+
+        available = {"ours": lambda: simulate(False), "ours fused": lambda: simulate(True), "torchdiffeq": torchdiffeq}
+        if doses is None and importlib.util.find_spec("torchode") is not None:
+            available["torchode"] = torchode
+        elif "torchode" in engines and doses is None:
+            print("torchode is not installed (pip install -e '.[bench]'): its rows are skipped", flush=True)
+        rows.append(dict(model=name, n_patients=n, engine="scipy LSODA loop", total_s=t_scipy * n,
+                         ms_per_patient=1e3 * t_scipy, speedup_vs_scipy=1.0, max_rel_diff=0.0, failed=0,
+                         compile_s=0.0, scipy_patients_timed=k))
+        for engine in engines:
+            if engine not in available:
+                continue
+            compile_s = 0.0
+            if engine == "ours fused":  # the one-off compilation, reported apart
+                t0 = time.perf_counter()
+                available[engine]()
+                compile_s = time.perf_counter() - t0
+            best = np.inf
+            for _ in range(repeats):  # best of `repeats`: shared machines have transient stalls
+                t0 = time.perf_counter()
+                states, failed = available[engine]()
+                best = min(best, time.perf_counter() - t0)
+            rel = np.abs(states[:k] - ref_arr) / np.maximum(np.abs(ref_arr), floor)
+            rows.append(dict(model=name, n_patients=n, engine=engine, total_s=best, ms_per_patient=1e3 * best / n,
+                             speedup_vs_scipy=t_scipy / (best / n), max_rel_diff=float(np.nanmax(rel)), failed=failed,
+                             compile_s=compile_s, scipy_patients_timed=k))
+            r = rows[-1]
+            print(f"{name:<12} N={n:>6}  {engine:<12} {r['ms_per_patient']:8.4f} ms/pt  scipy {1e3 * t_scipy:7.3f} "
+                  f"ms/pt  ratio {r['speedup_vs_scipy']:7.1f}x  max rel diff {r['max_rel_diff']:.2e}"
+                  + (f"  (compile {compile_s:.0f} s)" if compile_s else ""), flush=True)
     return rows
 
 
 def main(sizes=(100, 1_000, 10_000), n_scipy: int = 300, models=("baccam2006", "vaccine_asc"), out_dir=RESULTS,
-         threads: int | None = None, repeats: int = 3) -> pd.DataFrame:
+         threads: int | None = None, repeats: int = 3, engines=ENGINES) -> pd.DataFrame:
     """Run the benchmark and write ``bench_solve.csv`` and ``bench_solve.md`` into ``out_dir``."""
     if threads:
         torch.set_num_threads(threads)
     rows = []
     for name in models:
-        rows += run(name, sizes, n_scipy, repeats=repeats)
+        rows += run(name, sizes, n_scipy, repeats=repeats, engines=engines)
     table = pd.DataFrame(rows)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,5 +256,8 @@ if __name__ == "__main__":
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1_000, 10_000])
     ap.add_argument("--n-scipy", type=int, default=300)
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--models", nargs="+", default=["baccam2006", "vaccine_asc"])
+    ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args()
-    main(tuple(a.sizes), a.n_scipy, out_dir=a.out)
+    main(tuple(a.sizes), a.n_scipy, models=tuple(a.models), out_dir=a.out, threads=a.threads, engines=tuple(a.engines))

@@ -97,6 +97,14 @@ class SolverConfig:
     max_seconds: optional wall-time budget of one native solve; subjects still integrating when it is spent
         stop with status ``TIME_BUDGET`` (their outputs before that point are kept, later ones are NaN). Which
         subjects finish in time depends on the machine, so results under a budget are not reproducible.
+    fused: ``True`` runs each explicit step (the stages, the update and the error norm of dopri5 or rk4, with the
+        vector field inside) as one ``torch.compile``-d function: Inductor fuses it into a few C++ loops on CPU
+        or Triton kernels on GPU instead of ~100 separate tensor operations. Worth it from ~1,000 subjects on;
+        the first solve of each vector field compiles (seconds to a minute), later solves reuse it, whatever the
+        batch size. Results agree with the unfused step to rounding (the compiler may contract multiply-adds),
+        and are still independent of the batch mates. Gradients flow through the compiled step. Where
+        compilation is unavailable (no C++ compiler, an untraceable vector field) the solve warns once and runs
+        unfused. Native backend, explicit methods (``dopri5``, ``rk4``, and ``auto``'s dopri5 pass) only.
     """
 
     method: str = "dopri5"
@@ -107,6 +115,7 @@ class SolverConfig:
     backend: str = "native"
     adjoint: bool = False
     max_seconds: float | None = None
+    fused: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in ("native", "torchdiffeq"):
@@ -136,6 +145,11 @@ class SolverConfig:
                 raise ValueError(f"max_seconds must be a positive number of seconds or None, got {self.max_seconds!r}")
             if self.backend != "native":
                 raise ValueError("max_seconds (a wall-time budget) is only supported by backend='native'")
+        if not isinstance(self.fused, bool):
+            raise ValueError(f"fused must be True or False, got {self.fused!r}")
+        if self.fused and (self.backend != "native" or self.method == "rodas4"):
+            raise ValueError("fused=True (a compiled explicit step) needs backend='native' and method 'dopri5', 'rk4' "
+                             f"or 'auto'; got backend={self.backend!r}, method={self.method!r}")
 
 
 @dataclass
@@ -215,10 +229,11 @@ def solve(
 
         out = solve_torchdiffeq(f, y0, times, params, schedule, mask, config, t0, dynamics=vector_field)
     else:
+        fused = _fused_stages(f, config) if config.fused else None
         if bind is not None:
-            out = _solve_native(bind, y0, times, params, schedule, mask, config, t0, prepared=True)
+            out = _solve_native(bind, y0, times, params, schedule, mask, config, t0, prepared=True, fused=fused)
         else:
-            out = _solve_native(f, y0, times, params, schedule, mask, config, t0)
+            out = _solve_native(f, y0, times, params, schedule, mask, config, t0, fused=fused)
     ys, status, n_steps = out
     return Solution(ys, times, mask, status, n_steps, list(state_names))
 
@@ -266,7 +281,7 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(torch.mean(x * x, dim=-1))
 
 
-def _solve_native(f, y0, times, params, schedule, mask, config, t0, prepared=False):
+def _solve_native(f, y0, times, params, schedule, mask, config, t0, prepared=False, fused=None):
     """Native backend: one pass of :func:`_integrate` with ``config.method``; with ``"auto"``, a dopri5 pass that
     sets aside the subjects its stiffness test flags, then a Rodas4 pass over those subjects only, from ``t0``.
 
@@ -277,9 +292,10 @@ def _solve_native(f, y0, times, params, schedule, mask, config, t0, prepared=Fal
     deadline = None if config.max_seconds is None else time.perf_counter() + config.max_seconds
     args = (f, config, t0, prepared, deadline)
     if config.method != "auto":
-        ys, status, n_steps = _integrate(y0, times, params, schedule, mask, *args, method=config.method)
+        ys, status, n_steps = _integrate(y0, times, params, schedule, mask, *args, method=config.method, fused=fused)
         return ys, status, n_steps
-    ys, status, n_steps = _integrate(y0, times, params, schedule, mask, *args, method="dopri5", detect_stiff=True)
+    ys, status, n_steps = _integrate(y0, times, params, schedule, mask, *args, method="dopri5", detect_stiff=True,
+                                     fused=fused)
     idx = (status == _STIFF).nonzero()[:, 0]
     if idx.numel():
         ys_s, status_s, n_steps_s = _integrate(y0[idx], times[idx], params[idx], schedule.select(idx), mask[idx],
@@ -295,7 +311,7 @@ _STIFF = -1
 
 
 def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadline, *, method, detect_stiff=False,
-               steps_done=None):
+               steps_done=None, fused=None):
     """The native step loop over a shrinking working set of subjects, for one ``method`` ("dopri5", "rk4" or
     "rodas4"); the method's own arithmetic is a stepper object (:class:`_ExplicitRK`, :class:`_Rodas4`).
 
@@ -309,6 +325,7 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
 
     ``detect_stiff`` (dopri5 only) gives subjects that the stiffness test flags the status :data:`_STIFF`, which
     takes them out of the working set. ``steps_done`` (B,) starts the step counters (steps already spent).
+    ``fused`` (explicit methods): a :class:`_FusedStages` that computes a whole step in one compiled call.
     """
     B, S = y0.shape
     dtype, device = y0.dtype, y0.device
@@ -324,6 +341,7 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
     if atol.dim() == 1 and atol.numel() not in (1, S):
         raise ValueError(f"atol has {atol.numel()} entries but the system has {S} states")
     rtol = config.rtol
+    atol_rows = atol.reshape(-1).expand(S).contiguous()  # one per state (the error norm's scale)
     if method == "rodas4":
         stepper = _Rodas4(S, dtype, device)
     else:
@@ -393,10 +411,24 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
         h = _initial_step(lambda tt, yy: F(tt, yy, rate_at(t)), t, y, fcur, t_end, rtol, atol)
     else:
         h = torch.full((B,), float(config.dt), dtype=dtype, device=device)
-    zero = torch.zeros((), dtype=dtype, device=device)
     last_nonfinite = torch.zeros(B, dtype=torch.bool, device=device)
-    OK, NONFINITE, STEP_TOO_SMALL, MAX_STEPS = (int(s) for s in (Status.OK, Status.NONFINITE, Status.STEP_TOO_SMALL,
-                                                                 Status.MAX_STEPS))
+    OK = int(Status.OK)
+
+    def eager_attempt(tt, yy, fc, hh, rr):
+        if not adaptive:
+            fc = F(tt, yy, rr)
+        y1, en, f_end = stepper.attempt(F, tt, yy, fc, hh, rr, atol_rows, rtol)
+        return y1, en, f_end, None
+
+    core_kw = dict(adaptive=adaptive, root=stepper.root, max_growth=stepper.max_growth, max_steps=config.max_steps)
+    fused_core, ys_buf = None, None
+    differentiated = torch.is_grad_enabled() and (y0.requires_grad or params.requires_grad)
+    if fused is not None and isinstance(stepper, _ExplicitRK):
+        fused_core = lambda *a, **kw: fused(stepper.params, *a, **kw)  # noqa: E731
+        if adaptive and T and _FUSED_OUTPUTS_PER_STEP:
+            # the fused step writes its outputs straight into this buffer; the last row takes the writes of rows
+            # without an output in a step
+            ys_buf = torch.full((B * T + 1, S), float("nan"), dtype=dtype, device=device)
 
     while True:
         n_work = done.shape[0]
@@ -406,10 +438,20 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
             n_steps_all[gidx] = n_steps
         if n_done == n_work:
             break
-        if n_done and (n_done * 8 >= n_work or n_work - n_done <= 8):
-            # compact once enough of the working set is idle (geometric schedule: few compactions, idle rows
-            # never more than ~1/8 of the work); gathers rows, so no subject's arithmetic changes
+        # compact once enough of the working set is idle (geometric schedule: few compactions, idle rows never more
+        # than ~1/8 of the work); gathers rows, so no subject's arithmetic changes. A fused step's compiled graph is
+        # specialised to the batch size until that changes (then a dynamic graph serves every size), and a static
+        # graph is much cheaper to call, above all with gradients (experiments/bench_train.py): so a fused step
+        # never compacts when differentiated (training batches are alike), compacts only once half the rows are
+        # idle otherwise, and keeps at least two rows (an idle one as padding; one row is a specialisation too)
+        if fused_core is None:
+            compact = n_done and (n_done * 8 >= n_work or n_work - n_done <= 8)
+        else:
+            compact = not differentiated and n_work > 2 and n_done * 2 >= n_work
+        if compact:
             keep = (~done).nonzero()[:, 0]
+            if fused_core is not None and keep.numel() == 1:
+                keep = torch.cat([keep, done.nonzero()[:1, 0]])
             gidx, t, y, h, fcur, ptr = gidx[keep], t[keep], y[keep], h[keep], fcur[keep], ptr[keep]
             status, n_steps, last_nonfinite, done = status[keep], n_steps[keep], last_nonfinite[keep], done[keep]
             t_end, tsorted, order = t_end[keep], tsorted[keep], order[keep]
@@ -424,80 +466,114 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
             status_all[gidx] = status
             n_steps_all[gidx] = n_steps
             break
-        active = ~done
-        if has_breakpoints:
-            nb = torch.where(bps > t[:, None], bps, inf).amin(dim=1)
-            stop = torch.minimum(nb, t_end)
-        else:
-            nb = None
-            stop = t_end
-        if not adaptive:
-            stop = torch.minimum(stop, next_out())
-        room = stop - t
-        hit = h >= room
-        h_try = torch.where(active, torch.where(hit, room, h), zero)
+        t_old = t
         rate = rate_at(t)
-        if not adaptive:
-            fcur = F(t, y, rate)
-        y1, err, f_end = stepper.attempt(F, t, y, fcur, h_try, rate)
-        with torch.no_grad():
-            if adaptive:
-                scale = atol + rtol * torch.maximum(y.detach().abs(), y1.detach().abs())
-                en = _rms(err.detach() / scale)
-            else:
-                en = torch.zeros_like(t)
-            finite = torch.isfinite(y1.detach()).all(dim=1) & torch.isfinite(en)
-            accept = active & finite & (en <= 1.0)
-        t_new = torch.where(hit, stop, t + h_try)
-        if adaptive and T:
+        core_args = (t, y, h, fcur, done, status, n_steps, last_nonfinite, t_end, bps if has_breakpoints else None,
+                     None if adaptive else next_out(), rate, atol_rows, rtol)
+        extra = None
+        if fused_core is not None:
+            outputs = (tsorted, order, ptr, gidx, T, B * T) if ys_buf is not None else None
+            out = fused_core(*core_args, outputs=outputs, **core_kw)
+            if out is not None and outputs is not None:
+                out, extra = out[:14], out[14:]
+        else:
+            out = None
+        if out is None:
+            out = _step_core(eager_attempt, *core_args, **core_kw)
+        y_new, t_new, t, fcur, h, h_try, n_steps, status, last_nonfinite, done, accept, reached, at_bp, aux = out
+        if aux is not None:  # the fused step's stages, for dense output and the stiffness test
+            stepper.set_stages(aux, y, h_try)
+        equal_rows = accept
+        if extra is not None:
+            # the fused step recorded the first outputs its step passed (ptr advanced, trash row for the rest)
+            ptr, idx, vals, more = extra
+            ys_buf.index_put_((idx.reshape(-1),), vals.reshape(-1, S))
+            if not bool(more.any()):  # nothing left to interpolate: only the steps that reached a stop can
+                equal_rows = reached  # still have an output at t_new (after a dose there)
+        if adaptive and T and (extra is None or equal_rows is accept):
             while True:
                 sel = accept & (next_out() < t_new)
                 if not bool(sel.any()):
                     break
-                take(sel, lambda b: stepper.dense(b, (next_out()[b] - t[b]) / h_try[b]))
-        y_new = torch.where(accept[:, None], y1, y)
-        if has_breakpoints:
-            at_bp = accept & hit & (stop == nb)
-            if bool(at_bp.any()):
-                y_new = y_new + sched.bolus_at(t_new, S, at_bp)
-        if T:
-            record_equal(t_new, accept, y_new)
-        t = torch.where(accept, t_new, t)
+                take(sel, lambda b: stepper.dense(b, (next_out()[b] - t_old[b]) / h_try[b]))
+        if at_bp is not None and bool(at_bp.any()):
+            y_new = y_new + sched.bolus_at(t_new, S, at_bp)
+        if T and (equal_rows is accept or bool(equal_rows.any())):
+            record_equal(t_new, equal_rows, y_new)
         y = y_new
-        if adaptive:
-            fcur = torch.where(accept[:, None], f_end, fcur)
-            if bool((accept & hit).any()):
-                fcur = torch.where((accept & hit)[:, None], F(t, y, rate_at(t)), fcur)
-        with torch.no_grad():
-            n_steps += active.long()
-            if adaptive:
-                ratio = 0.9 / stepper.root(torch.clamp(en, min=1e-10))
-                grow = torch.clamp(ratio, 0.2, stepper.max_growth)
-                shrink = torch.clamp(ratio, 0.2, 0.9)
-                factor = torch.where(accept, grow, torch.where(finite, shrink, 0.25))
-                h_next = h_try * factor
-                h = torch.where(active, torch.where(accept & hit, torch.maximum(h_next, h), h_next), h)
-            last_nonfinite = torch.where(active, ~finite, last_nonfinite)
-            if adaptive:
-                # a step below the clock's resolution fails the subject, rejected or accepted (an accepted step
-                # that does not move the clock would repeat forever: rodas4 accepts such steps next to a
-                # singularity, where the error relative to the exploding state stays small)
-                tiny = 1e-13 * torch.clamp(t.abs(), min=1.0)
-                too_small = active & ~(accept & hit) & (h < tiny)
-            else:
-                too_small = active & ~finite
-            status = torch.where(too_small & last_nonfinite, NONFINITE, status)
-            status = torch.where(too_small & ~last_nonfinite, STEP_TOO_SMALL, status)
-            over = active & (n_steps >= config.max_steps) & (status == OK) & (t < t_end)
-            status = torch.where(over, MAX_STEPS, status)
-            if detect_stiff:
+        if adaptive and bool(reached.any()):  # a dose or the end: the derivative after the jump
+            fcur = torch.where(reached[:, None], F(t, y, rate_at(t)), fcur)
+        if detect_stiff:
+            with torch.no_grad():
                 status = torch.where(stepper.stiff(accept, h_try) & (status == OK) & (t < t_end), _STIFF, status)
-            done = done | (t >= t_end) | (status != OK)
+                done = done | (status != OK)
 
-    ys = torch.full((B * T, S), float("nan"), dtype=dtype, device=device)
+    ys = torch.full((B * T, S), float("nan"), dtype=dtype, device=device) if ys_buf is None else ys_buf[:B * T]
     if out_idx:
         ys = ys.index_put((torch.cat(out_idx),), torch.cat(out_val))
     return ys.reshape(B, T, S), status_all, n_steps_all
+
+
+def _step_core(attempt, t, y, h, fcur, done, status, n_steps, last_nonfinite, t_end, bps, nxt, rate, atol, rtol, *,
+               adaptive, root, max_growth, max_steps):
+    """One step of every working row, outputs and dose jumps aside: the step size to try (up to the next
+    breakpoint in ``bps`` (n, nb; +inf padded) or ``t_end``, and for fixed steps the next output time ``nxt``),
+    ``attempt(t, y, fcur, h_try, rate) -> (y1, error norm, f(t + h, y1), aux)``, acceptance, the new clock,
+    state and step size, step counters and statuses. Element-wise per row, so it can be compiled as a whole
+    (:class:`_FusedStages`). Returns ``(y_new, t_new, t, fcur, h, h_try, n_steps, status, last_nonfinite, done,
+    accept, reached, at_bp, aux)``: ``t_new`` is the attempted end of the step (for outputs), ``t`` the clock
+    after it, ``reached`` the accepted steps that ended on their stop (a breakpoint or the end), ``at_bp`` those
+    that ended on a breakpoint (None without breakpoints).
+    """
+    OK, NONFINITE, STEP_TOO_SMALL, MAX_STEPS = (int(s) for s in (Status.OK, Status.NONFINITE, Status.STEP_TOO_SMALL,
+                                                                 Status.MAX_STEPS))
+    active = ~done
+    if bps is not None:
+        nb = torch.where(bps > t[:, None], bps, float("inf")).amin(dim=1)
+        stop = torch.minimum(nb, t_end)
+    else:
+        nb = None
+        stop = t_end
+    if nxt is not None:
+        stop = torch.minimum(stop, nxt)
+    room = stop - t
+    hit = h >= room
+    h_try = torch.where(active, torch.where(hit, room, h), 0.0)
+    y1, en, f_end, aux = attempt(t, y, fcur, h_try, rate)
+    with torch.no_grad():
+        finite = torch.isfinite(y1.detach()).all(dim=1) & torch.isfinite(en)
+        accept = active & finite & (en <= 1.0)
+    t_new = torch.where(hit, stop, t + h_try)
+    y_new = torch.where(accept[:, None], y1, y)
+    reached = accept & hit
+    at_bp = None if nb is None else reached & (stop == nb)
+    t = torch.where(accept, t_new, t)
+    if adaptive:
+        fcur = torch.where(accept[:, None], f_end, fcur)
+    with torch.no_grad():
+        n_steps = n_steps + active.long()
+        if adaptive:
+            ratio = 0.9 / root(torch.clamp(en, min=1e-10))
+            grow = torch.clamp(ratio, 0.2, max_growth)
+            shrink = torch.clamp(ratio, 0.2, 0.9)
+            factor = torch.where(accept, grow, torch.where(finite, shrink, 0.25))
+            h_next = h_try * factor
+            h = torch.where(active, torch.where(reached, torch.maximum(h_next, h), h_next), h)
+        last_nonfinite = torch.where(active, ~finite, last_nonfinite)
+        if adaptive:
+            # a step below the clock's resolution fails the subject, rejected or accepted (an accepted step
+            # that does not move the clock would repeat forever: rodas4 accepts such steps next to a
+            # singularity, where the error relative to the exploding state stays small)
+            tiny = 1e-13 * torch.clamp(t.abs(), min=1.0)
+            too_small = active & ~reached & (h < tiny)
+        else:
+            too_small = active & ~finite
+        status = torch.where(too_small & last_nonfinite, NONFINITE, status)
+        status = torch.where(too_small & ~last_nonfinite, STEP_TOO_SMALL, status)
+        over = active & (n_steps >= max_steps) & (status == OK) & (t < t_end)
+        status = torch.where(over, MAX_STEPS, status)
+        done = done | (t >= t_end) | (status != OK)
+    return y_new, t_new, t, fcur, h, h_try, n_steps, status, last_nonfinite, done, accept, reached, at_bp, aux
 
 
 class _ExplicitRK:
@@ -508,6 +584,9 @@ class _ExplicitRK:
     ``h ||k7 - k6|| / ||y1 - y6||`` (both stages are evaluated at ``t + h``), and a subject is flagged stiff once
     that exceeds 3.25 (near the edge of dopri5's stability region on the negative real axis, where a stiff
     problem holds the step) on 15 accepted steps without 6 consecutive accepted steps below it in between.
+
+    With a fused step (:class:`_FusedStages`) the loop makes the step in one compiled call and hands the stages
+    over (:meth:`set_stages`); :meth:`attempt` is the unfused step.
     """
 
     max_growth = 10.0
@@ -517,19 +596,23 @@ class _ExplicitRK:
         self.adaptive = adaptive
         self.P = torch.tensor(_DP_P, dtype=dtype, device=device) if adaptive else None
         self.detect = detect_stiff
+        self.params = None
         if detect_stiff:
             self.n_stiff = torch.zeros(n, dtype=torch.long, device=device)
             self.n_nonstiff = torch.zeros(n, dtype=torch.long, device=device)
 
     def bind(self, bind, params) -> None:
-        pass  # the stages call the loop's own bound vector field
+        self.params = params  # the stages call the loop's own bound vector field; a fused step takes the rows
 
     def compact(self, keep) -> None:
         if self.detect:
             self.n_stiff, self.n_nonstiff = self.n_stiff[keep], self.n_nonstiff[keep]
 
-    def attempt(self, F, t, y, fcur, h_try, rate):
-        """One step from ``(t, y)`` of size ``h_try``: ``(y1, error estimate, f(t + h, y1))`` (None, None for RK4)."""
+    def attempt(self, F, t, y, fcur, h_try, rate, atol, rtol):
+        """One step from ``(t, y)`` of size ``h_try``: ``(y1, error norm, f(t + h, y1))``; RK4: ``(y1, 0, None)``.
+
+        The error norm is the RMS over states of the error estimate scaled by ``atol + rtol max(|y|, |y1|)``
+        (no gradient)."""
         ks = [fcur]
         hc = h_try[:, None]
         if self.adaptive:
@@ -540,13 +623,21 @@ class _ExplicitRK:
             yi = y + hc * sum(a * k for a, k in zip(arow, ks) if a != 0.0)
             ks.append(F(t + c * h_try, yi, rate))
         if not self.adaptive:
-            return y + hc / 6.0 * (ks[0] + 2.0 * ks[1] + 2.0 * ks[2] + ks[3]), None, None
+            return y + hc / 6.0 * (ks[0] + 2.0 * ks[1] + 2.0 * ks[2] + ks[3]), torch.zeros_like(t), None
         y1 = y + hc * sum(b * k for b, k in zip(_DP_B, ks) if b != 0.0)
         k7 = F(t + h_try, y1, rate)
         ks.append(k7)
-        err = hc * sum(e * k for e, k in zip(_DP_E, ks) if e != 0.0)
+        with torch.no_grad():
+            err = hc * sum(e * k.detach() for e, k in zip(_DP_E, ks) if e != 0.0)
+            en = _error_norm(err, y.detach(), y1.detach(), atol, rtol)
         self.ks, self.K, self.y, self.h, self.y6, self.y1 = ks, None, y, h_try, yi, y1
-        return y1, err, k7
+        return y1, en, k7
+
+    def set_stages(self, aux, y, h_try) -> None:
+        """Take the stages of a step made by the fused step (``aux`` = (K (n, 7, S), y6, y1)); dopri5 only."""
+        if aux[0] is not None:
+            self.ks, self.y, self.h = None, y, h_try
+            self.K, self.y6, self.y1 = aux
 
     def dense(self, b, theta):
         """States at ``t + theta h`` of the last step, for working rows ``b``."""
@@ -557,13 +648,156 @@ class _ExplicitRK:
 
     def stiff(self, accept, h_try):
         """Update the stiffness counters after a step; (n,) bool of the rows now flagged stiff."""
-        num = _rms(self.ks[6].detach() - self.ks[5].detach())
+        k6, k7 = (self.K[:, 5], self.K[:, 6]) if self.ks is None else (self.ks[5], self.ks[6])
+        num = _rms(k7.detach() - k6.detach())
         den = _rms(self.y1.detach() - self.y6.detach())
         stiff_step = accept & (den > 0) & (h_try * num > 3.25 * den)
         self.n_stiff = torch.where(stiff_step, self.n_stiff + 1, self.n_stiff)
         self.n_nonstiff = torch.where(stiff_step, 0, torch.where(accept, self.n_nonstiff + 1, self.n_nonstiff))
         self.n_stiff = torch.where(self.n_nonstiff >= 6, 0, self.n_stiff)
         return self.n_stiff >= 15
+
+
+def _error_norm(err, y, y1, atol, rtol):
+    """RMS over states of ``err / (atol + rtol max(|y|, |y1|))``: a step is accepted when this is <= 1."""
+    scale = atol + rtol * torch.maximum(y.abs(), y1.abs())
+    return _rms(err / scale)
+
+
+def _dp_step(f, t, y, fcur, h, params, rate, atol, rtol):
+    """One Dormand-Prince step, the body that :class:`_FusedStages` compiles: ``(y1, en, K (n, 7, S), y6)``; the
+    same arithmetic as :meth:`_ExplicitRK.attempt`."""
+    def F(tt, yy):
+        d = f(tt, yy, params)
+        return d if rate is None else d + rate
+
+    ks = [fcur]
+    hc = h[:, None]
+    for c, arow in zip(_DP_C[1:6], _DP_A[1:]):
+        yi = y + hc * sum(a * k for a, k in zip(arow, ks) if a != 0.0)
+        ks.append(F(t + c * h, yi))
+    y1 = y + hc * sum(b * k for b, k in zip(_DP_B, ks) if b != 0.0)
+    ks.append(F(t + h, y1))
+    err = hc * sum(e * k.detach() for e, k in zip(_DP_E, ks) if e != 0.0)
+    en = _error_norm(err, y.detach(), y1.detach(), atol, rtol)
+    return y1, en, torch.stack(ks, dim=1), yi
+
+
+#: outputs a fused dopri5 step records itself (per subject and step); more fall back to the unfused loop
+_FUSED_OUTPUTS_PER_STEP = 2
+
+
+def _dense_outputs(t_old, y_old, out, tsorted, order, ptr, gidx, T, trash):
+    """The outputs passed by a fused dopri5 step, in the compiled graph: up to ``_FUSED_OUTPUTS_PER_STEP`` per
+    subject from the continuous extension (or the step's end value for an output exactly there, unless the
+    step ended on a breakpoint or the end, where a dose may apply first). Returns ``(ptr, idx (m, n),
+    values (m, n, S), more (n,))``: flat output indices (``trash`` where none), and the subjects with outputs
+    left in this step."""
+    y1, t_new, accept, reached, h_try, (K, _, _) = out[0], out[1], out[10], out[11], out[5], out[13]
+    y1 = torch.where(accept[:, None], y1, y_old)
+    idxs, vals = [], []
+    for _ in range(_FUSED_OUTPUTS_PER_STEP):
+        nxt = tsorted.gather(1, ptr[:, None])[:, 0]
+        cross = accept & (nxt < t_new)
+        equal = accept & ~reached & (nxt == t_new)
+        record = cross | equal
+        theta = torch.where(cross, (nxt - t_old) / torch.where(cross, h_try, 1.0), 1.0)
+        q = [theta * (c[0] + theta * (c[1] + theta * (c[2] + theta * c[3]))) for c in _DP_P]
+        dense = y_old + h_try[:, None] * sum(qi[:, None] * K[:, i] for i, qi in enumerate(q) if any(_DP_P[i]))
+        col = order.gather(1, torch.clamp(ptr, max=max(T - 1, 0))[:, None])[:, 0]
+        idxs.append(torch.where(record, gidx * T + col, trash))
+        vals.append(torch.where(equal[:, None], y1, dense))
+        ptr = ptr + record.long()
+    nxt = tsorted.gather(1, ptr[:, None])[:, 0]
+    more = accept & ((nxt < t_new) | (~reached & (nxt == t_new)))
+    return ptr, torch.stack(idxs), torch.stack(vals), more
+
+
+def _rk4_step(f, t, y, h, params, rate):
+    """One classical RK4 step, the body that :class:`_FusedStages` compiles: ``y1``."""
+    def F(tt, yy):
+        d = f(tt, yy, params)
+        return d if rate is None else d + rate
+
+    hc = h[:, None]
+    k1 = F(t, y)
+    k2 = F(t + 0.5 * h, y + hc * (0.5 * k1))
+    k3 = F(t + 0.5 * h, y + hc * (0.5 * k2))
+    k4 = F(t + h, y + hc * k3)
+    return y + hc / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+
+
+class _FusedStages:
+    """A vector field's whole explicit step (:func:`_step_core` with :func:`_dp_step` or :func:`_rk4_step`
+    inside), compiled once by ``torch.compile`` with a dynamic batch size.
+
+    ``owner`` is the object whose method is the vector field (a :class:`~hybridtwin.Model`, a twin's dynamics),
+    passed to the compiled step as an argument so that one compilation serves every solve of that object.
+    Called like :func:`_step_core` (without ``attempt``) with the working rows' parameters first; returns None
+    (after one warning) when compilation fails, and the caller then makes the step unfused.
+    """
+
+    def __init__(self, func, owner=None):
+        self.func, self.owner = func, owner
+        self.compiled = None
+        self.failed: str | None = None
+
+    def _body(self, owner, params, *a, adaptive, outputs=None, **kw):
+        f = self.func if owner is None else (lambda tt, yy, pp: self.func(owner, tt, yy, pp))
+        atol, rtol = a[-2], a[-1]
+
+        def attempt(t, y, fcur, h, rate):
+            if adaptive:
+                y1, en, K, y6 = _dp_step(f, t, y, fcur, h, params, rate, atol, rtol)
+                return y1, en.detach(), K[:, 6], (K, y6, y1)
+            return _rk4_step(f, t, y, h, params, rate), torch.zeros_like(t), None, (None, None, None)
+
+        out = _step_core(attempt, *a, adaptive=adaptive, **kw)
+        if outputs is None:
+            return out
+        return out + _dense_outputs(a[0], a[1], out, *outputs)
+
+    def __call__(self, params, *a, **kw):
+        if self.failed is not None:
+            return None
+        if self.compiled is None:
+            # automatic dynamic shapes: a static graph for the first batch size, one dynamic graph once it changes
+            self.compiled = torch.compile(self._body, fullgraph=True, options=_FUSED_COMPILE_OPTIONS)
+        try:
+            return self.compiled(self.owner, params, *a, **kw)
+        except Exception as e:  # noqa: BLE001 -- any compiler failure: warn once, step unfused (which re-raises
+            # an error of the vector field itself unchanged)
+            import warnings
+
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            self.failed = f"{type(e).__name__}: {' / '.join(dict.fromkeys(lines[:1] + lines[-1:]))}"
+            warnings.warn(f"fused=True: the solver step could not be compiled ({self.failed[:300]}); "
+                          "solving unfused", RuntimeWarning, stacklevel=5)
+            return None
+
+
+#: Inductor options of the fused step: the C++ call wrapper halves the per-call overhead of a training step
+#: (experiments/bench_train.py), at about twice the compilation time
+_FUSED_COMPILE_OPTIONS = {"cpp_wrapper": True}
+
+_FUSED_CACHE: dict = {}
+
+
+def _fused_stages(f, config) -> _FusedStages:
+    """The (cached) :class:`_FusedStages` of vector field ``f``: per owner object and function for methods."""
+    import weakref
+
+    owner, func = getattr(f, "__self__", None), getattr(f, "__func__", f)
+    key = (id(owner) if owner is not None else id(func), id(func))
+    hit = _FUSED_CACHE.get(key)
+    if hit is not None and hit[0]() is (owner if owner is not None else func):
+        return hit[1]
+    fused = _FusedStages(func, owner)
+    # a weak reference to the owner so that a stale entry (the object was collected, its id reused) is detected;
+    # the entry itself is dropped when its owner is collected
+    ref = weakref.ref(owner if owner is not None else func, lambda _r, k=key: _FUSED_CACHE.pop(k, None))
+    _FUSED_CACHE[key] = (ref, fused)
+    return fused
 
 
 # Rodas4: Hairer & Wanner, Solving Ordinary Differential Equations II, 2nd ed. (Springer 1996), Sect. IV.7 (and
@@ -665,8 +899,8 @@ class _Rodas4:
         gt, gy = pullback(self.cotangents)
         return gy.reshape(n, S, S), gt.reshape(n, S)
 
-    def attempt(self, F, t, y, fcur, h_try, rate):
-        """One step from ``(t, y)`` of size ``h_try``: ``(y1, error estimate, f(t + h, y1))``."""
+    def attempt(self, F, t, y, fcur, h_try, rate, atol, rtol):
+        """One step from ``(t, y)`` of size ``h_try``: ``(y1, error norm, f(t + h, y1))`` (see _ExplicitRK)."""
         J, ft = self.jacobian(t, y)
         h = torch.where(h_try > 0, h_try, torch.ones_like(h_try))  # idle rows (h_try = 0) get a harmless step
         hc = h[:, None]
@@ -689,7 +923,9 @@ class _Rodas4:
         y1 = yi + us[-1]
         f1 = F(t + h, y1, rate)
         self.y, self.y1, self.us = y, y1, us
-        return y1, us[-1], f1
+        with torch.no_grad():
+            en = _error_norm(us[-1].detach(), y.detach(), y1.detach(), atol, rtol)
+        return y1, en, f1
 
     def dense(self, b, theta):
         """Rodas4's continuous extension (order 3, built from the stages, hence stable on stiff components) at

@@ -42,28 +42,27 @@ LOG10_FLOOR = 1e-30
 
 
 class Named:
-    """Attribute access to a dict of tensors that names what is missing (used for ``s`` and ``p``)."""
+    """Attribute access to a dict of tensors that names what is missing (used for ``s`` and ``p``).
 
-    __slots__ = ("_values", "_kind", "_model")
+    The values are plain instance attributes (so ``torch.compile`` traces a vector field through them); only a
+    missing name reaches ``__getattr__``, which raises :class:`ModelDefinitionError` naming the known ones.
+    """
 
     def __init__(self, values: Mapping[str, torch.Tensor], kind: str, model: str):
-        object.__setattr__(self, "_values", values)
-        object.__setattr__(self, "_kind", kind)
-        object.__setattr__(self, "_model", model)
+        for name, value in values.items():
+            setattr(self, name, value)
+        self._named_kind = kind
+        self._named_model = model
 
     def __getattr__(self, name: str) -> torch.Tensor:
-        values = object.__getattribute__(self, "_values")
-        try:
-            return values[name]
-        except KeyError:
-            kind = object.__getattribute__(self, "_kind")
-            model = object.__getattribute__(self, "_model")
-            raise ModelDefinitionError(
-                f"model {model!r} uses unknown {kind} {name!r}; known {kind}s: {', '.join(values)}"
-            ) from None
+        if name.startswith("__") and name.endswith("__") or name.startswith("_named_"):
+            raise AttributeError(name)  # protocol look-ups (copy, pickle, torch.compile) are not model names
+        kind, model = self._named_kind, self._named_model
+        known = [k for k in vars(self) if not k.startswith("_named_")]
+        raise ModelDefinitionError(f"model {model!r} uses unknown {kind} {name!r}; known {kind}s: {', '.join(known)}")
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self.__getattr__(name)
+        return getattr(self, name)
 
 
 class ModelDefinitionError(ValueError):

@@ -1,0 +1,166 @@
+"""Benchmark: the solve and training tables of issue 12 on whatever CUDA machine this runs on, GPU beside its CPU.
+
+One command, about 5-9 minutes on a GPU machine (``--budget-s`` caps it; items that would not fit are skipped
+and listed), results written row by row so that a run cut short keeps what it measured:
+
+- **solve**: baccam2006 (log-normal beta, k, delta, p, c as in ``bench_solve``), 41 outputs over 10 days, rtol
+  1e-6, through :func:`hybridtwin.solve.solve` with and without ``fused=True``, at 10^4, 10^5 and 10^6
+  patients on the GPU (float64; 10^6 also float32) and 10^4 / 10^5 on the CPU; microseconds per patient (best
+  of 2 after a warm-up run that also compiles), and the max relative difference of the first 200 patients from
+  a CPU float64 reference;
+- **training**: the vaccine_asc twin of ``training/configs/vaccine_asc.yaml`` on 2,800 virtual subjects, at batch
+  64 and 2048, unfused and fused, on the GPU and on the CPU (``bench_train.run_variant``; seconds per epoch
+  from the second epoch, scaled up from ``--train-batches`` steps at batch 64).
+
+Targets (issue 12): 10^6 patients <= 0.2 us/patient (float32) on the GPU; training at batch 2048 >= 5x faster
+per epoch on the GPU than the CPU, and at batch 64 no slower.
+
+Run on the GPU machine: ``python experiments/bench_gpu.py`` (writes ``experiments/results/bench_gpu.{csv,md}``);
+on a CPU-only machine ``python experiments/bench_gpu.py --device cpu --small`` checks the script itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from _common import RESULTS
+
+RTOL = 1e-6
+
+
+def _baccam(n: int, seed: int = 0):
+    import hybridtwin as ht
+
+    m = ht.models.get("baccam2006")
+    d = m.default_parameters()
+    rng = np.random.default_rng(seed)
+    rows = {k: d[k] * np.exp(0.2 * rng.standard_normal(n)) for k in ["beta", "k", "delta", "p", "c"]}
+    theta = m.parameter_space.tensor_from(pd.DataFrame(rows).to_dict("records"), dtype=torch.float64)
+    peak = np.array([d["T0"], d["T0"], d["T0"], 1e7])  # the states' scale (atol as in bench_solve)
+    atol = tuple((1e-5 * RTOL * peak).tolist()) + (1e-12,)
+    return m, theta, atol
+
+
+def solve_row(n: int, device: str, dtype: torch.dtype, fused: bool, reference: np.ndarray | None) -> dict:
+    from hybridtwin.solve import SolverConfig, solve
+
+    m, theta, atol = _baccam(n)
+    theta = theta.to(device=device, dtype=dtype)
+    y0 = m.initial_state(theta)
+    times = torch.linspace(0.0, 10.0, 41, device=device, dtype=dtype)
+    cfg = SolverConfig(rtol=RTOL, atol=atol, fused=fused)
+
+    def once():
+        with torch.no_grad():
+            sol = solve(m, y0, times, theta, config=cfg)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return sol
+
+    t0 = time.perf_counter()
+    once()  # warm-up (and compilation when fused)
+    warm = time.perf_counter() - t0
+    best = np.inf
+    for _ in range(2):
+        t0 = time.perf_counter()
+        sol = once()
+        best = min(best, time.perf_counter() - t0)
+    ys = sol.ys[:200, :, :4].double().cpu().numpy()
+    diff = None
+    if reference is not None:
+        floor = 1e-3 * np.abs(reference).max(axis=(0, 1))
+        diff = float(np.nanmax(np.abs(ys - reference) / np.maximum(np.abs(reference), floor)))
+    return {"table": "solve", "device": device, "dtype": str(dtype).replace("torch.", ""), "n": n, "fused": fused,
+            "us_per_patient": 1e6 * best / n, "seconds": best, "warmup_s": warm, "failed": int((~sol.ok).sum()),
+            "max_rel_diff": diff}
+
+
+def train_row(device: str, batch_size: int, fused: bool, subjects: int, limit_batches: int | None) -> dict:
+    import bench_train
+
+    r = bench_train.run_variant(fused, subjects, 2, None, batch_size=batch_size,
+                                accelerator="gpu" if device.startswith("cuda") else "cpu",
+                                limit_batches=limit_batches if batch_size < 256 else None, evaluate_after=False)
+    return {"table": "train", "device": device, "dtype": "float64", "n": subjects, "fused": fused,
+            "batch_size": batch_size, "s_per_epoch": r["s_per_epoch"], "first_epoch_s": r["first_epoch_s"]}
+
+
+def plan(device: str, small: bool) -> list[tuple[str, dict]]:
+    """The items in order of importance (the budget cuts from the end)."""
+    gpu = device.startswith("cuda")
+    sizes = [10_000, 100_000, 1_000_000] if not small else [1_000, 5_000]
+    items = []
+    for n in sizes:
+        for fused in (True, False):
+            items.append(("solve", dict(n=n, device=device, dtype=torch.float64, fused=fused)))
+    items.append(("solve", dict(n=sizes[-1], device=device, dtype=torch.float32, fused=True)))
+    if gpu:
+        for n in sizes[:2]:
+            for fused in (True, False):
+                items.append(("solve", dict(n=n, device="cpu", dtype=torch.float64, fused=fused)))
+    subjects = 2800 if not small else 200
+    for bs in (2048, 64):
+        for dev in ([device, "cpu"] if gpu else [device]):
+            for fused in (True, False):
+                items.append(("train", dict(device=dev, batch_size=bs, fused=fused, subjects=subjects)))
+    return items
+
+
+def main(device: str | None = None, small: bool = False, budget_s: float = 540.0, train_batches: int = 8,
+         out: Path = RESULTS) -> pd.DataFrame:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    reference = None
+    rows, skipped = [], []
+    csv = out / "bench_gpu.csv"
+    for kind, kw in plan(device, small):
+        left = budget_s - (time.perf_counter() - start)
+        # rough cost guards: a 10^6 CPU solve or a GPU training run needs minutes
+        need = 60.0 if kind == "solve" else 120.0
+        if left < need:
+            skipped.append(f"{kind} {kw}")
+            continue
+        if kind == "solve" and reference is None:  # the first 200 patients at a much tighter tolerance, on the CPU
+            from hybridtwin.solve import SolverConfig, solve
+
+            m, theta, atol = _baccam(200)
+            with torch.no_grad():
+                reference = solve(m, m.initial_state(theta), torch.linspace(0.0, 10.0, 41, dtype=torch.float64),
+                                  theta, config=SolverConfig(rtol=1e-10, atol=tuple(a * 1e-4 for a in atol))
+                                  ).ys[:, :, :4].numpy()
+        try:
+            row = solve_row(**kw, reference=reference) if kind == "solve" else train_row(**kw, limit_batches=train_batches)
+        except Exception as exc:  # noqa: BLE001 -- record and go on: the other rows still count
+            row = {"table": kind, **{k: str(v) for k, v in kw.items()}, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        rows.append(row)
+        pd.DataFrame(rows).to_csv(csv, index=False)
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    table = pd.DataFrame(rows)
+    name = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or platform.machine()
+    lines = ["# bench_gpu", "", f"{name}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads; "
+             f"{time.perf_counter() - start:.0f} s", "", table.to_string(index=False), ""]
+    if skipped:
+        lines += ["Skipped (budget):", *[f"- {s}" for s in skipped], ""]
+    (out / "bench_gpu.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return table
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default=None, help="cuda (default when available) or cpu")
+    ap.add_argument("--small", action="store_true", help="small sizes: checks the script on any machine")
+    ap.add_argument("--budget-s", type=float, default=540.0)
+    ap.add_argument("--train-batches", type=int, default=8, help="training steps timed per epoch at batch 64")
+    ap.add_argument("--out", default=str(RESULTS))
+    a = ap.parse_args()
+    main(a.device, a.small, a.budget_s, a.train_batches, Path(a.out))

@@ -1,0 +1,130 @@
+"""Benchmark: training throughput of the vaccine_asc twin with the unfused and the fused solver step.
+
+The run of ``training/configs/vaccine_asc.yaml`` (the personalisation twin: per-cohort assay calibration,
+covariate effects, an additive noise model, encoder 64/32, 2 samples per subject, rtol 1e-4, batch 64, Adam
+lr 0.01, gradient clipping 10), on ``--subjects`` virtual subjects (70 % train, 10 % validation), trained for
+``--epochs`` epochs twice in this one process from the same initial weights and seed:
+
+- ``unfused``: ``SolverConfig(fused=False)``, the library's default;
+- ``fused``: ``SolverConfig(fused=True)``: each dopri5 step (forward and backward) is one ``torch.compile``-d graph.
+
+Reported per variant: seconds per epoch (median over epochs 2.., so that the first epoch's compilation is
+reported apart), throughput (training subjects x epochs per second), the first epoch's seconds (compilation
+included), and the validation ELBO after the last epoch (``training.module.evaluate``, the same fixed draws for
+both). Target (issue 12): throughput >= 3x the unfused one at an equal final validation ELBO (+-1 %).
+
+Run: ``python experiments/bench_train.py`` (about 10 min on 2 cores; ``--small`` for a smoke run); writes
+``experiments/results/bench_train.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from _common import RESULTS, ROOT
+
+
+def run_variant(fused: bool, subjects: int, epochs: int, threads: int | None, batch_size: int = 64,
+                accelerator: str = "cpu", limit_batches: int | None = None, evaluate_after: bool = True) -> dict:
+    """Train one variant; returns its timings and final validation ELBO.
+
+    ``limit_batches`` caps the training steps per epoch (``s_per_epoch`` is then scaled up to a whole epoch);
+    ``accelerator`` is Lightning's (``"cpu"``, ``"gpu"``)."""
+    import lightning as L
+
+    from training.config import RunConfig
+    from training.datamodule import CohortDataModule
+    from training.module import TwinModule, evaluate
+    from training.train import load_data
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = RunConfig.from_yaml(ROOT / "training" / "configs" / "vaccine_asc.yaml")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_subjects=subjects))
+    solver = dataclasses.replace(cfg.twin.solver, fused=fused)
+    twin_cfg = dataclasses.replace(cfg.twin, solver=solver)
+    ts = cfg.trainer
+    L.seed_everything(ts.seed, workers=False, verbose=False)
+    data = load_data(cfg.data, twin_cfg.model)
+    dm = CohortDataModule(data, fractions=cfg.data.fractions, split_seed=cfg.data.split_seed, batch_size=batch_size,
+                          seed=ts.seed)
+    torch.manual_seed(ts.seed)
+    twin = dm.make_twin(twin_cfg)
+    module = TwinModule(twin, lr=ts.lr, seed=ts.seed, n_samples=ts.n_samples, val_n_samples=ts.val_n_samples,
+                        max_failed_share=ts.max_failed_share)
+    times: list[float] = []
+
+    class EpochTimer(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            times.append(time.perf_counter() - self.t0)
+
+    trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, gradient_clip_val=ts.gradient_clip_val,
+                        callbacks=[EpochTimer()], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, limit_train_batches=limit_batches)
+    dm.setup("fit")
+    trainer.fit(module, datamodule=dm)
+    n_train = len(dm.datasets["train"])
+    steps = -(-n_train // batch_size)
+    scale = steps / min(steps, limit_batches) if limit_batches else 1.0
+    times = [t * scale for t in times]
+    per_epoch = statistics.median(times[1:]) if len(times) > 1 else times[0]
+    row = {"variant": "fused" if fused else "unfused", "train_subjects": n_train, "epochs": len(times),
+           "batch_size": batch_size, "first_epoch_s": times[0], "s_per_epoch": per_epoch,
+           "subject_epochs_per_s": n_train / per_epoch, "epoch_seconds": times}
+    if evaluate_after:
+        final = evaluate(module.twin.cpu().eval(), dm.datasets["val"], batch_size=batch_size, seed=ts.seed,
+                         n_samples=ts.val_n_samples or ts.n_samples)
+        row.update(val_elbo=float(final["elbo"]), val_failed=final["failed"])
+    return row
+
+
+def main(subjects: int = 2800, epochs: int = 6, threads: int | None = None, out: Path = RESULTS) -> list[dict]:
+    rows = []
+    for fused in (False, True):
+        rows.append(run_variant(fused, subjects, epochs, threads))
+        r = rows[-1]
+        print(f"{r['variant']:>8}: {r['s_per_epoch']:.2f} s/epoch ({r['subject_epochs_per_s']:.0f} subject-epochs/s), "
+              f"first epoch {r['first_epoch_s']:.1f} s, val ELBO {r['val_elbo']:.2f}", flush=True)
+    base, fast = rows
+    summary = {"throughput_ratio": fast["subject_epochs_per_s"] / base["subject_epochs_per_s"],
+               "val_elbo_rel_diff": abs(fast["val_elbo"] - base["val_elbo"]) / abs(base["val_elbo"])}
+    env = (f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; vaccine_asc twin, "
+           f"{subjects} virtual subjects ({base['train_subjects']} train), batch 64, {epochs} epochs")
+    lines = ["# bench_train", "", env, "", "| variant | s/epoch | subject-epochs/s | first epoch (s) | val ELBO |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['s_per_epoch']:.2f} | {r['subject_epochs_per_s']:.0f} | "
+                     f"{r['first_epoch_s']:.1f} | {r['val_elbo']:.2f} |")
+    lines += ["", f"Throughput ratio fused / unfused: **{summary['throughput_ratio']:.2f}x**; final validation ELBO "
+              f"relative difference {summary['val_elbo_rel_diff']:.2%}.", ""]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_train.md").write_text("\n".join(lines))
+    (out / "bench_train.json").write_text(json.dumps({"env": env, "rows": rows, **summary}, indent=1))
+    print("\n".join(lines))
+    return rows
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--subjects", type=int, default=2800)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--small", action="store_true", help="smoke run: 200 subjects, 2 epochs")
+    ap.add_argument("--out", default=str(RESULTS))
+    a = ap.parse_args()
+    if a.small:
+        a.subjects, a.epochs = 200, 2
+    main(a.subjects, a.epochs, a.threads, Path(a.out))

@@ -1,0 +1,141 @@
+"""The fused (torch.compile-d) solver step against the unfused one, analytic solutions and its fallbacks.
+
+Compiling a step takes seconds (a C++ compiler run per graph), so the default suite compiles one small graph
+(a two-state model with doses, forward only); gradients, the built-in models, RK4 and ``auto`` are slow tests.
+"""
+
+import importlib
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import hybridtwin as ht
+from hybridtwin.dosing import BatchSchedule, Dose
+from hybridtwin.solve import SolverConfig, solve
+
+pytestmark = pytest.mark.usefixtures("float64")
+
+
+def chain(t, y, p):
+    """x -> z at rate p0, z cleared at rate p1 (analytic solution below)."""
+    return torch.stack([-p[:, 0] * y[:, 0], p[:, 0] * y[:, 0] - p[:, 1] * y[:, 1]], dim=1)
+
+
+def chain_exact(t, a, b, x0=1.0):
+    return x0 * np.exp(-a * t), x0 * a / (b - a) * (np.exp(-a * t) - np.exp(-b * t))
+
+
+def _problem(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    p = torch.exp(0.3 * torch.randn(n, 2, generator=g)) * torch.tensor([1.0, 0.4])
+    times = torch.linspace(0.0, 12.0, 31)
+    # every third subject gets a bolus into x at a subject-specific time (a breakpoint inside the output grid)
+    doses = [[Dose(2.0 + 0.1 * i, 0.5, "x")] if i % 3 == 0 else [] for i in range(n)]
+    return torch.ones(n, 2) * torch.tensor([1.0, 0.0]), times, p, BatchSchedule.from_doses(doses, ["x", "z"])
+
+
+def test_fused_step_matches_unfused_and_analytic_and_is_batch_invariant(monkeypatch):
+    # the default suite compiles without Inductor's C++ call wrapper (half the compile time); the slow tests below
+    # use the library's own options
+    monkeypatch.setattr(importlib.import_module("hybridtwin.solve"), "_FUSED_COMPILE_OPTIONS", {})
+    y0, times, p, sched = _problem()
+    cfg = dict(rtol=1e-8, atol=1e-10)
+    plain = solve(chain, y0, times, p, schedule=sched, config=SolverConfig(**cfg))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to the unfused step would warn: not here
+        fused = solve(chain, y0, times, p, schedule=sched, config=SolverConfig(**cfg, fused=True))
+    assert fused.status.tolist() == plain.status.tolist() and bool(fused.ok.all())
+    # the same method and error control: equal up to rounding (the compiler may reorder sums)
+    assert torch.allclose(fused.ys, plain.ys, rtol=1e-9, atol=1e-12)
+    assert (fused.n_steps - plain.n_steps).abs().max() <= 1
+    # subjects without a dose against the analytic solution
+    t = times.numpy()
+    for i in (1, 2, 4):
+        x, z = chain_exact(t, float(p[i, 0]), float(p[i, 1]))
+        np.testing.assert_allclose(fused.ys[i, :, 0].numpy(), x, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(fused.ys[i, :, 1].numpy(), z, rtol=1e-6, atol=1e-9)
+    # a subject alone gives bit for bit its result in the batch (same compiled graph, element-wise arithmetic)
+    alone = solve(chain, y0[[3, 6]], times, p[[3, 6]], schedule=sched.select(torch.tensor([3, 6])),
+                  config=SolverConfig(**cfg, fused=True))
+    assert torch.equal(alone.ys, fused.ys[[3, 6]])
+
+
+def test_uncompilable_vector_field_warns_once_and_solves_unfused():
+    def with_numpy(t, y, p):  # Python control flow on tensor values: cannot be captured as one graph
+        return -p * y if float(y.sum()) >= 0 else p * y
+
+    y0, times = torch.ones(3, 1), torch.linspace(0, 2, 5)
+    p = torch.tensor([[0.5], [1.0], [2.0]])
+    with pytest.warns(RuntimeWarning, match="could not be compiled.*solving unfused"):
+        sol = solve(with_numpy, y0, times, p, config=SolverConfig(rtol=1e-9, atol=1e-12, fused=True))
+    assert torch.allclose(sol.ys[..., 0], torch.exp(-p * times), rtol=1e-7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the failure is remembered: no second warning
+        solve(with_numpy, y0, times, p, config=SolverConfig(rtol=1e-9, atol=1e-12, fused=True))
+
+
+def test_error_in_vector_field_propagates_unchanged():
+    def broken(t, y, p):
+        raise ValueError("model bug: negative volume")
+
+    with pytest.raises(ValueError, match="model bug: negative volume"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        solve(broken, torch.ones(2, 1), torch.tensor([1.0]), torch.ones(2, 1), config=SolverConfig(fused=True))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(fused=True, method="rodas4"), "fused=True"),
+    (dict(fused=True, backend="torchdiffeq"), "fused=True"),
+    (dict(fused="yes"), "fused must be True or False"),
+])
+def test_fused_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SolverConfig(**kwargs)
+
+
+@pytest.mark.slow  # ~1 min: compiles forward and backward graphs
+def test_fused_gradients_match_unfused():
+    y0, times, p, sched = _problem(n=16)
+
+    def grads(fused):
+        q = p.clone().requires_grad_(True)
+        sol = solve(chain, y0, times, q, schedule=sched, config=SolverConfig(rtol=1e-8, atol=1e-10, fused=fused))
+        loss = (sol.ys[..., 1] ** 2).sum()
+        loss.backward()
+        return loss.detach(), q.grad
+
+    (l0, g0), (l1, g1) = grads(False), grads(True)
+    assert torch.allclose(l0, l1, rtol=1e-10)
+    assert torch.allclose(g0, g1, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.slow  # ~2 min: compiles the step of two built-in models
+@pytest.mark.parametrize("method", ["dopri5", "auto"])
+def test_fused_builtin_models_with_boluses_and_infusions(method):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    m = ht.models.get("vaccine_asc")
+    n, d = 60, m.default_parameters()
+    params = pd.DataFrame({k: d[k] * np.exp(0.2 * rng.standard_normal(n)) for k in ["alpha_S", "delta_Ab"]})
+    params.insert(0, "subject_id", np.arange(n))
+    doses = pd.DataFrame({"subject_id": np.repeat(np.arange(n), 2),
+                          "time": np.c_[np.zeros(n), rng.uniform(20, 40, n)].ravel(), "amount": 1.0,
+                          "target": "Ag", "duration": np.tile([0.0, 2.0], n)})  # a bolus, then an infusion
+    times = np.linspace(0, 120, 25)
+    a = ht.simulate(m, times, params=params, doses=doses, rtol=1e-6, method=method, progress=False)
+    b = ht.simulate(m, times, params=params, doses=doses, rtol=1e-6, method=method, progress=False, fused=True)
+    assert a.attrs["status"] == b.attrs["status"]
+    x, y = a[m.state_names].to_numpy(), b[m.state_names].to_numpy()
+    assert np.nanmax(np.abs(x - y) / np.maximum(np.abs(x), 1e-6 * np.nanmax(np.abs(x), axis=0))) < 1e-8
+
+
+@pytest.mark.slow  # ~1 min
+def test_fused_rk4_matches_unfused():
+    y0, times, p, sched = _problem(n=10)
+    cfg = dict(method="rk4", dt=0.01)
+    a = solve(chain, y0, times, p, schedule=sched, config=SolverConfig(**cfg))
+    b = solve(chain, y0, times, p, schedule=sched, config=SolverConfig(**cfg, fused=True))
+    assert torch.allclose(a.ys, b.ys, rtol=1e-12, atol=1e-14)
