@@ -133,7 +133,7 @@ def test_baccam_volunteers_tiny(tmp_path, shared_data):
     assert (tmp_path / "baccam_volunteers.md").exists() and (tmp_path / "baccam_volunteers.png").exists()
 
 
-@pytest.mark.slow  # ~2 min: two tiny fine-tuning fits on ten kissler2021 people, five methods
+@pytest.mark.slow  # ~2 min: two tiny fine-tuning fits on ten kissler2021 people, six methods
 def test_kissler_forecast_tiny(tmp_path, shared_data):
     import kissler_forecast as kf
 
@@ -149,10 +149,17 @@ def test_kissler_forecast_tiny(tmp_path, shared_data):
     r = kf.main(path=shared_data / "kissler2021_nba_ct", out=tmp_path, n_people=10, n_folds=2, ks=(1,),
                 saem=dict(n_explore=2, n_smooth=1))
     methods = {row["method"] for row in r["rows"]}
-    assert methods == {"twin external (auto)", "twin external (MAP)", "twin fine-tuned (MAP)", "LOCF",
-                       "population template"}
+    assert methods == set(kf.METHODS)
     assert all(0 <= row["coverage90"] <= 1 and row["rmse"] > 0 for row in r["rows"])
     assert (tmp_path / "kissler_forecast.md").exists()
+    # re-running one method with merge keeps the others' rows and replaces that method's
+    again = kf.main(path=shared_data / "kissler2021_nba_ct", out=tmp_path, n_people=10, n_folds=2, ks=(1,),
+                    only=["LOCF"], merge=True)
+    assert len(again["rows"]) == len(r["rows"])
+    key = lambda row: (row["fold"], row["k"], row["method"])  # noqa: E731
+    assert sorted(map(key, again["rows"])) == sorted(map(key, r["rows"]))
+    assert {k: v for k, v in again["rows"][0].items() if k != "seconds"} == \
+        {k: v for k, v in r["rows"][0].items() if k != "seconds"}
 
 
 @pytest.mark.slow  # ~2 min: a tiny SAEM fit on tsang2016's households
