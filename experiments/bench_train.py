@@ -5,13 +5,20 @@ covariate effects, an additive noise model, encoder 64/32, 2 samples per subject
 lr 0.01, gradient clipping 10), on ``--subjects`` virtual subjects (70 % train, 10 % validation), trained for
 ``--epochs`` epochs twice in this one process from the same initial weights and seed:
 
-- ``unfused``: ``SolverConfig(fused=False)``, the library's default;
-- ``fused``: ``SolverConfig(fused=True)``: each dopri5 step (forward and backward) is one ``torch.compile``-d graph.
+- ``unfused``: the native solver, ``SolverConfig(fused=False)``, the library's default;
+- ``fused``: ``SolverConfig(fused=True)``: each dopri5 step (forward and backward) is one ``torch.compile``-d graph;
+- ``torchdiffeq``: ``backend="torchdiffeq"`` (its dopri5; one shared step across the batch), gradients through
+  the steps;
+- ``torchdiffeq adjoint``: the same with ``adjoint=True`` (gradients by solving the adjoint ODE backwards);
+- ``fused float32``: the fused step with the whole twin in single precision (what mixed precision would buy,
+  and its cost in ELBO).
 
-Reported per variant: seconds per epoch (median over epochs 2.., so that the first epoch's compilation is
-reported apart), throughput (training subjects x epochs per second), the first epoch's seconds (compilation
-included), and the validation ELBO after the last epoch (``training.module.evaluate``, the same fixed draws for
-both). Target (issue 12): throughput >= 3x the unfused one at an equal final validation ELBO (+-1 %).
+Each variant trains in its own fresh process (spawned one after the other, so that its peak resident memory can
+be read; the first includes Python, torch and Lightning, about 0.5-0.7 GB). Reported per variant: seconds per
+epoch (median over epochs 2.., so that the first epoch's compilation is reported apart), throughput (training
+subjects x epochs per second), the first epoch's seconds (compilation included), peak resident memory, and the
+validation ELBO after the last epoch (``training.module.evaluate``, the same fixed draws for all).
+Target (issue 12): throughput >= 3x the unfused one at an equal final validation ELBO (+-1 %).
 
 Run: ``python experiments/bench_train.py`` (about 10 min on 2 cores; ``--small`` for a smoke run); writes
 ``experiments/results/bench_train.{json,md}``.
@@ -32,12 +39,21 @@ import torch
 from _common import RESULTS, ROOT
 
 
-def run_variant(fused: bool, subjects: int, epochs: int, threads: int | None, batch_size: int = 64,
+#: solver settings per variant; "twin" entries change the twin's own config (float32: the whole twin in single
+#: precision, the accuracy question of mixed precision measured by the ELBO difference)
+VARIANTS = {"unfused": {}, "fused": {"fused": True}, "torchdiffeq": {"backend": "torchdiffeq"},
+            "torchdiffeq adjoint": {"backend": "torchdiffeq", "adjoint": True},
+            "fused float32": {"fused": True, "twin": {"dtype": "float32"}}}
+
+
+def run_variant(fused: bool | str, subjects: int, epochs: int, threads: int | None, batch_size: int = 64,
                 accelerator: str = "cpu", limit_batches: int | None = None, evaluate_after: bool = True) -> dict:
     """Train one variant; returns its timings and final validation ELBO.
 
     ``limit_batches`` caps the training steps per epoch (``s_per_epoch`` is then scaled up to a whole epoch);
-    ``accelerator`` is Lightning's (``"cpu"``, ``"gpu"``)."""
+    ``accelerator`` is Lightning's (``"cpu"``, ``"gpu"``). ``fused`` is a bool (unfused / fused) or a name
+    in ``VARIANTS``."""
+    import resource
     import lightning as L
 
     from training.config import RunConfig
@@ -49,8 +65,11 @@ def run_variant(fused: bool, subjects: int, epochs: int, threads: int | None, ba
         torch.set_num_threads(threads)
     cfg = RunConfig.from_yaml(ROOT / "training" / "configs" / "vaccine_asc.yaml")
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_subjects=subjects))
-    solver = dataclasses.replace(cfg.twin.solver, fused=fused)
-    twin_cfg = dataclasses.replace(cfg.twin, solver=solver)
+    variant = fused if isinstance(fused, str) else ("fused" if fused else "unfused")
+    settings = dict(VARIANTS[variant])
+    twin_changes = settings.pop("twin", {})
+    solver = dataclasses.replace(cfg.twin.solver, **settings)
+    twin_cfg = dataclasses.replace(cfg.twin, solver=solver, **twin_changes)
     ts = cfg.trainer
     L.seed_everything(ts.seed, workers=False, verbose=False)
     data = load_data(cfg.data, twin_cfg.model)
@@ -69,7 +88,9 @@ def run_variant(fused: bool, subjects: int, epochs: int, threads: int | None, ba
         def on_train_epoch_end(self, trainer, pl_module):
             times.append(time.perf_counter() - self.t0)
 
+    precision = {"float64": "64-true", "float32": "32-true"}[twin_cfg.dtype]
     trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, gradient_clip_val=ts.gradient_clip_val,
+                        precision=precision,
                         callbacks=[EpochTimer()], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0, limit_train_batches=limit_batches)
@@ -80,9 +101,10 @@ def run_variant(fused: bool, subjects: int, epochs: int, threads: int | None, ba
     scale = steps / min(steps, limit_batches) if limit_batches else 1.0
     times = [t * scale for t in times]
     per_epoch = statistics.median(times[1:]) if len(times) > 1 else times[0]
-    row = {"variant": "fused" if fused else "unfused", "train_subjects": n_train, "epochs": len(times),
+    row = {"variant": variant, "train_subjects": n_train, "epochs": len(times),
            "batch_size": batch_size, "first_epoch_s": times[0], "s_per_epoch": per_epoch,
-           "subject_epochs_per_s": n_train / per_epoch, "epoch_seconds": times}
+           "subject_epochs_per_s": n_train / per_epoch, "epoch_seconds": times,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if evaluate_after:
         final = evaluate(module.twin.cpu().eval(), dm.datasets["val"], batch_size=batch_size, seed=ts.seed,
                          n_samples=ts.val_n_samples or ts.n_samples)
@@ -90,23 +112,34 @@ def run_variant(fused: bool, subjects: int, epochs: int, threads: int | None, ba
     return row
 
 
-def main(subjects: int = 2800, epochs: int = 6, threads: int | None = None, out: Path = RESULTS) -> list[dict]:
+def main(subjects: int = 2800, epochs: int = 6, threads: int | None = None, out: Path = RESULTS,
+         variants=tuple(VARIANTS)) -> list[dict]:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
     rows = []
-    for fused in (False, True):
-        rows.append(run_variant(fused, subjects, epochs, threads))
+    for variant in variants:
+        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:  # a fresh process per variant
+            rows.append(pool.submit(run_variant, variant, subjects, epochs, threads).result())
         r = rows[-1]
-        print(f"{r['variant']:>8}: {r['s_per_epoch']:.2f} s/epoch ({r['subject_epochs_per_s']:.0f} subject-epochs/s), "
-              f"first epoch {r['first_epoch_s']:.1f} s, val ELBO {r['val_elbo']:.2f}", flush=True)
-    base, fast = rows
-    summary = {"throughput_ratio": fast["subject_epochs_per_s"] / base["subject_epochs_per_s"],
-               "val_elbo_rel_diff": abs(fast["val_elbo"] - base["val_elbo"]) / abs(base["val_elbo"])}
+        print(f"{r['variant']:>20}: {r['s_per_epoch']:.2f} s/epoch ({r['subject_epochs_per_s']:.0f} subject-epochs/s), "
+              f"first epoch {r['first_epoch_s']:.1f} s, peak {r['peak_rss_mb']:.0f} MB, val ELBO {r['val_elbo']:.3f}",
+              flush=True)
+    base = rows[0]
+    for r in rows:
+        r["throughput_ratio"] = r["subject_epochs_per_s"] / base["subject_epochs_per_s"]
+        r["val_elbo_rel_diff"] = abs(r["val_elbo"] - base["val_elbo"]) / abs(base["val_elbo"])
+    fast = next((r for r in rows if r["variant"] == "fused"), rows[-1])
+    summary = {"throughput_ratio": fast["throughput_ratio"], "val_elbo_rel_diff": fast["val_elbo_rel_diff"]}
     env = (f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; vaccine_asc twin, "
            f"{subjects} virtual subjects ({base['train_subjects']} train), batch 64, {epochs} epochs")
-    lines = ["# bench_train", "", env, "", "| variant | s/epoch | subject-epochs/s | first epoch (s) | val ELBO |",
-             "|---|---|---|---|---|"]
+    lines = ["# bench_train", "", env, "",
+             "| variant | s/epoch | subject-epochs/s | x unfused | first epoch (s) | peak RSS (MB) | val ELBO | ELBO diff |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['s_per_epoch']:.2f} | {r['subject_epochs_per_s']:.0f} | "
-                     f"{r['first_epoch_s']:.1f} | {r['val_elbo']:.2f} |")
+                     f"{r['throughput_ratio']:.2f} | {r['first_epoch_s']:.1f} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['val_elbo']:.3f} | {r['val_elbo_rel_diff']:.2%} |")
     lines += ["", f"Throughput ratio fused / unfused: **{summary['throughput_ratio']:.2f}x**; final validation ELBO "
               f"relative difference {summary['val_elbo_rel_diff']:.2%}.", ""]
     out = Path(out)
@@ -123,8 +156,9 @@ if __name__ == "__main__":
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--small", action="store_true", help="smoke run: 200 subjects, 2 epochs")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args()
     if a.small:
         a.subjects, a.epochs = 200, 2
-    main(a.subjects, a.epochs, a.threads, Path(a.out))
+    main(a.subjects, a.epochs, a.threads, Path(a.out), tuple(a.variants))

@@ -97,14 +97,17 @@ class SolverConfig:
     max_seconds: optional wall-time budget of one native solve; subjects still integrating when it is spent
         stop with status ``TIME_BUDGET`` (their outputs before that point are kept, later ones are NaN). Which
         subjects finish in time depends on the machine, so results under a budget are not reproducible.
-    fused: ``True`` runs each explicit step (the stages, the update and the error norm of dopri5 or rk4, with the
-        vector field inside) as one ``torch.compile``-d function: Inductor fuses it into a few C++ loops on CPU
-        or Triton kernels on GPU instead of ~100 separate tensor operations. Worth it from ~1,000 subjects on;
-        the first solve of each vector field compiles (seconds to a minute), later solves reuse it, whatever the
-        batch size. Results agree with the unfused step to rounding (the compiler may contract multiply-adds),
-        and are still independent of the batch mates. Gradients flow through the compiled step. Where
-        compilation is unavailable (no C++ compiler, an untraceable vector field) the solve warns once and runs
-        unfused. Native backend, explicit methods (``dopri5``, ``rk4``, and ``auto``'s dopri5 pass) only.
+    fused: ``True`` runs each explicit step (the stages with the vector field inside, the error norm, the step
+        control and statuses, and the first outputs the step passes) as one ``torch.compile``-d graph: Inductor
+        turns it into a few C++ loops on CPU or Triton kernels on GPU instead of ~150 separate tensor operations
+        and their Python. The first solve of a vector field compiles (10-60 s) a graph specialised to its batch
+        size; another batch size compiles once more (a dynamic graph for every size); later solves, in the same
+        process, reuse them. Results agree with the unfused step to rounding and are still independent of the
+        batch mates; gradients flow through the compiled step. A differentiated fused solve keeps finished
+        subjects in the batch (idle) instead of compacting it, so that the cheaper static graph serves it.
+        Where compilation fails (no C++ compiler, a vector field that cannot be captured as one graph) the
+        solve warns once and runs unfused. Native backend, explicit methods (``dopri5``, ``rk4``, and
+        ``auto``'s dopri5 pass) only.
     """
 
     method: str = "dopri5"

@@ -40,8 +40,21 @@ def test_benchmarks_tiny(tmp_path):
 
     t = bench_solve.main(sizes=(20,), n_scipy=5, out_dir=tmp_path, repeats=1)
     assert (t["max_rel_diff"] < 1e-3).all() and (tmp_path / "bench_solve.csv").exists()
+    assert {"ours", "ours fused", "torchdiffeq", "scipy LSODA loop"} <= set(t["engine"])
     d = bench_data.main(n_subjects=50, obs_per_subject=4, out_dir=tmp_path, repeats=1)
     assert int(d["solver_failed"].iloc[0]) == 0
+
+
+@pytest.mark.slow  # ~1 min: two tiny trainings, each in its own process
+def test_bench_train_tiny(tmp_path):
+    import bench_train
+
+    rows = bench_train.main(subjects=100, epochs=2, out=tmp_path, variants=("unfused", "torchdiffeq"))
+    assert [r["variant"] for r in rows] == ["unfused", "torchdiffeq"]
+    assert all(r["s_per_epoch"] > 0 and r["peak_rss_mb"] > 100 for r in rows)
+    # the two solvers train the same twin to the same validation ELBO within their tolerance
+    assert rows[1]["val_elbo_rel_diff"] < 0.01
+    assert (tmp_path / "bench_train.md").exists()
 
 
 @pytest.mark.slow  # ~30 s: a 40-subject SAEM fit, forecasts and the report
