@@ -616,25 +616,12 @@ class _ExplicitRK:
 
         The error norm is the RMS over states of the error estimate scaled by ``atol + rtol max(|y|, |y1|)``
         (no gradient)."""
-        ks = [fcur]
-        hc = h_try[:, None]
-        if self.adaptive:
-            tableau = zip(_DP_C[1:6], _DP_A[1:])
-        else:
-            tableau = zip((0.5, 0.5, 1.0), ((0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)))
-        for c, arow in tableau:
-            yi = y + hc * sum(a * k for a, k in zip(arow, ks) if a != 0.0)
-            ks.append(F(t + c * h_try, yi, rate))
+        bound = lambda tt, yy, _p: F(tt, yy, None)  # noqa: E731 (the loop's bound vector field; rate added below)
         if not self.adaptive:
-            return y + hc / 6.0 * (ks[0] + 2.0 * ks[1] + 2.0 * ks[2] + ks[3]), torch.zeros_like(t), None
-        y1 = y + hc * sum(b * k for b, k in zip(_DP_B, ks) if b != 0.0)
-        k7 = F(t + h_try, y1, rate)
-        ks.append(k7)
-        with torch.no_grad():
-            err = hc * sum(e * k.detach() for e, k in zip(_DP_E, ks) if e != 0.0)
-            en = _error_norm(err, y.detach(), y1.detach(), atol, rtol)
+            return _rk4_step(bound, t, y, h_try, None, rate, k1=fcur), torch.zeros_like(t), None
+        y1, en, ks, yi = _dp_step(bound, t, y, fcur, h_try, None, rate, atol, rtol, stack=False)
         self.ks, self.K, self.y, self.h, self.y6, self.y1 = ks, None, y, h_try, yi, y1
-        return y1, en, k7
+        return y1, en, ks[6]
 
     def set_stages(self, aux, y, h_try) -> None:
         """Take the stages of a step made by the fused step (``aux`` = (K (n, 7, S), y6, y1)); dopri5 only."""
@@ -667,9 +654,10 @@ def _error_norm(err, y, y1, atol, rtol):
     return _rms(err / scale)
 
 
-def _dp_step(f, t, y, fcur, h, params, rate, atol, rtol):
-    """One Dormand-Prince step, the body that :class:`_FusedStages` compiles: ``(y1, en, K (n, 7, S), y6)``; the
-    same arithmetic as :meth:`_ExplicitRK.attempt`."""
+def _dp_step(f, t, y, fcur, h, params, rate, atol, rtol, stack=True):
+    """One Dormand-Prince step from ``(t, y)`` with ``fcur = f(t, y)``: ``(y1, error norm (no gradient), stages,
+    y6)``, the stages stacked (n, 7, S) or (``stack=False``) as a list. The unfused step
+    (:meth:`_ExplicitRK.attempt`) and the fused one (:class:`_FusedStages`, which compiles it) both run this."""
     def F(tt, yy):
         d = f(tt, yy, params)
         return d if rate is None else d + rate
@@ -681,9 +669,10 @@ def _dp_step(f, t, y, fcur, h, params, rate, atol, rtol):
         ks.append(F(t + c * h, yi))
     y1 = y + hc * sum(b * k for b, k in zip(_DP_B, ks) if b != 0.0)
     ks.append(F(t + h, y1))
-    err = hc * sum(e * k.detach() for e, k in zip(_DP_E, ks) if e != 0.0)
-    en = _error_norm(err, y.detach(), y1.detach(), atol, rtol)
-    return y1, en, torch.stack(ks, dim=1), yi
+    with torch.no_grad():
+        err = hc * sum(e * k.detach() for e, k in zip(_DP_E, ks) if e != 0.0)
+        en = _error_norm(err, y.detach(), y1.detach(), atol, rtol)
+    return y1, en, torch.stack(ks, dim=1) if stack else ks, yi
 
 
 #: outputs a fused dopri5 step records itself (per subject and step); more fall back to the unfused loop
@@ -716,14 +705,14 @@ def _dense_outputs(t_old, y_old, out, tsorted, order, ptr, gidx, T, trash):
     return ptr, torch.stack(idxs), torch.stack(vals), more
 
 
-def _rk4_step(f, t, y, h, params, rate):
-    """One classical RK4 step, the body that :class:`_FusedStages` compiles: ``y1``."""
+def _rk4_step(f, t, y, h, params, rate, k1=None):
+    """One classical RK4 step: ``y1`` (``k1``: f(t, y) when already known). Unfused and fused steps run this."""
     def F(tt, yy):
         d = f(tt, yy, params)
         return d if rate is None else d + rate
 
     hc = h[:, None]
-    k1 = F(t, y)
+    k1 = F(t, y) if k1 is None else k1
     k2 = F(t + 0.5 * h, y + hc * (0.5 * k1))
     k3 = F(t + 0.5 * h, y + hc * (0.5 * k2))
     k4 = F(t + h, y + hc * k3)
