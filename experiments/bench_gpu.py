@@ -41,7 +41,9 @@ def _baccam(n: int, seed: int = 0):
     m = ht.models.get("baccam2006")
     d = m.default_parameters()
     rng = np.random.default_rng(seed)
-    rows = {k: d[k] * np.exp(0.2 * rng.standard_normal(n)) for k in ["beta", "k", "delta", "p", "c"]}
+    names = ["beta", "k", "delta", "p", "c"]
+    z = rng.standard_normal((n, len(names)))  # row by row: the first patients are the same whatever n
+    rows = {k: d[k] * np.exp(0.2 * z[:, i]) for i, k in enumerate(names)}
     theta = m.parameter_space.tensor_from(pd.DataFrame(rows).to_dict("records"), dtype=torch.float64)
     peak = np.array([d["T0"], d["T0"], d["T0"], 1e7])  # the states' scale (atol as in bench_solve)
     atol = tuple((1e-5 * RTOL * peak).tolist()) + (1e-12,)
