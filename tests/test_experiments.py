@@ -45,6 +45,18 @@ def test_benchmarks_tiny(tmp_path):
     assert int(d["solver_failed"].iloc[0]) == 0
 
 
+@pytest.mark.slow  # ~2 min: the GPU benchmark's own check on the CPU (small sizes, compiles fused graphs)
+def test_bench_gpu_script_on_cpu(tmp_path):
+    import bench_gpu
+
+    t = bench_gpu.main(device="cpu", small=True, budget_s=600, out=tmp_path)
+    assert "error" not in t.columns
+    solves = t[t["table"] == "solve"]
+    assert len(solves) == 5 and (solves["max_rel_diff"] < 1e-3).all() and (solves["failed"] == 0).all()
+    assert set(t.loc[t["table"] == "train", "batch_size"]) == {64, 2048}
+    assert (tmp_path / "bench_gpu.md").exists() and (tmp_path / "bench_gpu.csv").exists()
+
+
 @pytest.mark.slow  # ~1 min: two tiny trainings, each in its own process
 def test_bench_train_tiny(tmp_path):
     import bench_train
