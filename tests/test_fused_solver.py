@@ -139,3 +139,29 @@ def test_fused_rk4_matches_unfused():
     a = solve(chain, y0, times, p, schedule=sched, config=SolverConfig(**cfg))
     b = solve(chain, y0, times, p, schedule=sched, config=SolverConfig(**cfg, fused=True))
     assert torch.allclose(a.ys, b.ys, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.slow  # ~1 min: a twin's dynamics with a neural closure, forward and backward compiled
+def test_fused_twin_with_closure_matches_unfused_including_closure_gradients():
+    import dataclasses
+
+    from test_surrogate import _twin_with_closure
+
+    twin, cohort = _twin_with_closure()
+    batch = twin.dataset(cohort).batch()
+
+    def run(fused):
+        twin.solver_config = dataclasses.replace(twin.solver_config, fused=fused)
+        twin.zero_grad()
+        theta = twin.theta(twin.mu.detach()[None].expand(len(batch), -1).clone())
+        g, status = twin.observables_at(theta, batch)
+        (g ** 2).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in twin.dynamics.parameters() if p.grad is not None])
+        return g.detach(), status, grads
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # compiled, not fallen back
+        (g0, s0, w0), (g1, s1, w1) = run(False), run(True)
+    assert torch.equal(s0, s1) and w0.numel() > 0
+    assert torch.allclose(g0, g1, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(w0, w1, rtol=1e-9, atol=1e-12 * float(w0.abs().max()))
