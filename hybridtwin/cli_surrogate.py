@@ -2,7 +2,7 @@
 
 Sweep config (YAML)::
 
-    engine: {surrogate: surrogate_dir}            # or {exact: vaccine_asc, rtol: 1e-6} or {twin: checkpoint_dir}
+    engine: {surrogate: surrogate_dir}            # or {exact: vaccine_asc, rtol: 1e-6, fused: true} or {twin: checkpoint_dir}
     population: {sample: 1000, seed: 0}           # from the surrogate's domain; or {csv: pop.csv};
                                                   # or {sample: N, parameters: {name: [lo, hi]}} for an exact engine;
                                                   # or {sample: N, covariates: cov.csv}: N draws per patient from a
@@ -127,7 +127,7 @@ def cmd_surrogate_sensitivity(args) -> int:
 
 def engine_from_config(eng: dict, base: Path, what: str):
     """``(engine, exact engine, surrogate or None)`` from a config's ``engine`` mapping: ``{surrogate: DIR}``,
-    ``{twin: DIR}`` or ``{exact: MODEL, rtol: ...}`` (paths relative to ``base``)."""
+    ``{twin: DIR}`` or ``{exact: MODEL, rtol: ..., fused: true}`` (paths relative to ``base``)."""
     from .engine import ExactEngine, TwinEngine
     from .surrogate import load
 
@@ -140,7 +140,7 @@ def engine_from_config(eng: dict, base: Path, what: str):
         engine = TwinEngine.from_checkpoint(base / eng["twin"])
         return engine, engine, None
     if "exact" in eng:
-        engine = ExactEngine(eng["exact"], rtol=float(eng.get("rtol", 1e-6)))
+        engine = ExactEngine(eng["exact"], rtol=float(eng.get("rtol", 1e-6)), fused=eng.get("fused", False))
         return engine, engine, None
     raise ValueError(f"{what} config: engine needs 'surrogate: DIR', 'twin: DIR' or 'exact: MODEL'")
 

@@ -179,16 +179,19 @@ def run_product(engine, population: pd.DataFrame, scenarios, times, outputs, lab
 class ExactEngine:
     """The exact engine: :func:`hybridtwin.simulate` (batched adaptive ODE solves) per scenario.
 
-    model: registry name or :class:`~hybridtwin.Model`; rtol, atol, max_steps, batch_size, progress: passed to
-    :func:`~hybridtwin.simulate`. All (patient, scenario) pairs are solved as one batch (split into chunks of
-    ``batch_size``).
+    model: registry name or :class:`~hybridtwin.Model`; rtol, atol, max_steps, batch_size, progress, fused: passed
+    to :func:`~hybridtwin.simulate` (``fused=True``: compiled solver steps, about 2x faster for sweeps of
+    thousands of pairs after a one-off compilation; see ``SolverConfig.fused``). All (patient, scenario) pairs are
+    solved as one batch (split into chunks of ``batch_size``).
     """
 
     def __init__(self, model, rtol: float = 1e-6, atol: float | None = None, max_steps: int = 100_000,
-                 batch_size: int = 20_000, progress: bool | None = None):
+                 batch_size: int = 20_000, progress: bool | None = None, fused: bool = False):
+        if not isinstance(fused, bool):
+            raise ValueError(f"fused must be True or False, got {fused!r}")
         self.model = _models.get(model)
         self.rtol, self.atol, self.max_steps, self.batch_size = rtol, atol, max_steps, batch_size
-        self.progress = progress
+        self.progress, self.fused = progress, fused
 
     def _outputs(self, outputs) -> list[str]:
         outputs = list(outputs) if outputs is not None else list(self.model.observable_names)
@@ -227,7 +230,8 @@ class ExactEngine:
         with warnings.catch_warnings():  # failures are reported in the status instead
             warnings.simplefilter("ignore", RuntimeWarning)
             df = simulate(self.model, grid, params=params, doses=doses, rtol=self.rtol, atol=self.atol,
-                          max_steps=self.max_steps, batch_size=self.batch_size, progress=self.progress)
+                          max_steps=self.max_steps, batch_size=self.batch_size, progress=self.progress,
+                          fused=self.fused)
         order = df["subject_id"].astype(int).to_numpy() * len(grid) + np.searchsorted(grid, df["time"].to_numpy())
         values = np.full((len(params) * len(grid), len(outputs)), np.nan)
         values[order] = df[outputs].to_numpy(dtype=float)

@@ -55,3 +55,22 @@ def test_scenarios_are_frozen_hashable_and_validated():
         engine.run(pd.DataFrame({"delta_Ab": [0.02]}), [Scenario("x"), Scenario("x")], [0, 1])
     with pytest.raises(ValueError, match="outputs"):
         engine.run(pd.DataFrame({"delta_Ab": [0.02]}), [Scenario("x")], [0, 1], outputs=["nope"])
+
+
+def test_exact_engine_fused_option_is_validated_and_read_from_configs(tmp_path):
+    from hybridtwin.cli_surrogate import engine_from_config
+
+    with pytest.raises(ValueError, match="fused must be True or False"):
+        ExactEngine("baccam2006", fused="yes")
+    engine, exact, surrogate = engine_from_config({"exact": "baccam2006", "fused": True}, tmp_path, "sweep")
+    assert engine is exact and engine.fused and surrogate is None
+    assert not engine_from_config({"exact": "baccam2006"}, tmp_path, "sweep")[0].fused
+
+
+@pytest.mark.slow  # ~30 s: compiles the baccam2006 step
+def test_exact_engine_fused_equals_unfused():
+    pop = pd.DataFrame({"subject_id": list("abcdef"), "beta": [5e-5, 2e-5, 8e-5, 3e-5, 4e-5, 6e-5]})
+    scen = [Scenario("untreated"), Scenario("antiviral", doses=(ht.Dose(1.0, 10.0, "antiviral"),))]
+    a = ExactEngine("baccam2006").run(pop, scen, [0, 1, 2, 4, 6], outputs=["log10_V"]).frame
+    b = ExactEngine("baccam2006", fused=True).run(pop, scen, [0, 1, 2, 4, 6], outputs=["log10_V"]).frame
+    np.testing.assert_allclose(b["value"].to_numpy(), a["value"].to_numpy(), rtol=1e-9)
