@@ -731,7 +731,7 @@ class _FusedStages:
 
     def __init__(self, func, owner=None):
         self.func, self.owner = func, owner
-        self.compiled = None
+        self.compiled: dict = {}  # device type -> compiled step
         self.failed: str | None = None
 
     def _body(self, owner, params, *a, adaptive, outputs=None, **kw):
@@ -752,12 +752,16 @@ class _FusedStages:
     def __call__(self, params, *a, **kw):
         if self.failed is not None:
             return None
-        if self.compiled is None:
-            # automatic dynamic shapes: a static graph for the first batch size, one dynamic graph once it changes
-            self.compiled = torch.compile(self._body, fullgraph=True, options=_FUSED_COMPILE_OPTIONS)
+        kind = params.device.type
+        fn = self.compiled.get(kind)
+        if fn is None:
+            # automatic dynamic shapes: a static graph for the first batch size, one dynamic graph once it changes;
+            # the C++ call wrapper is measured on CPU only (on a GPU, Inductor's default Python wrapper)
+            fn = self.compiled[kind] = torch.compile(self._body, fullgraph=True,
+                                                     options=_FUSED_COMPILE_OPTIONS if kind == "cpu" else {})
         try:
             with torch._functorch.config.patch(activation_memory_budget=_FUSED_ACTIVATION_BUDGET):
-                return self.compiled(self.owner, params, *a, **kw)
+                return fn(self.owner, params, *a, **kw)
         except Exception as e:  # noqa: BLE001 -- any compiler failure: warn once, step unfused (which re-raises
             # an error of the vector field itself unchanged)
             import warnings
