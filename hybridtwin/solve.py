@@ -64,8 +64,10 @@ need about 10 * 1e5 / 3.3 = 300 000 steps for it:
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+import types
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -486,14 +488,13 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
         y_new, t_new, t, fcur, h, h_try, n_steps, status, last_nonfinite, done, accept, reached, at_bp, aux = out
         if aux is not None:  # the fused step's stages, for dense output and the stiffness test
             stepper.set_stages(aux, y, h_try)
-        equal_rows = accept
+        all_recorded = False
         if extra is not None:
             # the fused step recorded the first outputs its step passed (ptr advanced, trash row for the rest)
             ptr, idx, vals, more = extra
             ys_buf.index_put_((idx.reshape(-1),), vals.reshape(-1, S))
-            if not bool(more.any()):  # nothing left to interpolate: only the steps that reached a stop can
-                equal_rows = reached  # still have an output at t_new (after a dose there)
-        if adaptive and T and (extra is None or equal_rows is accept):
+            all_recorded = not bool(more.any())
+        if adaptive and T and not all_recorded:
             while True:
                 sel = accept & (next_out() < t_new)
                 if not bool(sel.any()):
@@ -501,8 +502,12 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
                 take(sel, lambda b: stepper.dense(b, (next_out()[b] - t_old[b]) / h_try[b]))
         if at_bp is not None and bool(at_bp.any()):
             y_new = y_new + sched.bolus_at(t_new, S, at_bp)
-        if T and (equal_rows is accept or bool(equal_rows.any())):
-            record_equal(t_new, equal_rows, y_new)
+        if T:
+            # once the fused step recorded everything its step passed, only the steps that ended on a stop (a dose,
+            # the end) can still have an output at t_new, recorded after the dose
+            rows = reached if all_recorded else accept
+            if not all_recorded or bool(rows.any()):
+                record_equal(t_new, rows, y_new)
         y = y_new
         if adaptive and bool(reached.any()):  # a dose or the end: the derivative after the jump
             fcur = torch.where(reached[:, None], F(t, y, rate_at(t)), fcur)
@@ -685,8 +690,7 @@ def _dense_outputs(t_old, y_old, out, tsorted, order, ptr, gidx, T, trash):
     step ended on a breakpoint or the end, where a dose may apply first). Returns ``(ptr, idx (m, n),
     values (m, n, S), more (n,))``: flat output indices (``trash`` where none), and the subjects with outputs
     left in this step."""
-    y1, t_new, accept, reached, h_try, (K, _, _) = out[0], out[1], out[10], out[11], out[5], out[13]
-    y1 = torch.where(accept[:, None], y1, y_old)
+    y_new, t_new, accept, reached, h_try, (K, _, _) = out[0], out[1], out[10], out[11], out[5], out[13]
     idxs, vals = [], []
     for _ in range(_FUSED_OUTPUTS_PER_STEP):
         nxt = tsorted.gather(1, ptr[:, None])[:, 0]
@@ -698,7 +702,7 @@ def _dense_outputs(t_old, y_old, out, tsorted, order, ptr, gidx, T, trash):
         dense = y_old + h_try[:, None] * sum(qi[:, None] * K[:, i] for i, qi in enumerate(q) if any(_DP_P[i]))
         col = order.gather(1, torch.clamp(ptr, max=max(T - 1, 0))[:, None])[:, 0]
         idxs.append(torch.where(record, gidx * T + col, trash))
-        vals.append(torch.where(equal[:, None], y1, dense))
+        vals.append(torch.where(equal[:, None], y_new, dense))
         ptr = ptr + record.long()
     nxt = tsorted.gather(1, ptr[:, None])[:, 0]
     more = accept & ((nxt < t_new) | (~reached & (nxt == t_new)))
@@ -732,6 +736,11 @@ class _FusedStages:
     def __init__(self, func, owner=None):
         self.func, self.owner = func, owner
         self.compiled: dict = {}  # device type -> compiled step
+        # dynamo keeps its compiled graphs (and counts recompilations against its limit) per code object: each
+        # vector field gets its own copy of the step's code, so that models do not share one cache and limit
+        code = _FusedStages._body.__code__.replace(co_name=f"_fused_step_{next(_FUSED_IDS)}")
+        self._step = types.MethodType(types.FunctionType(code, _FusedStages._body.__globals__, code.co_name,
+                                                         _FusedStages._body.__defaults__), self)
         self.failed: str | None = None
 
     def _body(self, owner, params, *a, adaptive, outputs=None, **kw):
@@ -757,10 +766,13 @@ class _FusedStages:
         if fn is None:
             # automatic dynamic shapes: a static graph for the first batch size, one dynamic graph once it changes;
             # the C++ call wrapper is measured on CPU only (on a GPU, Inductor's default Python wrapper)
-            fn = self.compiled[kind] = torch.compile(self._body, fullgraph=True,
+            fn = self.compiled[kind] = torch.compile(self._step, fullgraph=True,
                                                      options=_FUSED_COMPILE_OPTIONS if kind == "cpu" else {})
         try:
-            with torch._functorch.config.patch(activation_memory_budget=_FUSED_ACTIVATION_BUDGET):
+            # one vector field's variants (with and without gradients, doses, infusions; static and dynamic batch
+            # size; dopri5 and rk4; dtypes) can exceed dynamo's default of 8 graphs per code object
+            with torch._functorch.config.patch(activation_memory_budget=_FUSED_ACTIVATION_BUDGET), \
+                    torch._dynamo.config.patch(recompile_limit=_FUSED_RECOMPILE_LIMIT):
                 return fn(self.owner, params, *a, **kw)
         except Exception as e:  # noqa: BLE001 -- any compiler failure: warn once, step unfused (which re-raises
             # an error of the vector field itself unchanged)
@@ -780,6 +792,9 @@ _FUSED_COMPILE_OPTIONS = {"cpp_wrapper": True}
 #: rest): fewer saved tensors make a differentiated step cheaper to call (vaccine_asc twin, batch 64, one thread:
 #: 0.35-0.40 s/epoch at 0.5 against 0.43-0.55 at the default 1.0; experiments/bench_train.py)
 _FUSED_ACTIVATION_BUDGET = 0.5
+#: compiled graphs one vector field may accumulate (see _FusedStages.__call__)
+_FUSED_RECOMPILE_LIMIT = 64
+_FUSED_IDS = itertools.count()
 
 _FUSED_CACHE: dict = {}
 

@@ -165,3 +165,14 @@ def test_fused_twin_with_closure_matches_unfused_including_closure_gradients():
     assert torch.equal(s0, s1) and w0.numel() > 0
     assert torch.allclose(g0, g1, rtol=1e-10, atol=1e-12)
     assert torch.allclose(w0, w1, rtol=1e-9, atol=1e-12 * float(w0.abs().max()))
+
+
+def test_each_vector_field_gets_its_own_compiled_code():
+    # dynamo caches graphs and counts recompilations per code object; vector fields sharing one would share the
+    # limit of 8 and, past it, fall back to unfused solves (seen with several models in one process)
+    solve_module = importlib.import_module("hybridtwin.solve")
+    m1, m2 = ht.models.get("baccam2006"), ht.models.get("vaccine_asc")
+    a, b = (solve_module._fused_stages(m.vector_field, SolverConfig(fused=True)) for m in (m1, m2))
+    assert a is solve_module._fused_stages(m1.vector_field, SolverConfig(fused=True))  # cached per model
+    assert a._step.__code__ is not b._step.__code__
+    assert a._step.__code__.co_code == b._step.__code__.co_code  # the same step
