@@ -133,10 +133,12 @@ class OracleTwin(HybridTwin):
         return self._prior_mean, self.log_omega.exp().expand_as(self._prior_mean)
 
 
-def surrogate_recipes(domain, train: dict, held: dict, specs, stem: str, out: Path = RESULTS, engine=None) -> list:
+def surrogate_recipes(domain, train: dict, held: dict, specs, stem: str, out: Path = RESULTS, engine=None,
+                      timing=None) -> list:
     """Train and certify one surrogate per recipe ``ARCH:HIDDEN:BATCH:EPOCHS[:WEIGHT_DECAY[:MEMBERS]]`` (e.g.
     ``grid:128,128,128:64:1000:1e-6:5``) on the same data; each row is printed and appended to
-    ``out/<stem>.jsonl``."""
+    ``out/<stem>.jsonl``. ``timing``: a function of the trained surrogate returning a dict of throughput
+    figures, merged into its row."""
     import json
 
     from hybridtwin.surrogate import certify, fit_surrogate
@@ -152,6 +154,8 @@ def surrogate_recipes(domain, train: dict, held: dict, specs, stem: str, out: Pa
         cert = certify(s, data=held)
         row = {"recipe": spec, "n_train": int(train["ok"].sum()), "train_seconds": time.perf_counter() - t,
                **cert["overall"], "coverage90": cert["calibration"]["coverage90"]}
+        if timing is not None:
+            row.update(timing(s))
         rows.append(row)
         print(json.dumps(row), flush=True)
         Path(out).mkdir(parents=True, exist_ok=True)

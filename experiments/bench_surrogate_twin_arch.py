@@ -3,17 +3,23 @@ leave-studies-out fold-1 hybrid twin of ``challenger_folds.py`` (``sarscov2_cd8`
 inputs p, c_T, t_offset within 2.5 between-patient SDs; log10 viral load at 15 days over 0-28, floored at 0).
 
 Both are trained on the same exact simulations of the twin with the same settings and certified on the same
-2,000 fresh random pairs. Usage: ``python experiments/bench_surrogate_twin_arch.py [N_TRAIN] [ARCH:HIDDEN:BATCH:EPOCHS ...]``
+2,000 fresh random pairs. Throughput, side by side in one process on random patients of the domain
+(``main(n_patients=20000)``; 0 skips it): the twin's exact solve (``TwinEngine``; the engine protocol's long table, and the raw
+arrays of ``simulate_pairs``) once, then each trained surrogate (``run``'s long table; the arrays of
+``predict_product``, mean only and mean + ensemble SD); each time the best of 3 (exact: 1).
+
+Usage: ``python experiments/bench_surrogate_twin_arch.py [N_TRAIN] [ARCH:HIDDEN:BATCH:EPOCHS ...]``
 (default: 10000 simulations; ``separable:256,256,256:256:150`` and ``grid:256,256,256:256:150``); results appended to
 ``experiments/results/bench_surrogate_twin_arch.jsonl``. Needs the fold twin (run ``challenger_folds.py`` first).
 """
 
 import sys
+import time
 
 import numpy as np
 
 from _common import RESULTS, surrogate_recipes
-from bench_surrogate import TWIN
+from bench_surrogate import TWIN, twin_throughput
 from hybridtwin.engine import TwinEngine
 from hybridtwin.scenarios import ScenarioSpace
 from hybridtwin.surrogate import simulate_domain, twin_domain
@@ -21,12 +27,16 @@ from hybridtwin.surrogate import simulate_domain, twin_domain
 DEFAULT = ("separable:256,256,256:256:150", "grid:256,256,256:256:150")
 
 
-def main(n_train: int = 10000, configs=DEFAULT, twin=TWIN, out=RESULTS, stem: str = "bench_surrogate_twin_arch") -> list:
+def main(n_train: int = 10000, configs=DEFAULT, twin=TWIN, out=RESULTS, stem: str = "bench_surrogate_twin_arch",
+         n_patients: int = 20000) -> list:
     engine = TwinEngine.from_checkpoint(twin)
     domain = twin_domain(engine.twin, ScenarioSpace([]), np.linspace(0, 28, 15), width=2.5, floor={"log10_V": 0.0})
+    t = time.perf_counter()
     train = simulate_domain(domain, n_train, seed=0, engine=engine)
+    print(f"{n_train} training simulations of the twin: {time.perf_counter() - t:.1f} s", flush=True)
     held = simulate_domain(domain, 2000, seed=99, method="random", engine=engine)
-    return surrogate_recipes(domain, train, held, configs, stem, out, engine=engine)
+    measure = twin_throughput(engine, domain, n_patients) if n_patients else None
+    return surrogate_recipes(domain, train, held, configs, stem, out, engine=engine, timing=measure)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Every experiment runs end to end with tiny settings (the real runs are recorded in experiments/results)."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -67,6 +68,18 @@ def test_bench_train_tiny(tmp_path):
     # the two solvers train the same twin to the same validation ELBO within their tolerance
     assert rows[1]["val_elbo_rel_diff"] < 0.01
     assert (tmp_path / "bench_train.md").exists()
+
+
+@pytest.mark.slow  # ~90 s: two forked workers compile the fused step
+def test_bench_train_data_parallel(tmp_path):
+    import bench_train
+
+    rows = bench_train.main(subjects=100, epochs=2, out=tmp_path, variants=("unfused", "fused ddp2"))
+    ddp = rows[1]
+    assert ddp["processes"] == 2 and ddp["threads_per_process"] == 1 and ddp["epochs"] == 2
+    # the workers' trained weights came back to the benchmark's process, and they describe the data about as well
+    assert ddp["parameter_tensors_trained"] > 0 and math.isfinite(ddp["val_elbo"])
+    assert ddp["val_elbo_rel_diff"] < 0.25
 
 
 @pytest.mark.slow  # ~30 s: a 40-subject SAEM fit, forecasts and the report
@@ -204,6 +217,25 @@ def test_tsang_households_tiny(tmp_path, shared_data):
     assert set(r["scores"]) == {"twin MAP", "population only", "LOCF"} and r["noise_sd"] > 0
     effects = [q for q in r["population_table"] if q["kind"] == "effect" and q["covariate"] == "antiviral"]
     assert {q["parameter"] for q in effects} >= {"p"} and (tmp_path / "tiny.md").exists()
+    # the yardsticks: time alone explains some of the variation, a per-person level more
+    ref = r["references"]
+    assert ref["lmm_residual_sd"] < ref["day_mean_curve_sd"] < ref["data_sd"] and ref["lmm_slope_per_day"] < 0
+
+
+@pytest.mark.slow  # ~30 s: the fold-1 twin's simulations, a tiny surrogate, side-by-side timing
+def test_twin_surrogate_arch_tiny(tmp_path):
+    import bench_surrogate
+
+    if not bench_surrogate.TWIN.is_dir():
+        pytest.skip("the fold-1 twin of challenger_folds.py is not in experiments/results")
+    import bench_surrogate_twin_arch
+
+    rows = bench_surrogate_twin_arch.main(n_train=64, configs=("grid:8:32:2",), out=tmp_path, stem="tiny",
+                                          n_patients=40)
+    r = rows[0]
+    assert r["n_patients"] == 40 and r["median"] >= 0
+    assert r["x_exact_run"] == pytest.approx(r["exact_run_s"] / r["run_s"])
+    assert r["x_exact_arrays_mean_sd"] == pytest.approx(r["exact_arrays_s"] / r["arrays_mean_sd_s"])
 
 
 @pytest.mark.slow  # experiment scripts run in `make test-all` (default suite time)
