@@ -43,7 +43,6 @@ import torch
 
 from _common import RESULTS
 from bench_solve import _vaccine_rhs, scipy_solve
-import hybridtwin as ht
 from hybridtwin.engine import ExactEngine
 from hybridtwin.surrogate import Domain, certify, fit_surrogate, simulate_domain
 
