@@ -15,6 +15,8 @@ Engines, all in this one process on the same patients (one row per model, N and 
 - ``ours``: ``ht.simulate`` (native batched dopri5, per-subject clocks), the library default;
 - ``ours fused``: the same with ``fused=True`` (each step one ``torch.compile``-d graph); its one-off
   compilation is reported apart (``compile_s``) and excluded from its time;
+- ``ours (solve)``, ``ours fused (solve)``: the same solver through ``ht.solve`` (tensors in, tensors out: the
+  array-level call that torchdiffeq and torchode are timed by, without ``simulate``'s tables);
 - ``torchdiffeq``: the library's ``backend="torchdiffeq"`` (dopri5, the whole batch as one system with one
   shared step; dose times are breakpoints for everyone);
 - ``torchode``: torchode's Dopri5 with an integral controller (per-sample steps, like ours), on states scaled
@@ -28,7 +30,7 @@ that ignores values below 0.1 % of a state's peak, where only atol controls eith
 of ``repeats`` runs (these machines are shared and have transient stalls); scipy's is the mean over its subset.
 
 Run: ``python experiments/bench_solve.py`` (writes experiments/results/bench_solve.csv and .md);
-``--engines ours fused`` restricts the engines.
+``--engines ours "ours fused (solve)"`` restricts the engines (quote names with spaces).
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ def scipy_solve(rhs, y0, args, times, dose_times, atol, target=0, amounts=None):
     return out
 
 
-ENGINES = ("ours", "ours fused", "torchdiffeq", "torchode")
+ENGINES = ("ours", "ours fused", "ours (solve)", "ours fused (solve)", "torchdiffeq", "torchode")
 #: torchdiffeq integrates the batch between the union of everyone's dose times: with a patient-specific boost
 #: day that is N intervals, each a solve of the whole batch (3.9 ms/patient at N = 1,000 already)
 TORCHDIFFEQ_MAX_DOSED = 1000
@@ -182,6 +184,12 @@ def run(name: str, sizes, n_scipy: int, seed: int = 0, repeats: int = 3, engines
             failed = int(sum(v != "ok" for v in out.attrs["status"].values()))
             return out[m.state_names].to_numpy().reshape(n, len(times), -1), failed
 
+        def native(fused):
+            with torch.no_grad():
+                sol = solve(m, y0, t_tensor, theta, schedule=sched,
+                            config=SolverConfig(rtol=RTOL, atol=atol_cfg, fused=fused))
+            return sol.ys[..., :S].numpy(), int((~sol.ok).sum())
+
         def torchdiffeq():
             with torch.no_grad():
                 sol = solve(m, y0, t_tensor, theta, schedule=sched,
@@ -192,7 +200,9 @@ def run(name: str, sizes, n_scipy: int, seed: int = 0, repeats: int = 3, engines
             with torch.no_grad():
                 return _torchode_solve(m, theta, y0, times, atol_cfg)[..., :S], 0
 
-        available = {"ours": lambda: simulate(False), "ours fused": lambda: simulate(True), "torchdiffeq": torchdiffeq}
+        available = {"ours": lambda: simulate(False), "ours fused": lambda: simulate(True),
+                     "ours (solve)": lambda: native(False), "ours fused (solve)": lambda: native(True),
+                     "torchdiffeq": torchdiffeq}
         if doses is None and importlib.util.find_spec("torchode") is not None:
             available["torchode"] = torchode
         elif "torchode" in engines and doses is None:
@@ -208,7 +218,7 @@ def run(name: str, sizes, n_scipy: int, seed: int = 0, repeats: int = 3, engines
                       "whole batch (cost ~ N^2)", flush=True)
                 continue
             compile_s = 0.0
-            if engine == "ours fused":  # the one-off compilation, reported apart
+            if "fused" in engine:  # the one-off compilation, reported apart
                 t0 = time.perf_counter()
                 available[engine]()
                 compile_s = time.perf_counter() - t0

@@ -41,7 +41,7 @@ def test_benchmarks_tiny(tmp_path):
 
     t = bench_solve.main(sizes=(20,), n_scipy=5, out_dir=tmp_path, repeats=1)
     assert (t["max_rel_diff"] < 1e-3).all() and (tmp_path / "bench_solve.csv").exists()
-    assert {"ours", "ours fused", "torchdiffeq", "scipy LSODA loop"} <= set(t["engine"])
+    assert {"ours", "ours fused", "ours (solve)", "ours fused (solve)", "torchdiffeq", "scipy LSODA loop"} <= set(t["engine"])
     d = bench_data.main(n_subjects=50, obs_per_subject=4, out_dir=tmp_path, repeats=1)
     assert int(d["solver_failed"].iloc[0]) == 0
 
@@ -220,6 +220,23 @@ def test_tsang_households_tiny(tmp_path, shared_data):
     # the yardsticks: time alone explains some of the variation, a per-person level more
     ref = r["references"]
     assert ref["lmm_residual_sd"] < ref["day_mean_curve_sd"] < ref["data_sd"] and ref["lmm_slope_per_day"] < 0
+
+
+@pytest.mark.slow  # experiment scripts run in `make test-all` (default suite time)
+def test_tsang_sampling_model_shifts_only_the_observation():
+    import numpy as np
+    import pandas as pd
+
+    import hybridtwin as ht
+    import tsang_households as th
+
+    m = th.sampling_model()
+    assert th.sampling_model() is m and m.name == th.SAMPLING  # registered once
+    df = ht.simulate(m, [0.0, 1.0, 2.5, 4.0], params=pd.DataFrame({"swab": [1.0, 10.0]}))
+    wide = df.pivot(index="time", columns="subject_id", values="log10_V")
+    assert np.allclose(wide[1] - wide[0], 1.0, atol=1e-9)  # log10(10): the same infection, sampled 10x better
+    plain = ht.simulate("baccam2006", [0.0, 1.0, 2.5, 4.0])  # one patient at the defaults
+    assert np.allclose(plain["log10_V"].to_numpy(), wide[0].to_numpy(), atol=1e-9)
 
 
 @pytest.mark.slow  # ~30 s: the fold-1 twin's simulations, a tiny surrogate, side-by-side timing
