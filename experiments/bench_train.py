@@ -11,7 +11,13 @@ lr 0.01, gradient clipping 10), on ``--subjects`` virtual subjects (70 % train, 
   the steps;
 - ``torchdiffeq adjoint``: the same with ``adjoint=True`` (gradients by solving the adjoint ODE backwards);
 - ``fused float32``: the fused step with the whole twin in single precision (what mixed precision would buy,
-  and its cost in ELBO).
+  and its cost in ELBO);
+- ``fused ddp2`` (not in the default list): the fused step in two data-parallel processes of one thread each
+  (Lightning's ``ddp_fork``, gloo), each with half the batch, so the global batch and the number of optimiser
+  steps stay those of the others: one thread is faster for the fused step than two (per-call overhead, not
+  arithmetic, bounds it), so the second core serves a second process instead;
+- ``unfused seed1``: the unfused run with another seed (initial weights, shuffling, draws), the yardstick for
+  ELBO differences that come from a different random path rather than from the solver.
 
 Each variant trains in its own fresh process (spawned one after the other, so that its peak resident memory can
 be read; the first includes Python, torch and Lightning, about 0.5-0.7 GB). Reported per variant: seconds per
@@ -44,6 +50,8 @@ from _common import RESULTS, ROOT
 VARIANTS = {"unfused": {}, "fused": {"fused": True}, "torchdiffeq": {"backend": "torchdiffeq"},
             "torchdiffeq adjoint": {"backend": "torchdiffeq", "adjoint": True},
             "fused float32": {"fused": True, "twin": {"dtype": "float32"}}}
+#: further variants, run when named (``--variants``)
+EXTRA = {"fused ddp2": {"fused": True, "ddp": 2}, "unfused seed1": {"seed": 1}}
 
 
 def run_variant(fused: bool | str, subjects: int, epochs: int, threads: int | None, batch_size: int = 64,
@@ -54,6 +62,8 @@ def run_variant(fused: bool | str, subjects: int, epochs: int, threads: int | No
     ``accelerator`` is Lightning's (``"cpu"``, ``"gpu"``). ``fused`` is a bool (unfused / fused) or a name
     in ``VARIANTS``."""
     import resource
+    import tempfile
+
     import lightning as L
 
     from training.config import RunConfig
@@ -61,50 +71,66 @@ def run_variant(fused: bool | str, subjects: int, epochs: int, threads: int | No
     from training.module import TwinModule, evaluate
     from training.train import load_data
 
-    if threads:
-        torch.set_num_threads(threads)
     cfg = RunConfig.from_yaml(ROOT / "training" / "configs" / "vaccine_asc.yaml")
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_subjects=subjects))
     variant = fused if isinstance(fused, str) else ("fused" if fused else "unfused")
-    settings = dict(VARIANTS[variant])
+    settings = dict({**VARIANTS, **EXTRA}[variant])
     twin_changes = settings.pop("twin", {})
+    ddp, seed = settings.pop("ddp", 0), settings.pop("seed", None)
+    if ddp:
+        threads = 1  # one thread per process (set before the fork: the workers inherit it)
+    if threads:
+        torch.set_num_threads(threads)
     solver = dataclasses.replace(cfg.twin.solver, **settings)
     twin_cfg = dataclasses.replace(cfg.twin, solver=solver, **twin_changes)
-    ts = cfg.trainer
+    ts = cfg.trainer if seed is None else dataclasses.replace(cfg.trainer, seed=seed)
     L.seed_everything(ts.seed, workers=False, verbose=False)
     data = load_data(cfg.data, twin_cfg.model)
-    dm = CohortDataModule(data, fractions=cfg.data.fractions, split_seed=cfg.data.split_seed, batch_size=batch_size,
-                          seed=ts.seed)
+    # data parallel: each process takes an equal share of the global batch (the datamodule's sampler splits the
+    # training subjects between the processes)
+    dm = CohortDataModule(data, fractions=cfg.data.fractions, split_seed=cfg.data.split_seed,
+                          batch_size=batch_size // max(1, ddp), seed=ts.seed)
     torch.manual_seed(ts.seed)
     twin = dm.make_twin(twin_cfg)
     module = TwinModule(twin, lr=ts.lr, seed=ts.seed, n_samples=ts.n_samples, val_n_samples=ts.val_n_samples,
                         max_failed_share=ts.max_failed_share)
-    times: list[float] = []
+    # epoch times go through a file: data-parallel workers are forked processes
+    log = Path(tempfile.mkdtemp()) / "epochs.txt"
 
     class EpochTimer(L.Callback):
         def on_train_epoch_start(self, trainer, pl_module):
             self.t0 = time.perf_counter()
 
         def on_train_epoch_end(self, trainer, pl_module):
-            times.append(time.perf_counter() - self.t0)
+            if trainer.global_rank == 0:
+                with open(log, "a") as f:
+                    f.write(f"{time.perf_counter() - self.t0}\n")
 
     precision = {"float64": "64-true", "float32": "32-true"}[twin_cfg.dtype]
-    trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, gradient_clip_val=ts.gradient_clip_val,
-                        precision=precision,
+    parallel = dict(devices=ddp, strategy="ddp_fork_find_unused_parameters_true") if ddp else dict(devices=1)
+    trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, gradient_clip_val=ts.gradient_clip_val,
+                        precision=precision, use_distributed_sampler=False, **parallel,
                         callbacks=[EpochTimer()], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0, limit_train_batches=limit_batches)
     dm.setup("fit")
+    before = [q.detach().clone() for q in module.parameters()]
     trainer.fit(module, datamodule=dm)
+    # data parallel: rank 0's weights come back to this process when the workers end
+    moved = sum(not torch.equal(a, b.detach()) for a, b in zip(before, module.parameters()))
+    times = [float(v) for v in log.read_text().split()]
     n_train = len(dm.datasets["train"])
     steps = -(-n_train // batch_size)
     scale = steps / min(steps, limit_batches) if limit_batches else 1.0
     times = [t * scale for t in times]
     per_epoch = statistics.median(times[1:]) if len(times) > 1 else times[0]
-    row = {"variant": variant, "train_subjects": n_train, "epochs": len(times),
-           "batch_size": batch_size, "first_epoch_s": times[0], "s_per_epoch": per_epoch,
+    row = {"variant": variant, "train_subjects": n_train, "epochs": len(times), "processes": max(1, ddp),
+           "parameter_tensors_trained": moved,
+           "threads_per_process": torch.get_num_threads(), "batch_size": batch_size, "first_epoch_s": times[0], "s_per_epoch": per_epoch,
            "subject_epochs_per_s": n_train / per_epoch, "epoch_seconds": times,
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+           # per process (a data-parallel worker's own peak when larger than this process's)
+           "peak_rss_mb": max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF,
+                                                                            resource.RUSAGE_CHILDREN)) / 1024}
     if evaluate_after:
         final = evaluate(module.twin.cpu().eval(), dm.datasets["val"], batch_size=batch_size, seed=ts.seed,
                          n_samples=ts.val_n_samples or ts.n_samples)
@@ -113,7 +139,7 @@ def run_variant(fused: bool | str, subjects: int, epochs: int, threads: int | No
 
 
 def main(subjects: int = 2800, epochs: int = 6, threads: int | None = None, out: Path = RESULTS,
-         variants=tuple(VARIANTS)) -> list[dict]:
+         variants=tuple(VARIANTS), stem: str = "bench_train") -> list[dict]:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
@@ -125,27 +151,45 @@ def main(subjects: int = 2800, epochs: int = 6, threads: int | None = None, out:
         print(f"{r['variant']:>20}: {r['s_per_epoch']:.2f} s/epoch ({r['subject_epochs_per_s']:.0f} subject-epochs/s), "
               f"first epoch {r['first_epoch_s']:.1f} s, peak {r['peak_rss_mb']:.0f} MB, val ELBO {r['val_elbo']:.3f}",
               flush=True)
+    return report(rows, subjects, epochs, out, stem)
+
+
+def report(rows: list[dict], subjects: int, epochs: int, out: Path = RESULTS, stem: str = "bench_train") -> list[dict]:
+    """Ratios against the first row, ``STEM.md`` and ``STEM.json`` (also to redo a report from a saved JSON's
+    rows: ``report(json.load(f)["rows"], ...)``)."""
     base = rows[0]
     for r in rows:
         r["throughput_ratio"] = r["subject_epochs_per_s"] / base["subject_epochs_per_s"]
         r["val_elbo_rel_diff"] = abs(r["val_elbo"] - base["val_elbo"]) / abs(base["val_elbo"])
+        r["val_elbo_abs_diff"] = abs(r["val_elbo"] - base["val_elbo"])
     fast = next((r for r in rows if r["variant"] == "fused"), rows[-1])
     summary = {"throughput_ratio": fast["throughput_ratio"], "val_elbo_rel_diff": fast["val_elbo_rel_diff"]}
     env = (f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; vaccine_asc twin, "
            f"{subjects} virtual subjects ({base['train_subjects']} train), batch 64, {epochs} epochs")
     lines = ["# bench_train", "", env, "",
-             "| variant | s/epoch | subject-epochs/s | x unfused | first epoch (s) | peak RSS (MB) | val ELBO | ELBO diff |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| variant | processes x threads | s/epoch | subject-epochs/s | x unfused | first epoch (s) | "
+             "peak RSS per process (MB) | val ELBO | ELBO diff | relative |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['s_per_epoch']:.2f} | {r['subject_epochs_per_s']:.0f} | "
+        lines.append(f"| {r['variant']} | {r.get('processes', 1)} x {r.get('threads_per_process', '-')} | "
+                     f"{r['s_per_epoch']:.2f} | {r['subject_epochs_per_s']:.0f} | "
                      f"{r['throughput_ratio']:.2f} | {r['first_epoch_s']:.1f} | {r['peak_rss_mb']:.0f} | "
-                     f"{r['val_elbo']:.3f} | {r['val_elbo_rel_diff']:.2%} |")
-    lines += ["", f"Throughput ratio fused / unfused: **{summary['throughput_ratio']:.2f}x**; final validation ELBO "
-              f"relative difference {summary['val_elbo_rel_diff']:.2%}.", ""]
+                     f"{r['val_elbo']:.3f} | {r['val_elbo_abs_diff']:.3f} | {r['val_elbo_rel_diff']:.2%} |")
+    lines += [""] + [f"Throughput ratio {r['variant']} / {base['variant']}: **{r['throughput_ratio']:.2f}x**; final "
+                     f"validation ELBO difference {r['val_elbo_abs_diff']:.3f} ({r['val_elbo_rel_diff']:.2%})."
+                     for r in rows[1:] if "seed" not in r["variant"]]
+    seeded = [r for r in rows if "seed" in r["variant"]]
+    if seeded:
+        s = seeded[0]
+        lines.append(f"Yardsticks from another seed of the {base['variant']} run: its final validation ELBO differs by "
+                     f"{s['val_elbo_abs_diff']:.3f} ({s['val_elbo_rel_diff']:.2%}: an ELBO near 0 makes relative "
+                     f"differences large), and its time per epoch by {abs(1 - s['throughput_ratio']):.0%} (the "
+                     "shared machine's load changes between variants).")
+    lines.append("")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_train.md").write_text("\n".join(lines))
-    (out / "bench_train.json").write_text(json.dumps({"env": env, "rows": rows, **summary}, indent=1))
+    (out / f"{stem}.md").write_text("\n".join(lines))
+    (out / f"{stem}.json").write_text(json.dumps({"env": env, "rows": rows, **summary}, indent=1))
     print("\n".join(lines))
     return rows
 
@@ -156,9 +200,10 @@ if __name__ == "__main__":
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--small", action="store_true", help="smoke run: 200 subjects, 2 epochs")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS) + list(EXTRA))
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--stem", default="bench_train", help="result file names (STEM.md, STEM.json)")
     a = ap.parse_args()
     if a.small:
         a.subjects, a.epochs = 200, 2
-    main(a.subjects, a.epochs, a.threads, Path(a.out), tuple(a.variants))
+    main(a.subjects, a.epochs, a.threads, Path(a.out), tuple(a.variants), a.stem)
