@@ -6,7 +6,7 @@ Both are trained on the same exact simulations of the twin with the same setting
 2,000 fresh random pairs. Throughput, side by side in one process on random patients of the domain
 (``main(n_patients=20000)``; 0 skips it): the twin's exact solve (``TwinEngine``; the engine protocol's long table, and the raw
 arrays of ``simulate_pairs``) once, then each trained surrogate (``run``'s long table; the arrays of
-``predict_product``, mean only and mean + ensemble SD); each time the best of 3 (exact: 1).
+``predict_product``, mean only and mean + ensemble SD); each surrogate time the best of 10 (the exact solve: once).
 
 Usage: ``python experiments/bench_surrogate_twin_arch.py [N_TRAIN] [ARCH:HIDDEN:BATCH:EPOCHS ...]``
 (default: 10000 simulations; ``separable:256,256,256:256:150`` and ``grid:256,256,256:256:150``); results appended to
