@@ -52,6 +52,7 @@ from challenger_folds import _twin_rows, locf, score, split_early
 from hybridtwin.data import CohortData, map_observables
 from hybridtwin.datasets import load
 from hybridtwin.estimation import SAEMConfig, estimate
+from hybridtwin.estimation.marginal import marginal_loglik
 from hybridtwin.twin import HybridTwin, TwinConfig
 
 DATA = ROOT.parent / "shared" / "data" / "tsang2016_flu_households"
@@ -146,6 +147,8 @@ def main(path=DATA, out: Path | str = RESULTS, saem: dict | None = None, seed: i
         fit = estimate(twin, train, SAEMConfig(seed=seed, progress=False, **{**SAEM_SETTINGS, **(saem or {})}), amortisation=False)
     fit_seconds = time.perf_counter() - t0
     twin.eval()
+    # for comparing fits (other starts, the --sampling variant): Monolix's -2LL by importance sampling, with AIC
+    marginal = marginal_loglik(twin, train, n_draws=100, seed=seed)
     table = twin.population_table()
     # held-out households: people with >= 2 samples, later samples from the first
     early, late = split_early(test.observations, 1)
@@ -157,7 +160,8 @@ def main(path=DATA, out: Path | str = RESULTS, saem: dict | None = None, seed: i
               "LOCF": score(locf(train.observations, early, late, 1), late)}
     unc = train.observations.loc[~train.observations["censored"], "value"]
     refs = references(train.observations)
-    result = {"references": refs, "n_train": len(train.subject_ids), "n_test": len(test.subject_ids),
+    result = {"references": refs, "marginal": {k: marginal[k] for k in ("loglik", "aic", "bic") if k in marginal},
+              "saem": {**SAEM_SETTINGS, **(saem or {})}, "model": twin.model.name, "n_train": len(train.subject_ids), "n_test": len(test.subject_ids),
               "n_test_forecast": int(late["subject_id"].nunique()), "fit_seconds": fit_seconds,
               "noise_sd": float(table.loc[table.kind == "noise", "estimate"].iloc[0]),
               "data_sd_uncensored": float(unc.std()), "scores": scores,
@@ -169,6 +173,8 @@ def main(path=DATA, out: Path | str = RESULTS, saem: dict | None = None, seed: i
              f"{result['n_train']} people fitted (80 % of households), {result['n_test']} held out "
              f"({result['n_test_forecast']} with a later sample to forecast). SAEM in {fit_seconds / 60:.1f} min on 2 "
              "CPU cores. See the script's docstring for the design.", "",
+             f"- Model `{result['model']}`; SAEM settings {result['saem']}; marginal log-likelihood (importance "
+             f"sampling) {result['marginal']['loglik']:.1f}, AIC {result['marginal']['aic']:.1f}.",
              f"- Residual SD {result['noise_sd']:.2f} log10 vs the data's {result['data_sd_uncensored']:.2f} (quantified "
              "training values).",
              f"- Yardsticks on the same values (censoring ignored): a curve of day means since onset leaves "
@@ -204,5 +210,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sampling", action="store_true",
                     help="add a per-person sampling efficiency of the swabs (sampling_model); results tsang_households_sampling.*")
+    ap.add_argument("--omega-start", type=float, default=None,
+                    help="SAEM's initial between-patient SD (another start; results get the suffix _omegaX)")
     a = ap.parse_args()
-    main(sampling=a.sampling, stem="tsang_households_sampling" if a.sampling else "tsang_households")
+    stem = "tsang_households_sampling" if a.sampling else "tsang_households"
+    if a.omega_start is not None:
+        stem += f"_omega{a.omega_start:g}"
+    main(sampling=a.sampling, stem=stem, saem=None if a.omega_start is None else {"omega_start": a.omega_start})
