@@ -249,7 +249,7 @@ def twin_throughput(engine, domain, n_patients: int = 20000, seed: int = 3):
     it takes seconds; each surrogate call the best of 10)."""
     pop = domain.parameters.from_unit(np.random.default_rng(seed).random((n_patients, len(domain.parameters.names))))
     scen = [domain.scenarios.scenario([], name="none")]
-    exact_run, _ = timed(lambda: engine.run(pop, scen, domain.times), repeats=1)
+    exact_run, exact = timed(lambda: engine.run(pop, scen, domain.times), repeats=1)
     params = pop.drop(columns="subject_id", errors="ignore")
     exact_arrays, _ = timed(lambda: engine.simulate_pairs(params, scen * len(params), domain.times, domain.outputs),
                             repeats=1)
@@ -261,7 +261,7 @@ def twin_throughput(engine, domain, n_patients: int = 20000, seed: int = 3):
         mean, _ = timed(lambda: s.predict_product(up, us, sd=False), repeats=10)
         mean_sd, _ = timed(lambda: s.predict_product(up, us, sd=True), repeats=10)
         return {"n_patients": n_patients, "threads": torch.get_num_threads(), "exact_run_s": exact_run,
-                "exact_arrays_s": exact_arrays, "run_s": run, "arrays_mean_s": mean, "arrays_mean_sd_s": mean_sd,
+                "exact_failed": exact.n_failed, "exact_arrays_s": exact_arrays, "run_s": run, "arrays_mean_s": mean, "arrays_mean_sd_s": mean_sd,
                 "x_exact_run": exact_run / run, "x_exact_arrays_mean": exact_arrays / mean,
                 "x_exact_arrays_mean_sd": exact_arrays / mean_sd}
     return measure

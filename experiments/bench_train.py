@@ -62,6 +62,7 @@ def run_variant(fused: bool | str, subjects: int, epochs: int, threads: int | No
     ``accelerator`` is Lightning's (``"cpu"``, ``"gpu"``). ``fused`` is a bool (unfused / fused) or a name
     in ``VARIANTS``."""
     import resource
+    import shutil
     import tempfile
 
     import lightning as L
@@ -119,14 +120,15 @@ def run_variant(fused: bool | str, subjects: int, epochs: int, threads: int | No
     # data parallel: rank 0's weights come back to this process when the workers end
     moved = sum(not torch.equal(a, b.detach()) for a, b in zip(before, module.parameters()))
     times = [float(v) for v in log.read_text().split()]
+    shutil.rmtree(log.parent)
     n_train = len(dm.datasets["train"])
     steps = -(-n_train // batch_size)
     scale = steps / min(steps, limit_batches) if limit_batches else 1.0
     times = [t * scale for t in times]
     per_epoch = statistics.median(times[1:]) if len(times) > 1 else times[0]
     row = {"variant": variant, "train_subjects": n_train, "epochs": len(times), "processes": max(1, ddp),
-           "parameter_tensors_trained": moved,
-           "threads_per_process": torch.get_num_threads(), "batch_size": batch_size, "first_epoch_s": times[0], "s_per_epoch": per_epoch,
+           "threads_per_process": torch.get_num_threads(), "parameter_tensors_trained": moved,
+           "batch_size": batch_size, "first_epoch_s": times[0], "s_per_epoch": per_epoch,
            "subject_epochs_per_s": n_train / per_epoch, "epoch_seconds": times,
            # per process (a data-parallel worker's own peak when larger than this process's)
            "peak_rss_mb": max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF,

@@ -158,13 +158,13 @@ def main(path=DATA, out: Path | str = RESULTS, saem: dict | None = None, seed: i
     scores = {"twin MAP": score(_twin_rows(twin, cov, early, late, "map", seed), late),
               "population only": score(_twin_rows(twin, cov, None, late, "population", seed), late),
               "LOCF": score(locf(train.observations, early, late, 1), late)}
-    unc = train.observations.loc[~train.observations["censored"], "value"]
     refs = references(train.observations)
-    result = {"references": refs, "marginal": {k: marginal[k] for k in ("loglik", "aic", "bic") if k in marginal},
-              "saem": {**SAEM_SETTINGS, **(saem or {})}, "model": twin.model.name, "n_train": len(train.subject_ids), "n_test": len(test.subject_ids),
+    result = {"references": refs, "marginal": {k: marginal[k] for k in ("loglik", "se", "aic", "bic") if k in marginal},
+              "saem": {**SAEM_SETTINGS, **(saem or {})}, "model": twin.model.name,
+              "n_train": len(train.subject_ids), "n_test": len(test.subject_ids),
               "n_test_forecast": int(late["subject_id"].nunique()), "fit_seconds": fit_seconds,
               "noise_sd": float(table.loc[table.kind == "noise", "estimate"].iloc[0]),
-              "data_sd_uncensored": float(unc.std()), "scores": scores,
+              "data_sd_uncensored": refs["data_sd"], "scores": scores,
               "diagnostics": [d["message"] for d in fit.diagnostics],
               "warnings": sorted({str(w.message)[:200] for w in caught}),
               "population_table": table.to_dict(orient="records")}
@@ -174,7 +174,8 @@ def main(path=DATA, out: Path | str = RESULTS, saem: dict | None = None, seed: i
              f"({result['n_test_forecast']} with a later sample to forecast). SAEM in {fit_seconds / 60:.1f} min on 2 "
              "CPU cores. See the script's docstring for the design.", "",
              f"- Model `{result['model']}`; SAEM settings {result['saem']}; marginal log-likelihood (importance "
-             f"sampling) {result['marginal']['loglik']:.1f}, AIC {result['marginal']['aic']:.1f}.",
+             f"sampling) {result['marginal']['loglik']:.1f} (MC SE {result['marginal']['se']:.1f}), "
+             f"AIC {result['marginal']['aic']:.1f}.",
              f"- Residual SD {result['noise_sd']:.2f} log10 vs the data's {result['data_sd_uncensored']:.2f} (quantified "
              "training values).",
              f"- Yardsticks on the same values (censoring ignored): a curve of day means since onset leaves "
