@@ -100,16 +100,19 @@ class SolverConfig:
         stop with status ``TIME_BUDGET`` (their outputs before that point are kept, later ones are NaN). Which
         subjects finish in time depends on the machine, so results under a budget are not reproducible.
     fused: ``True`` runs each explicit step (the stages with the vector field inside, the error norm, the step
-        control and statuses, and the first outputs the step passes) as one ``torch.compile``-d graph: Inductor
-        turns it into a few C++ loops on CPU or Triton kernels on GPU instead of ~150 separate tensor operations
-        and their Python. The first solve of a vector field compiles (10-60 s) a graph specialised to its batch
-        size; another batch size compiles once more (a dynamic graph for every size); later solves, in the same
-        process, reuse them. Results agree with the unfused step to rounding and are still independent of the
-        batch mates; gradients flow through the compiled step. A differentiated fused solve keeps finished
-        subjects in the batch (idle) instead of compacting it, so that the cheaper static graph serves it.
-        Where compilation fails (no C++ compiler, a vector field that cannot be captured as one graph) the
-        solve warns once and runs unfused. Native backend, explicit methods (``dopri5``, ``rk4``, and
-        ``auto``'s dopri5 pass) only.
+        control and statuses) as one ``torch.compile``-d graph: Inductor turns it into a few C++ loops on CPU or
+        Triton kernels on GPU instead of ~150 separate tensor operations and their Python. A fused dopri5 step
+        ends on the next output time rather than passing it (outputs are step ends, so no stages leave the graph:
+        ~10 % more steps where outputs are dense, much less memory traffic); for a vector field with a column
+        form (:meth:`hybridtwin.Model.vector_field_columns`) and no gradients, the step works on state columns,
+        one vectorised loop over subjects. The first solve of a vector field compiles (10-90 s) a graph
+        specialised to its batch size; another batch size compiles once more (a dynamic graph for every size);
+        later solves, in the same process, reuse them. Results agree with the unfused solver to the tolerance
+        (other steps, same method and error control) and are still independent of the batch mates; gradients
+        flow through the compiled step. A differentiated fused solve keeps finished subjects in the batch (idle)
+        instead of compacting it, so that the cheaper static graph serves it. Where compilation fails (no C++
+        compiler, a vector field that cannot be captured as one graph) the solve warns once and runs unfused.
+        Native backend, explicit methods (``dopri5``, ``rk4``, and ``auto``'s dopri5 pass) only.
     """
 
     method: str = "dopri5"
@@ -390,10 +393,15 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
     def bind(p):
         return f(p) if prepared else (lambda tt, yy: f(tt, yy, p))
 
+    # the column-form fused dopri5 step (see _dp_step_columns): without gradients, for a vector field that has
+    # a column form; it reads parameters and states state-major
+    columns = (fused is not None and fused.columns is not None and method == "dopri5" and bool(T)
+               and not (torch.is_grad_enabled() and (y0.requires_grad or params.requires_grad)))
+
     def bind_rows(p):
         nonlocal bound
         bound = bind(p)
-        stepper.bind(bind, p)
+        stepper.bind(bind, _state_major(p) if columns else p)
 
     bound = None
     bind_rows(params)
@@ -426,18 +434,16 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
         return y1, en, f_end, None
 
     core_kw = dict(adaptive=adaptive, root=stepper.root, max_growth=stepper.max_growth, max_steps=config.max_steps)
-    fused_core, ys_buf = None, None
+    fused_core = None
     differentiated = torch.is_grad_enabled() and (y0.requires_grad or params.requires_grad)
     if fused is not None and isinstance(stepper, _ExplicitRK):
         fused_core = lambda *a, **kw: fused(stepper.params, *a, **kw)  # noqa: E731
-        if adaptive and T and _FUSED_OUTPUTS_PER_STEP:
-            # the fused step writes its outputs straight into this buffer; the last row takes the writes of rows
-            # without an output in a step
-            ys_buf = torch.full((B * T + 1, S), float("nan"), dtype=dtype, device=device)
 
+    n_done_next = None
     while True:
         n_work = done.shape[0]
-        n_done = int(done.sum())
+        n_done = int(done.sum()) if n_done_next is None or detect_stiff else n_done_next
+        n_done_next = None
         if n_done:  # finished and failed subjects hand their counters back
             status_all[gidx] = status
             n_steps_all[gidx] = n_steps
@@ -475,55 +481,58 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
         rate = rate_at(t)
         core_args = (t, y, h, fcur, done, status, n_steps, last_nonfinite, t_end, bps if has_breakpoints else None,
                      None if adaptive else next_out(), rate, atol_rows, rtol)
-        extra = None
+        out, counts = None, None
         if fused_core is not None:
-            outputs = (tsorted, order, ptr, gidx, T, B * T) if ys_buf is not None else None
-            out = fused_core(*core_args, outputs=outputs, **core_kw)
-            if out is not None and outputs is not None:
-                out, extra = out[:14], out[14:]
-        else:
-            out = None
+            # a fused dopri5 step ends on the next output time when it would pass it (outputs are then the step's
+            # end values: no continuous extension, so no stages leave the compiled graph); it also counts the rows
+            # that the loop must look at (one read of five numbers instead of a query each)
+            if columns:
+                core_args = (t, _state_major(y), h, _state_major(fcur)) + core_args[4:]
+            outputs = (tsorted, order, ptr, gidx, T) if adaptive and T else None
+            out = fused_core(*core_args, outputs=outputs, stiff=detect_stiff, columns=columns, **core_kw)
+            if out is not None:
+                counts = out[-1].tolist()
+                n_done_next = counts[0]
+                if outputs is not None:
+                    ptr, flat, on_output = out[14:17]
+                    if counts[1]:
+                        b = on_output.nonzero()[:, 0]
+                        out_idx.append(flat[b])
+                        out_val.append(out[0][b])
+                out = out[:14]
         if out is None:
             out = _step_core(eager_attempt, *core_args, **core_kw)
         y_new, t_new, t, fcur, h, h_try, n_steps, status, last_nonfinite, done, accept, reached, at_bp, aux = out
-        if aux is not None:  # the fused step's stages, for dense output and the stiffness test
-            stepper.set_stages(aux, y, h_try)
-        all_recorded = False
-        if extra is not None:
-            # the fused step recorded the first outputs its step passed (ptr advanced, trash row for the rest)
-            ptr, idx, vals, more = extra
-            ys_buf.index_put_((idx.reshape(-1),), vals.reshape(-1, S))
-            all_recorded = not bool(more.any())
-        if adaptive and T and not all_recorded:
+        if aux is not None:  # the fused step's stiffness norms
+            stepper.set_stages(aux)
+        if adaptive and T and counts is None:
             while True:
                 sel = accept & (next_out() < t_new)
                 if not bool(sel.any()):
                     break
                 take(sel, lambda b: stepper.dense(b, (next_out()[b] - t_old[b]) / h_try[b]))
-        if at_bp is not None and bool(at_bp.any()):
+        if at_bp is not None and (bool(at_bp.any()) if counts is None or len(counts) < 5 else counts[4]):
             y_new = y_new + sched.bolus_at(t_new, S, at_bp)
-        if T:
-            # once the fused step recorded everything its step passed, only the steps that ended on a stop (a dose,
-            # the end) can still have an output at t_new, recorded after the dose
-            rows = reached if all_recorded else accept
-            if not all_recorded or bool(rows.any()):
-                record_equal(t_new, rows, y_new)
+        if T and (counts is None or len(counts) < 5 or counts[3]):  # outputs at the step's end, after a dose there
+            record_equal(t_new, accept, y_new)
         y = y_new
-        if adaptive and bool(reached.any()):  # a dose or the end: the derivative after the jump
-            fcur = torch.where(reached[:, None], F(t, y, rate_at(t)), fcur)
+        jumped = reached & ~done  # on a breakpoint (a dose; subjects at their end are done)
+        if adaptive and (bool(jumped.any()) if counts is None or len(counts) < 5 else counts[2]):
+            # the derivative after the jump
+            fcur = torch.where(jumped[:, None], F(t, y, rate_at(t)), fcur)
         if detect_stiff:
             with torch.no_grad():
                 status = torch.where(stepper.stiff(accept, h_try) & (status == OK) & (t < t_end), _STIFF, status)
                 done = done | (status != OK)
 
-    ys = torch.full((B * T, S), float("nan"), dtype=dtype, device=device) if ys_buf is None else ys_buf[:B * T]
+    ys = torch.full((B * T, S), float("nan"), dtype=dtype, device=device)
     if out_idx:
         ys = ys.index_put((torch.cat(out_idx),), torch.cat(out_val))
     return ys.reshape(B, T, S), status_all, n_steps_all
 
 
 def _step_core(attempt, t, y, h, fcur, done, status, n_steps, last_nonfinite, t_end, bps, nxt, rate, atol, rtol, *,
-               adaptive, root, max_growth, max_steps):
+               adaptive, root, max_growth, max_steps, cap=None):
     """One step of every working row, outputs and dose jumps aside: the step size to try (up to the next
     breakpoint in ``bps`` (n, nb; +inf padded) or ``t_end``, and for fixed steps the next output time ``nxt``),
     ``attempt(t, y, fcur, h_try, rate) -> (y1, error norm, f(t + h, y1), aux)``, acceptance, the new clock,
@@ -531,7 +540,9 @@ def _step_core(attempt, t, y, h, fcur, done, status, n_steps, last_nonfinite, t_
     (:class:`_FusedStages`). Returns ``(y_new, t_new, t, fcur, h, h_try, n_steps, status, last_nonfinite, done,
     accept, reached, at_bp, aux)``: ``t_new`` is the attempted end of the step (for outputs), ``t`` the clock
     after it, ``reached`` the accepted steps that ended on their stop (a breakpoint or the end), ``at_bp`` those
-    that ended on a breakpoint (None without breakpoints).
+    that ended on a breakpoint (None without breakpoints). ``cap`` (n,): a time no step may pass that is not a
+    stop (the fused step's last output it can record itself): a step that lands on it is not ``reached`` but,
+    like one that reached its stop, keeps its step size for the next step.
     """
     OK, NONFINITE, STEP_TOO_SMALL, MAX_STEPS = (int(s) for s in (Status.OK, Status.NONFINITE, Status.STEP_TOO_SMALL,
                                                                  Status.MAX_STEPS))
@@ -544,20 +555,22 @@ def _step_core(attempt, t, y, h, fcur, done, status, n_steps, last_nonfinite, t_
         stop = t_end
     if nxt is not None:
         stop = torch.minimum(stop, nxt)
-    room = stop - t
+    end = stop if cap is None else torch.minimum(stop, cap)
+    room = end - t
     hit = h >= room
     h_try = torch.where(active, torch.where(hit, room, h), 0.0)
     y1, en, f_end, aux = attempt(t, y, fcur, h_try, rate)
     with torch.no_grad():
-        finite = torch.isfinite(y1.detach()).all(dim=1) & torch.isfinite(en)
+        finite = _rows_finite(y1) & torch.isfinite(en)
         accept = active & finite & (en <= 1.0)
-    t_new = torch.where(hit, stop, t + h_try)
-    y_new = torch.where(accept[:, None], y1, y)
-    reached = accept & hit
+    t_new = torch.where(hit, end, t + h_try)
+    y_new = _rows_where(accept, y1, y)
+    landed = accept & hit
+    reached = landed if cap is None else landed & (end == stop)
     at_bp = None if nb is None else reached & (stop == nb)
     t = torch.where(accept, t_new, t)
     if adaptive:
-        fcur = torch.where(accept[:, None], f_end, fcur)
+        fcur = _rows_where(accept, f_end, fcur)
     with torch.no_grad():
         n_steps = n_steps + active.long()
         if adaptive:
@@ -566,14 +579,14 @@ def _step_core(attempt, t, y, h, fcur, done, status, n_steps, last_nonfinite, t_
             shrink = torch.clamp(ratio, 0.2, 0.9)
             factor = torch.where(accept, grow, torch.where(finite, shrink, 0.25))
             h_next = h_try * factor
-            h = torch.where(active, torch.where(reached, torch.maximum(h_next, h), h_next), h)
+            h = torch.where(active, torch.where(landed, torch.maximum(h_next, h), h_next), h)
         last_nonfinite = torch.where(active, ~finite, last_nonfinite)
         if adaptive:
             # a step below the clock's resolution fails the subject, rejected or accepted (an accepted step
             # that does not move the clock would repeat forever: rodas4 accepts such steps next to a
             # singularity, where the error relative to the exploding state stays small)
             tiny = 1e-13 * torch.clamp(t.abs(), min=1.0)
-            too_small = active & ~reached & (h < tiny)
+            too_small = active & ~landed & (h < tiny)
         else:
             too_small = active & ~finite
         status = torch.where(too_small & last_nonfinite, NONFINITE, status)
@@ -604,7 +617,7 @@ class _ExplicitRK:
         self.adaptive = adaptive
         self.P = torch.tensor(_DP_P, dtype=dtype, device=device) if adaptive else None
         self.detect = detect_stiff
-        self.params = None
+        self.params = self.norms = None
         if detect_stiff:
             self.n_stiff = torch.zeros(n, dtype=torch.long, device=device)
             self.n_nonstiff = torch.zeros(n, dtype=torch.long, device=device)
@@ -625,17 +638,16 @@ class _ExplicitRK:
         if not self.adaptive:
             return _rk4_step(bound, t, y, h_try, None, rate, k1=fcur), torch.zeros_like(t), None
         y1, en, ks, yi = _dp_step(bound, t, y, fcur, h_try, None, rate, atol, rtol, stack=False)
-        self.ks, self.K, self.y, self.h, self.y6, self.y1 = ks, None, y, h_try, yi, y1
+        self.ks, self.K, self.y, self.h, self.y6, self.y1, self.norms = ks, None, y, h_try, yi, y1, None
         return y1, en, ks[6]
 
-    def set_stages(self, aux, y, h_try) -> None:
-        """Take the stages of a step made by the fused step (``aux`` = (K (n, 7, S), y6, y1)); dopri5 only."""
-        if aux[0] is not None:
-            self.ks, self.y, self.h = None, y, h_try
-            self.K, self.y6, self.y1 = aux
+    def set_stages(self, aux) -> None:
+        """Take the stiffness test's norms ``(||k7 - k6||, ||y1 - y6||)`` of a step made by the fused step (which
+        records its outputs itself: no stages leave the compiled graph); dopri5 only."""
+        self.norms = aux
 
     def dense(self, b, theta):
-        """States at ``t + theta h`` of the last step, for working rows ``b``."""
+        """States at ``t + theta h`` of the last (unfused) step, for working rows ``b``."""
         if self.K is None:
             self.K = torch.stack(self.ks, dim=1)  # (n, 7, S)
         q = torch.stack([theta, theta**2, theta**3, theta**4], dim=1) @ self.P.T  # (n, 7)
@@ -643,9 +655,11 @@ class _ExplicitRK:
 
     def stiff(self, accept, h_try):
         """Update the stiffness counters after a step; (n,) bool of the rows now flagged stiff."""
-        k6, k7 = (self.K[:, 5], self.K[:, 6]) if self.ks is None else (self.ks[5], self.ks[6])
-        num = _rms(k7.detach() - k6.detach())
-        den = _rms(self.y1.detach() - self.y6.detach())
+        if self.norms is not None:
+            num, den = self.norms
+        else:
+            num = _rms(self.ks[6].detach() - self.ks[5].detach())
+            den = _rms(self.y1.detach() - self.y6.detach())
         stiff_step = accept & (den > 0) & (h_try * num > 3.25 * den)
         self.n_stiff = torch.where(stiff_step, self.n_stiff + 1, self.n_stiff)
         self.n_nonstiff = torch.where(stiff_step, 0, torch.where(accept, self.n_nonstiff + 1, self.n_nonstiff))
@@ -680,33 +694,66 @@ def _dp_step(f, t, y, fcur, h, params, rate, atol, rtol, stack=True):
     return y1, en, torch.stack(ks, dim=1) if stack else ks, yi
 
 
-#: outputs a fused dopri5 step records itself (per subject and step); more fall back to the unfused loop
-_FUSED_OUTPUTS_PER_STEP = 2
+def _dp_step_columns(fc, t, ys, fcols, h, rate, atol, rtol):
+    """:func:`_dp_step` on state columns: ``ys``, ``fcols`` and ``rate`` (or None) lists of S (n,) tensors,
+    ``fc(t, columns) -> columns`` the vector field in column form (:meth:`hybridtwin.Model.vector_field_columns`).
+    Every quantity of the step is then an (n,) column, so a compiled step is one vectorised loop over subjects
+    instead of a loop per stage over (n, S) rows. Same arithmetic per element as :func:`_dp_step` (the mean over
+    states of the error norm is a sum divided by S). Returns ``(y1, error norm, stages, y6)`` as columns."""
+    S = len(ys)
+
+    def F(tt, cols):
+        d = list(fc(tt, cols))
+        return d if rate is None else [a + r for a, r in zip(d, rate)]
+
+    def combine(coefs, stages):
+        return [ys[i] + h * sum(c * k[i] for c, k in zip(coefs, stages) if c != 0.0) for i in range(S)]
+
+    ks = [list(fcols)]
+    yi = ys
+    for c, arow in zip(_DP_C[1:6], _DP_A[1:]):
+        yi = combine(arow, ks)
+        ks.append(F(t + c * h, yi))
+    y1 = combine(_DP_B, ks)
+    ks.append(F(t + h, y1))
+    with torch.no_grad():
+        acc = 0.0
+        for i in range(S):
+            err = h * sum(e * k[i].detach() for e, k in zip(_DP_E, ks) if e != 0.0)
+            x = err / (atol[i] + rtol * torch.maximum(ys[i].detach().abs(), y1[i].detach().abs()))
+            acc = acc + x * x
+        en = torch.sqrt(acc / S)
+    return y1, en, ks, yi
 
 
-def _dense_outputs(t_old, y_old, out, tsorted, order, ptr, gidx, T, trash):
-    """The outputs passed by a fused dopri5 step, in the compiled graph: up to ``_FUSED_OUTPUTS_PER_STEP`` per
-    subject from the continuous extension (or the step's end value for an output exactly there, unless the
-    step ended on a breakpoint or the end, where a dose may apply first). Returns ``(ptr, idx (m, n),
-    values (m, n, S), more (n,))``: flat output indices (``trash`` where none), and the subjects with outputs
-    left in this step."""
-    y_new, t_new, accept, reached, h_try, (K, _, _) = out[0], out[1], out[10], out[11], out[5], out[13]
-    idxs, vals = [], []
-    for _ in range(_FUSED_OUTPUTS_PER_STEP):
-        nxt = tsorted.gather(1, ptr[:, None])[:, 0]
-        cross = accept & (nxt < t_new)
-        equal = accept & ~reached & (nxt == t_new)
-        record = cross | equal
-        theta = torch.where(cross, (nxt - t_old) / torch.where(cross, h_try, 1.0), 1.0)
-        q = [theta * (c[0] + theta * (c[1] + theta * (c[2] + theta * c[3]))) for c in _DP_P]
-        dense = y_old + h_try[:, None] * sum(qi[:, None] * K[:, i] for i, qi in enumerate(q) if any(_DP_P[i]))
-        col = order.gather(1, torch.clamp(ptr, max=max(T - 1, 0))[:, None])[:, 0]
-        idxs.append(torch.where(record, gidx * T + col, trash))
-        vals.append(torch.where(equal[:, None], y_new, dense))
-        ptr = ptr + record.long()
-    nxt = tsorted.gather(1, ptr[:, None])[:, 0]
-    more = accept & ((nxt < t_new) | (~reached & (nxt == t_new)))
-    return ptr, torch.stack(idxs), torch.stack(vals), more
+def _rows_where(cond, a, b):
+    """``a`` where ``cond`` (n,) else ``b``, for (n, S) states or lists of S state columns."""
+    if isinstance(a, list):
+        return [torch.where(cond, x, z) for x, z in zip(a, b)]
+    return torch.where(cond[:, None], a, b)
+
+
+def _rows_finite(y) -> torch.Tensor:
+    """(n,) bool: every state of the row finite, for (n, S) states or lists of S state columns."""
+    if isinstance(y, list):
+        out = torch.isfinite(y[0])
+        for c in y[1:]:
+            out = out & torch.isfinite(c)
+        return out
+    return torch.isfinite(y).all(dim=1)
+
+
+def _rms_diff(a, b) -> torch.Tensor:
+    """RMS over states of ``a - b`` (no gradient), for (n, S) states or lists of S state columns."""
+    if isinstance(a, list):
+        return torch.sqrt(sum((x.detach() - z.detach()) ** 2 for x, z in zip(a, b)) / len(a))
+    return _rms(a.detach() - b.detach())
+
+
+def _state_major(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (n, S) laid out state by state ((S, n) memory, transposed), as a column-form fused step reads its
+    states and parameters: each column one contiguous run. No copy when it already is."""
+    return x if x.stride(0) == 1 and (x.shape[1] < 2 or x.stride(1) == x.shape[0]) else x.T.contiguous().T
 
 
 def _rk4_step(f, t, y, h, params, rate, k1=None):
@@ -733,8 +780,8 @@ class _FusedStages:
     (after one warning) when compilation fails, and the caller then makes the step unfused.
     """
 
-    def __init__(self, func, owner=None):
-        self.func, self.owner = func, owner
+    def __init__(self, func, owner=None, columns=None):
+        self.func, self.owner, self.columns = func, owner, columns
         self.compiled: dict = {}  # device type -> compiled step
         # dynamo keeps its compiled graphs (and counts recompilations against its limit) per code object: each
         # vector field gets its own copy of the step's code, so that models do not share one cache and limit
@@ -743,20 +790,54 @@ class _FusedStages:
                                                          _FusedStages._body.__defaults__), self)
         self.failed: str | None = None
 
-    def _body(self, owner, params, *a, adaptive, outputs=None, **kw):
+    def _body(self, owner, params, *a, adaptive, outputs=None, stiff=False, columns=False, **kw):
         f = self.func if owner is None else (lambda tt, yy, pp: self.func(owner, tt, yy, pp))
         atol, rtol = a[-2], a[-1]
+        if columns:  # the column form (see _dp_step_columns): states, derivatives and rates as lists of columns
+            pcols = params.unbind(1)
+            fc = lambda tt, cols: self.columns(owner, tt, cols, pcols)  # noqa: E731
+            a = list(a)
+            for i in (1, 3, 11):  # y, fcur, rate
+                a[i] = None if a[i] is None else list(a[i].unbind(1))
 
         def attempt(t, y, fcur, h, rate):
-            if adaptive:
+            if not adaptive:
+                return _rk4_step(f, t, y, h, params, rate), torch.zeros_like(t), None, None
+            if columns:
+                y1, en, K, y6 = _dp_step_columns(fc, t, y, fcur, h, rate, atol, rtol)
+                k5, k6 = K[5], K[6]
+            else:
                 y1, en, K, y6 = _dp_step(f, t, y, fcur, h, params, rate, atol, rtol)
-                return y1, en.detach(), K[:, 6], (K, y6, y1)
-            return _rk4_step(f, t, y, h, params, rate), torch.zeros_like(t), None, (None, None, None)
+                k5, k6 = K[:, 5], K[:, 6]
+            aux = None
+            if stiff:  # the stiffness test's two norms (see _ExplicitRK.stiff), not the stages
+                with torch.no_grad():
+                    aux = (_rms_diff(k6, k5), _rms_diff(y1, y6))
+            return y1, en.detach(), k6, aux
 
-        out = _step_core(attempt, *a, adaptive=adaptive, **kw)
-        if outputs is None:
-            return out
-        return out + _dense_outputs(a[0], a[1], out, *outputs)
+        cap = None
+        if outputs is not None:  # the next output time: no step passes it (see _integrate)
+            tsorted, order, ptr, gidx, T = outputs
+            cap = tsorted.gather(1, ptr[:, None])[:, 0]
+        out = _step_core(attempt, *a, adaptive=adaptive, cap=cap, **kw)
+        if columns:  # back to (n, S) states, laid out state-major
+            out = list(out)
+            out[0], out[3] = torch.stack(out[0]).T, torch.stack(out[3]).T
+            out = tuple(out)
+        flags = [out[9].sum()]  # rows done
+        if outputs is not None:
+            # the steps that ended on an output (not on a stop, where a dose may come first): their output's flat
+            # index and the advanced pointer; the loop records their end values
+            t_new, accept, reached, at_bp = out[1], out[10], out[11], out[12]
+            on_output = accept & ~reached & (cap == t_new)
+            flat = gidx * T + order.gather(1, torch.clamp(ptr, max=T - 1)[:, None])[:, 0]
+            ptr = ptr + on_output.long()
+            # steps whose end needs the loop: on a stop, or with a repeated output time still at the end
+            rest = reached | (on_output & (tsorted.gather(1, ptr[:, None])[:, 0] == t_new))
+            flags += [on_output.sum(), (reached & ~out[9]).sum(), rest.sum(),
+                      torch.zeros_like(flags[0]) if at_bp is None else at_bp.sum()]
+            out = out + (ptr, flat, on_output)
+        return out + (torch.stack(flags),)
 
     def __call__(self, params, *a, **kw):
         if self.failed is not None:
@@ -808,7 +889,10 @@ def _fused_stages(f, config) -> _FusedStages:
     hit = _FUSED_CACHE.get(key)
     if hit is not None and hit[0]() is (owner if owner is not None else func):
         return hit[1]
-    fused = _FusedStages(func, owner)
+    columns = None
+    if owner is not None and getattr(type(owner), "vector_field", None) is func:
+        columns = getattr(type(owner), "vector_field_columns", None)
+    fused = _FusedStages(func, owner, columns)
     # a weak reference to the owner so that a stale entry (the object was collected, its id reused) is detected;
     # the entry itself is dropped when its owner is collected
     ref = weakref.ref(owner if owner is not None else func, lambda _r, k=key: _FUSED_CACHE.pop(k, None))
