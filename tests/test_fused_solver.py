@@ -13,7 +13,7 @@ import torch
 
 import hybridtwin as ht
 from hybridtwin.dosing import BatchSchedule, Dose
-from hybridtwin.solve import SolverConfig, solve
+from hybridtwin.solve import SolverConfig, Status, solve
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -82,6 +82,34 @@ def test_fused_outputs_at_repeated_times_and_doses_on_output_times(monkeypatch):
     # the dose of 0.5 into x at 2.5 is in the outputs at 2.5 (vs. the subject without one, same parameters start)
     x_before = fused.ys[0, 3, 0] * torch.exp(-0.5 * p[0, 0])
     assert abs(float(fused.ys[0, 4, 0] - x_before) - 0.5) < 1e-6
+
+
+def test_fused_column_form_of_a_model_keeps_statuses_and_batch_invariance(monkeypatch):
+    # a Model's fused step without gradients runs on state columns (Model.vector_field_columns): a subject that
+    # blows up (y' = k y^2, at t = 1/k) fails with the unfused solver's status and loses only its later
+    # outputs; the others match y = 1/(1 - k t), alone or in the batch, through compactions of the working set
+    solve_module = importlib.import_module("hybridtwin.solve")
+    monkeypatch.setattr(solve_module, "_FUSED_COMPILE_OPTIONS", {})
+    blowup = ht.Model("blowup_columns", ["y"], [ht.Parameter("k", 0.1, 0.0, 10.0)],
+                      rhs=lambda t, s, p: {"y": p.k * s.y ** 2}, initial={"y": 1.0})
+    k = torch.tensor([[0.1], [1.0], [0.3], [0.05], [0.45], [0.2]])
+    times = torch.tensor([0.25, 0.5, 1.5, 2.0])
+    y0 = torch.ones(6, 1)
+    cfg = dict(rtol=1e-9, atol=1e-12)
+    with torch.no_grad():
+        plain = solve(blowup, y0, times, k, config=SolverConfig(**cfg))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # compiled, not fallen back
+            fused = solve(blowup, y0, times, k, config=SolverConfig(**cfg, fused=True))
+        alone = solve(blowup, y0[[2, 5]], times, k[[2, 5]], config=SolverConfig(**cfg, fused=True))
+    assert solve_module._fused_stages(blowup.vector_field, SolverConfig(fused=True)).columns is not None
+    assert fused.status.tolist() == plain.status.tolist()
+    assert fused.status[1] != Status.OK and bool(fused.ok[[0, 2, 3, 4, 5]].all())
+    assert bool(torch.isnan(fused.ys[1, 2:]).all()) and not bool(torch.isnan(fused.ys[1, :2]).any())
+    exact = 1.0 / (1.0 - k * times)
+    ok = torch.tensor([0, 2, 3, 4, 5])
+    assert torch.allclose(fused.ys[ok, :, 0], exact[ok], rtol=1e-7)
+    assert torch.equal(alone.ys, fused.ys[[2, 5]])
 
 
 def test_uncompilable_vector_field_warns_once_and_solves_unfused():
