@@ -643,7 +643,7 @@ class _ExplicitRK:
 
     def set_stages(self, aux) -> None:
         """Take the stiffness test's norms ``(||k7 - k6||, ||y1 - y6||)`` of a step made by the fused step (which
-        records its outputs itself: no stages leave the compiled graph); dopri5 only."""
+        ends its steps on output times: no stages leave the compiled graph); dopri5 only."""
         self.norms = aux
 
     def dense(self, b, theta):
