@@ -393,10 +393,10 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
     def bind(p):
         return f(p) if prepared else (lambda tt, yy: f(tt, yy, p))
 
+    differentiated = torch.is_grad_enabled() and (y0.requires_grad or params.requires_grad)
     # the column-form fused dopri5 step (see _dp_step_columns): without gradients, for a vector field that has
     # a column form; it reads parameters and states state-major
-    columns = (fused is not None and fused.columns is not None and method == "dopri5" and bool(T)
-               and not (torch.is_grad_enabled() and (y0.requires_grad or params.requires_grad)))
+    columns = fused is not None and fused.columns is not None and method == "dopri5" and not differentiated
 
     def bind_rows(p):
         nonlocal bound
@@ -435,7 +435,6 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
 
     core_kw = dict(adaptive=adaptive, root=stepper.root, max_growth=stepper.max_growth, max_steps=config.max_steps)
     fused_core = None
-    differentiated = torch.is_grad_enabled() and (y0.requires_grad or params.requires_grad)
     if fused is not None and isinstance(stepper, _ExplicitRK):
         fused_core = lambda *a, **kw: fused(stepper.params, *a, **kw)  # noqa: E731
 
@@ -491,11 +490,11 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
             outputs = (tsorted, order, ptr, gidx, T) if adaptive and T else None
             out = fused_core(*core_args, outputs=outputs, stiff=detect_stiff, columns=columns, **core_kw)
             if out is not None:
-                counts = out[-1].tolist()
-                n_done_next = counts[0]
+                counts = dict(zip(_LOOP_COUNTS, out[-1].tolist()))
+                n_done_next = counts["done"]
                 if outputs is not None:
                     ptr, flat, on_output = out[14:17]
-                    if counts[1]:
+                    if counts["on_output"]:
                         b = on_output.nonzero()[:, 0]
                         out_idx.append(flat[b])
                         out_val.append(out[0][b])
@@ -511,14 +510,14 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
                 if not bool(sel.any()):
                     break
                 take(sel, lambda b: stepper.dense(b, (next_out()[b] - t_old[b]) / h_try[b]))
-        if at_bp is not None and (bool(at_bp.any()) if counts is None or len(counts) < 5 else counts[4]):
+        if at_bp is not None and (bool(at_bp.any()) if counts is None else counts["dose"]):
             y_new = y_new + sched.bolus_at(t_new, S, at_bp)
-        if T and (counts is None or len(counts) < 5 or counts[3]):  # outputs at the step's end, after a dose there
+        if T and (counts is None or counts["end_outputs"]):  # outputs at the step's end, after a dose there
             record_equal(t_new, accept, y_new)
         y = y_new
-        jumped = reached & ~done  # on a breakpoint (a dose; subjects at their end are done)
-        if adaptive and (bool(jumped.any()) if counts is None or len(counts) < 5 else counts[2]):
-            # the derivative after the jump
+        # after a breakpoint (a dose; subjects at their end are done) the derivative after the jump
+        if adaptive and (bool((reached & ~done).any()) if counts is None else counts["jumped"]):
+            jumped = reached & ~done
             fcur = torch.where(jumped[:, None], F(t, y, rate_at(t)), fcur)
         if detect_stiff:
             with torch.no_grad():
@@ -541,8 +540,8 @@ def _step_core(attempt, t, y, h, fcur, done, status, n_steps, last_nonfinite, t_
     accept, reached, at_bp, aux)``: ``t_new`` is the attempted end of the step (for outputs), ``t`` the clock
     after it, ``reached`` the accepted steps that ended on their stop (a breakpoint or the end), ``at_bp`` those
     that ended on a breakpoint (None without breakpoints). ``cap`` (n,): a time no step may pass that is not a
-    stop (the fused step's last output it can record itself): a step that lands on it is not ``reached`` but,
-    like one that reached its stop, keeps its step size for the next step.
+    stop (the fused step's next output time): a step that lands on it is not ``reached`` but, like one that
+    reached its stop, keeps its step size for the next step.
     """
     OK, NONFINITE, STEP_TOO_SMALL, MAX_STEPS = (int(s) for s in (Status.OK, Status.NONFINITE, Status.STEP_TOO_SMALL,
                                                                  Status.MAX_STEPS))
@@ -756,6 +755,11 @@ def _state_major(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(0) == 1 and (x.shape[1] < 2 or x.stride(1) == x.shape[0]) else x.T.contiguous().T
 
 
+#: what a fused step counts for the loop: rows done, steps ended on an output, steps ended on a breakpoint before
+#: the end (their derivative is recomputed after the jump), steps whose end outputs the loop records, dose jumps
+_LOOP_COUNTS = ("done", "on_output", "jumped", "end_outputs", "dose")
+
+
 def _rk4_step(f, t, y, h, params, rate, k1=None):
     """One classical RK4 step: ``y1`` (``k1``: f(t, y) when already known). Unfused and fused steps run this."""
     def F(tt, yy):
@@ -824,20 +828,21 @@ class _FusedStages:
             out = list(out)
             out[0], out[3] = torch.stack(out[0]).T, torch.stack(out[3]).T
             out = tuple(out)
-        flags = [out[9].sum()]  # rows done
+        t_new, done, accept, reached, at_bp = out[1], out[9], out[10], out[11], out[12]
+        none = torch.zeros_like(done)
+        rest, on_output, extra = reached, none, ()  # rest: steps whose end the loop must record (after a dose)
         if outputs is not None:
             # the steps that ended on an output (not on a stop, where a dose may come first): their output's flat
             # index and the advanced pointer; the loop records their end values
-            t_new, accept, reached, at_bp = out[1], out[10], out[11], out[12]
             on_output = accept & ~reached & (cap == t_new)
             flat = gidx * T + order.gather(1, torch.clamp(ptr, max=T - 1)[:, None])[:, 0]
             ptr = ptr + on_output.long()
-            # steps whose end needs the loop: on a stop, or with a repeated output time still at the end
-            rest = reached | (on_output & (tsorted.gather(1, ptr[:, None])[:, 0] == t_new))
-            flags += [on_output.sum(), (reached & ~out[9]).sum(), rest.sum(),
-                      torch.zeros_like(flags[0]) if at_bp is None else at_bp.sum()]
-            out = out + (ptr, flat, on_output)
-        return out + (torch.stack(flags),)
+            rest = reached | (on_output & (tsorted.gather(1, ptr[:, None])[:, 0] == t_new))  # a repeated time
+            extra = (ptr, flat, on_output)
+        # what the loop must look at, counted here (one read instead of a query each; see _LOOP_COUNTS)
+        counts = torch.stack([done.sum(), on_output.sum(), (reached & ~done).sum(), rest.sum(),
+                              (none if at_bp is None else at_bp).sum()])
+        return out + extra + (counts,)
 
     def __call__(self, params, *a, **kw):
         if self.failed is not None:
