@@ -526,7 +526,7 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
 
     ys = torch.full((B * T, S), float("nan"), dtype=dtype, device=device)
     if out_idx:
-        ys = ys.index_put((torch.cat(out_idx),), torch.cat(out_val))
+        ys = ys.index_copy(0, torch.cat(out_idx), torch.cat(out_val))  # each slot once; faster than index_put
     return ys.reshape(B, T, S), status_all, n_steps_all
 
 
