@@ -82,7 +82,7 @@ def cmd_surrogate_fit(args) -> int:
         if args.model:
             spec = {**spec, "model": args.model}
         domain = Domain.from_dict(spec)
-    hidden = tuple(int(h) for h in args.hidden.split(","))
+    hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
     s = fit_surrogate(domain, n_train=args.n_train, members=args.members, hidden=hidden, epochs=args.epochs,
                       seed=args.seed, progress=not args.quiet, engine=engine, arch=args.arch)
     print(f"trained on {s.info['n_train'] - s.info['n_failed']} exact simulations ({s.info['simulation_seconds']:.0f} s) "
@@ -276,13 +276,15 @@ def add_parsers(sub) -> None:
     f.add_argument("--twin", default=None, help="emulate a trained twin (its checkpoint folder) instead of a model; "
                                                 "the domain file then needs scenarios and times, and parameters or "
                                                 "width (between-patient SDs around the twin's population, default 3)")
-    f.add_argument("--arch", default="auto", choices=["auto", "separable", "grid"],
-                   help="separable: patient x scenario low-rank split, fast for sweeps; grid: one MLP to the whole "
-                        "output grid; auto (default): separable when the domain has scenario factors, else grid")
+    f.add_argument("--arch", default="auto", choices=["auto", "separable", "grid", "timed"],
+                   help="timed: patient x (scenario, time) low-rank split reading the time since each dose, accurate "
+                        "and fast for sweeps; separable: the same split emitting the whole grid; grid: one MLP to "
+                        "the whole output grid; auto (default): timed when the domain has scenario factors, else grid")
     f.add_argument("--out", required=True, help="output folder (weights.pt + card.json)")
     f.add_argument("--n-train", type=int, default=20000, help="exact simulations to train on (default 20000)")
     f.add_argument("--members", type=int, default=5, help="ensemble members (default 5)")
-    f.add_argument("--hidden", default="256,256,256", help="hidden layer sizes (default 256,256,256)")
+    f.add_argument("--hidden", default=None, help="hidden layer sizes, e.g. 128,128,128 (default 128,128,128 for "
+                                                  "timed, 256,256,256 otherwise)")
     f.add_argument("--epochs", type=int, default=300)
     f.add_argument("--validate", type=int, default=1000, help="fresh pairs for the certificate (0: skip)")
     f.add_argument("--seed", type=int, default=0)

@@ -149,10 +149,14 @@ def pairs_to_set(ids, scenarios, grid, outputs, values: "np.ndarray", status) ->
     ids = np.asarray(ids, dtype=object)
     n, S, O, T = values.shape
     names = np.array([s.name for s in scenarios], dtype=object)
+
+    def labels(a):  # object columns as built: pandas' string dtype would check every row (half of a sweep's table)
+        return pd.Series(a, dtype=object, copy=False)
+
     frame = pd.DataFrame({
-        "subject_id": np.repeat(ids, S * O * T), "scenario": np.tile(np.repeat(names, O * T), n),
+        "subject_id": labels(np.repeat(ids, S * O * T)), "scenario": labels(np.tile(np.repeat(names, O * T), n)),
         "time": np.tile(np.asarray(grid, dtype=float), n * S * O),
-        "output": np.tile(np.repeat(np.array(outputs, dtype=object), T), n * S),
+        "output": labels(np.tile(np.repeat(np.array(outputs, dtype=object), T), n * S)),
         "value": values.reshape(-1)})
     st = np.asarray(status, dtype=object).reshape(S, n).T.reshape(-1)
     status = pd.DataFrame({"subject_id": np.repeat(ids, S), "scenario": np.tile(names, n), "status": st})

@@ -235,7 +235,7 @@ def run_quickstart(out="quickstart_output", n_subjects: int = 240, held_fraction
                            {"name": "boost", "target": TARGET, "time": [30, 480], "amount": [0, 2]}])
     times = np.linspace(0, HORIZON, 19)
     domain = twin_domain(twin, space, times, width=3.0)
-    sur = fit_surrogate(domain, n_train=surrogate_sims, members=5, hidden=(256, 256), epochs=surrogate_epochs,
+    sur = fit_surrogate(domain, n_train=surrogate_sims, members=5, hidden=(128, 128), epochs=surrogate_epochs,
                         batch_size=256, seed=seed, engine=engine, progress=True)
     cert = certify(sur, n=500, seed=seed + 1)
     by_time = pd.DataFrame(cert["per_output_time"]) if "per_output_time" in cert else None

@@ -259,8 +259,8 @@ def test_twin_surrogate_arch_tiny(tmp_path):
 def test_surrogate_recipe_benchmarks_tiny(tmp_path):
     import bench_surrogate_equal_data
 
-    rows = bench_surrogate_equal_data.main(("grid:16:64:2", "separable:16:64:2:1e-6:2"), n_train=128, n_held=64,
+    rows = bench_surrogate_equal_data.main(("grid:16:64:2", "timed:16:64:2:1e-6:2"), n_train=128, n_held=64,
                                            out=tmp_path, stem="tiny")
-    assert [r["recipe"] for r in rows] == ["grid:16:64:2", "separable:16:64:2:1e-6:2"]
+    assert [r["recipe"] for r in rows] == ["grid:16:64:2", "timed:16:64:2:1e-6:2"]
     lines = (tmp_path / "tiny.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all(json.loads(x)["median"] >= 0 for x in lines)

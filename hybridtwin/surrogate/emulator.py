@@ -9,20 +9,24 @@ percentile and worst absolute error, plus how well the ensemble's spread predict
 :class:`Surrogate` answers the engine protocol (``run(population, scenarios, times)``); a query outside the
 validated domain is flagged in the status table, or routed to the exact engine on request.
 
-Why this architecture (measured in ``experiments/bench_surrogate.py``): the default ``arch="auto"`` takes
-``"separable"`` when the domain has scenario factors and ``"grid"`` when it has none. ``"separable"`` is a
-rank-r split ``y(p, s) = sum_r a_r(p) B_r(s) + c(s)`` between patient inputs and scenario factors (a
-DeepONet-style branch/trunk pair, :class:`SeparableEnsemble`). A population x scenarios sweep then runs each
-network once per patient and once per scenario, and each pair costs only the rank-r contraction: over 100x the
-exact engine on the benchmark's 10^5 pairs, at the same held-out accuracy as ``arch="grid"`` (one MLP from
-all inputs to the whole output grid, :class:`EnsembleMLP`), which must run its full network for every pair and
-so reaches only a few times the exact engine. Both emit the whole output grid (20-100 times x a few
-observables) at once; the scenario enters as its few factors (booster day, dose), which a
-:class:`~hybridtwin.scenarios.ScenarioSpace` defines. An operator network over free output times, or a set
-encoder for dose schedules of varying length, would pay off only for outputs or schedules of changing shape.
-Without scenario factors (e.g. a twin's natural course) there is nothing to share across pairs, and ``grid``
-is the more accurate: on the challenger twin's viral load (10,000 simulations, same training settings) median
-0.028 / p95 0.154 log10 against 0.050 / 0.245 for ``separable``, in 40 % of its training time.
+Why this architecture (measured in ``experiments/bench_surrogate.py`` and ``bench_surrogate_equal_data.py``):
+the default ``arch="auto"`` takes ``"timed"`` when the domain has scenario factors and ``"grid"`` when it has
+none. ``"timed"`` is a rank-r split ``y(p, s, t) = sum_r a_r(p) B_r(s, t) + c(s, t)`` between the patient
+inputs and the (scenario, output time) pair (a DeepONet-style branch/trunk pair, :class:`TimedEnsemble`): the
+trunk reads, at each output time, the time since each dose of the scenario, so a booster's kink at a day that
+moves with the scenario is an input feature, not something to learn anew for every output time. At the
+Gaussian process's budget (2,000 simulations of the benchmark's prime-boost domain) it reached median 0.0025 /
+p95 0.011 log10 against the GP's 0.0074 / 0.046, ``"separable"``'s 0.025 / 0.29 and ``"grid"``'s 0.016 / 0.16.
+A population x scenarios sweep runs each network once per patient and once per (scenario, time), and each pair
+costs only the rank-r contraction: over 100x the exact engine on the benchmark's 10^5 pairs. ``"separable"``
+(:class:`SeparableEnsemble`) is the same split with a trunk that emits the whole output grid at once;
+``"grid"`` (one MLP from all inputs to the whole output grid, :class:`EnsembleMLP`) must run its full network
+for every pair and so reaches only a few times the exact engine. Scenarios enter as their few factors (booster
+day, dose), which a :class:`~hybridtwin.scenarios.ScenarioSpace` defines; a set encoder for dose schedules of
+varying length would pay off only for schedules of changing shape. Without scenario factors (e.g. a twin's
+natural course) there is nothing to share across pairs, and ``grid`` is the more accurate there: on the
+challenger twin's viral load (10,000 simulations, same training settings) median 0.028 / p95 0.154 log10
+against 0.050 / 0.245 for ``separable``, in 40 % of its training time.
 
 Example
 -------
@@ -58,20 +62,36 @@ import torch
 
 from ..engine import ExactEngine, Scenario, SimulationSet, TwinEngine, check_run, pairs_to_set
 from .domain import Domain
-from .network import EnsembleMLP, SeparableEnsemble
+from .network import EnsembleMLP, SeparableEnsemble, TimedEnsemble
 
 WEIGHTS, CARD = "weights.pt", "card.json"
 FORMAT = "hybridtwin-surrogate/1"
 #: z-score of a two-sided 90 % interval, used to check the ensemble's spread against its error
 Z90 = 1.6448536269514722
 OUTSIDE = ("flag", "exact", "error")
-ARCHS = ("grid", "separable")
+ARCHS = ("grid", "separable", "timed")
 
 
-def _network(arch: str, n_patient: int, n_scenario: int, n_out: int, hidden, members: int, activation: str, rank: int):
+def dose_times(domain: Domain) -> list:
+    """Each dose of ``domain``'s scenario space as :class:`TimedEnsemble` reads it: its time, or ``(factor index,
+    low, high)`` when the time is a scenario factor."""
+    factors = domain.scenarios.factors
+    return [(factors.index(f"{d.name}.time"), *d.time) if isinstance(d.time, tuple) else float(d.time)
+            for d in domain.scenarios.doses]
+
+
+def _network(arch: str, domain: Domain, n_out: int, hidden, members: int, activation: str, rank: int):
+    n_patient, n_scenario = len(domain.parameters.names), len(domain.scenarios.factors)
     if arch == "separable":
         return SeparableEnsemble(n_patient, n_scenario, n_out, rank, hidden, members, activation)
+    if arch == "timed":
+        return TimedEnsemble(n_patient, n_scenario, len(domain.outputs), domain.times, dose_times(domain), rank,
+                             hidden, members, activation)
     return EnsembleMLP(n_patient + n_scenario, n_out, hidden, members, activation)
+
+
+def _kind(net) -> str:
+    return "timed" if isinstance(net, TimedEnsemble) else "separable" if isinstance(net, SeparableEnsemble) else "grid"
 
 
 class Surrogate:
@@ -298,7 +318,7 @@ def refine(domain: Domain, data: dict, held: dict, rounds: int = 3, n_add: int =
 
 
 # ---------------------------------------------------------------------- training
-def fit_surrogate(domain: Domain, n_train: int = 20000, members: int = 5, hidden: Sequence[int] = (256, 256, 256),
+def fit_surrogate(domain: Domain, n_train: int = 20000, members: int = 5, hidden: Sequence[int] | None = None,
                   epochs: int = 300, batch_size: int = 512, lr: float = 2e-3, weight_decay: float = 1e-6,
                   validation: float = 0.1, seed: int = 0, design: str = "sobol", rtol: float = 1e-6,
                   accelerator: str = "auto", progress: bool = True, data: dict | None = None, arch: str = "auto",
@@ -306,9 +326,12 @@ def fit_surrogate(domain: Domain, n_train: int = 20000, members: int = 5, hidden
     """Train a surrogate of ``domain`` on ``n_train`` exact simulations (see the module docstring).
 
     members, hidden: the ensemble (members trained together, each on its own bootstrap weights of the same
-    pairs). arch: ``"separable"`` (a rank-``rank`` patient x scenario split, :class:`SeparableEnsemble`: much
-    cheaper for population x scenario sweeps), ``"grid"`` (one MLP from all inputs to the whole output grid,
-    :class:`EnsembleMLP`), or ``"auto"`` (default: separable when the domain has scenario factors, else grid). epochs, batch_size, lr, weight_decay: AdamW with a one-cycle schedule; the epoch with the lowest
+    pairs); hidden defaults to (128, 128, 128) for ``"timed"`` (its trunk runs once per output time: wider
+    layers cost ~3x the training time) and (256, 256, 256) otherwise. arch: ``"timed"`` (a rank-``rank`` split between patients and (scenario, output time), the time since
+    each dose an input, :class:`TimedEnsemble`: the most accurate with dose-time factors, and cheap for population
+    x scenario sweeps), ``"separable"`` (the same split, the trunk emitting the whole grid,
+    :class:`SeparableEnsemble`), ``"grid"`` (one MLP from all inputs to the whole output grid,
+    :class:`EnsembleMLP`), or ``"auto"`` (default: timed when the domain has scenario factors, else grid). epochs, batch_size, lr, weight_decay: AdamW with a one-cycle schedule; the epoch with the lowest
     validation error (``validation`` share of the pairs) is kept. design: ``"sobol"``, ``"lhs"`` or
     ``"random"``. accelerator: Lightning's (``"auto"`` uses a GPU when there is one). data: reuse pairs from
     :func:`simulate_domain` (then ``n_train``, ``design`` and ``rtol`` are not used). Pairs whose exact
@@ -341,15 +364,16 @@ def fit_surrogate(domain: Domain, n_train: int = 20000, members: int = 5, hidden
     if arch not in ARCHS + ("auto",):
         raise ValueError(f"arch must be one of {ARCHS + ('auto',)}, got {arch!r}")
     if arch == "auto":
-        arch = "separable" if domain.scenarios.factors else "grid"
+        arch = "timed" if domain.scenarios.factors else "grid"
+    if hidden is None:
+        hidden = (128, 128, 128) if arch == "timed" else (256, 256, 256)
     torch.manual_seed(seed)
-    net = _network(arch, len(domain.parameters.names), len(domain.scenarios.factors), z_t.shape[1], hidden, members,
-                   "silu", rank)
+    net = _network(arch, domain, z_t.shape[1], hidden, members, "silu", rank)
     t1 = time.perf_counter()
     best_val = _train(net, x_t[tr], z_t[tr], x_t[val], z_t[val], epochs, batch_size, lr, weight_decay, seed,
                       accelerator, progress)
     info = {"n_train": int(len(ok)), "n_failed": int((~ok).sum()), "n_validation": int(n_val), "members": members,
-            "arch": arch, "rank": rank if arch == "separable" else None,
+            "arch": arch, "rank": rank if arch != "grid" else None,
             "hidden": list(hidden), "epochs": epochs, "batch_size": batch_size, "lr": lr, "design": design,
             "rtol": rtol, "seed": seed, "simulation_seconds": sim_seconds, "training_seconds": time.perf_counter() - t1,
             "best_validation_mse_standardised": best_val}
@@ -479,7 +503,7 @@ def save(surrogate: Surrogate, path) -> Path:
         source["twin"] = getattr(surrogate.exact, "source", None)
     card = {"format": FORMAT, "hybridtwin": __version__, "source": source,
             "domain": surrogate.domain.to_dict(),
-            "architecture": {"kind": "separable" if isinstance(surrogate.net, SeparableEnsemble) else "grid",
+            "architecture": {"kind": _kind(surrogate.net),
                              "n_in": surrogate.net.n_in, "n_out": surrogate.net.n_out, "hidden": surrogate.net.hidden,
                              "members": surrogate.net.members, "activation": surrogate.net.activation,
                              "rank": getattr(surrogate.net, "rank", None)},
@@ -526,8 +550,8 @@ def load(path, twin=None) -> Surrogate:
         exact = TwinEngine(twin)
         exact.source = card["source"]["twin"]
     dom = Domain.from_dict(card["domain"], model=twin.model if twin is not None else None)
-    net = _network(a.get("kind", "grid"), len(dom.parameters.names), len(dom.scenarios.factors), a["n_out"], a["hidden"],
-                   a["members"], a["activation"], a.get("rank") or 32)
+    net = _network(a.get("kind", "grid"), dom, a["n_out"], a["hidden"], a["members"], a["activation"],
+                   a.get("rank") or 32)
     net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
     return Surrogate(dom, net, state["y_mean"], state["y_sd"], card.get("training"), card.get("certificate"),
                      exact=exact)
