@@ -7,8 +7,10 @@ alpha_L, beta_L, delta_S, delta_L, delta_Ab), each log-uniform within a factor 2
 
 Engines, side by side in one process:
 
-- **surrogate** (two architectures, chosen by this measurement): ``grid`` -- one ensemble MLP from all inputs
-  to the whole output grid; ``separable`` -- a rank-r patient x scenario split (DeepONet-style branch/trunk).
+- **surrogate** (three architectures, chosen by this measurement): ``timed`` (the default) -- a rank-r split
+  between patients and (scenario, output time), the trunk reading the time since each dose (hidden sizes
+  ``TIMED_HIDDEN``); ``separable`` -- the same split with the whole output grid from the trunk at once;
+  ``grid`` -- one ensemble MLP from all inputs to the whole output grid.
   Trained on ``--n-train`` exact simulations of a joint Sobol design; throughput of ``Surrogate.run`` (the
   engine protocol, long table included) and of the raw array prediction.
 - **exact**: ``ExactEngine.run`` (all pairs in one batched adaptive solve, rtol 1e-6).
@@ -53,6 +55,10 @@ DOMAIN = {"model": "vaccine_asc", "parameters": {k: [v / 2, v * 2] for k, v in P
           "scenarios": {"doses": [{"name": "prime", "target": "Ag", "time": 0, "amount": 1},
                                   {"name": "boost", "target": "Ag", "time": [14, 365], "amount": [0.25, 4]}]},
           "times": {"start": 18.25, "stop": 365, "num": 20}, "outputs": ["log10_Ab"]}
+#: the timed architecture's hidden sizes (its recipe in ``bench_surrogate_equal_data.py``)
+TIMED_HIDDEN = (128, 128, 128)
+
+
 #: the hybrid twin (sarscov2_cd8 + a neural clearance closure) trained in leave-studies-out fold 1
 TWIN = RESULTS / "challenger_folds" / "fold1_hybrid"
 ORDER = ["delta_Ag", "K_Ag", "rho_M", "M_max", "alpha_S", "beta_S", "alpha_L", "beta_L", "theta_S", "theta_L",
@@ -122,7 +128,7 @@ def gaussian_process(train: dict, n: int, held: dict, seed: int = 0):
 
 def main(n_train: int = 20000, epochs: int = 300, gp_n: int = 2000, scipy_pairs: int = 200, n_patients: int = 1000,
          n_days: int = 10, n_doses: int = 10, n_held: int = 2000, out=RESULTS, stem: str = "bench_surrogate",
-         archs=("grid", "separable"), hidden=(256, 256, 256), members: int = 5, twin=None) -> dict:
+         archs=("timed", "separable", "grid"), hidden=(256, 256, 256), members: int = 5, twin=None) -> dict:
     torch.manual_seed(0)
     domain = Domain.from_dict(DOMAIN)
     pop, scenarios = workload(domain, n_patients, n_days, n_doses)
@@ -153,7 +159,8 @@ def main(n_train: int = 20000, epochs: int = 300, gp_n: int = 2000, scipy_pairs:
     res["surrogates"] = []
     exact_vals = wide  # reference for the workload's own pairs
     for arch in archs:
-        s = fit_surrogate(domain, members=members, hidden=hidden, epochs=epochs, progress=False, seed=0, data=train,
+        size = TIMED_HIDDEN if arch == "timed" else hidden
+        s = fit_surrogate(domain, members=members, hidden=size, epochs=epochs, progress=False, seed=0, data=train,
                           arch=arch)
         cert = certify(s, data=held)
         run_s, sims = timed(lambda: s.run(pop, scenarios))
@@ -170,7 +177,7 @@ def main(n_train: int = 20000, epochs: int = 300, gp_n: int = 2000, scipy_pairs:
                "speedup_vs_scipy_run": sp * n_pairs / run_s, "speedup_vs_scipy_array": sp * n_pairs / arr_s}
         # equal data: as many optimiser steps as the full fit (epochs scaled by the data ratio, at most 10x)
         small_epochs = int(min(10 * epochs, round(epochs * n_train / gp_n)))
-        small = fit_surrogate(domain, members=members, hidden=hidden, epochs=small_epochs, progress=False, seed=0, arch=arch,
+        small = fit_surrogate(domain, members=members, hidden=size, epochs=small_epochs, progress=False, seed=0, arch=arch,
                               data={k: (v[:gp_n] if not isinstance(v, list) else v[:gp_n]) for k, v in train.items()})
         c_small = certify(small, data=held)
         row["equal_data"] = {"n_train": gp_n, "epochs": small_epochs, "median": c_small["overall"]["median"], "p95": c_small["overall"]["p95"],
@@ -198,10 +205,6 @@ def main(n_train: int = 20000, epochs: int = 300, gp_n: int = 2000, scipy_pairs:
     (out / f"{stem}.md").write_text(report(res))
     print(report(res))
     return res
-
-
-#: the timed architecture's hidden sizes (its recipe in ``bench_surrogate_equal_data.py``)
-TIMED_HIDDEN = (128, 128, 128)
 
 
 def timing(n_patients: int = 1000, n_days: int = 10, n_doses: int = 10, hidden=(256, 256, 256), members: int = 5,
