@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The surrogate -> sweep -> sensitivity -> trial path from the command line, on the example configs, with the
-# outputs kept in experiments/results/cli_end_to_end/ (about 10 min on 2 cores).
+# outputs kept in experiments/results/cli_end_to_end/ (about 10 min on 2 cores). The surrogate is the default
+# (timed) architecture at the recipe of bench_surrogate_equal_data.py: 2,000 simulations, batch 16, 200 epochs.
 # Run from the repository root: bash experiments/cli_end_to_end.sh
 set -euo pipefail
 HT=${HT:-$( [ -x .venv/bin/hybridtwin ] && echo .venv/bin/hybridtwin || echo hybridtwin )}
@@ -8,7 +9,7 @@ KEEP=experiments/results/cli_end_to_end
 mkdir -p "$KEEP"
 {
   time $HT surrogate fit --domain experiments/configs/surrogate_vaccine.yaml --out surrogates/vaccine \
-      --n-train 20000 --epochs 150 --validate 0 --quiet
+      --n-train 2000 --epochs 200 --batch-size 16 --validate 0 --quiet
   $HT surrogate validate surrogates/vaccine --n 2000
   time $HT sweep experiments/configs/sweep_booster.yaml --quiet
   time $HT surrogate sensitivity surrogates/vaccine --output log10_Ab --time 365 --out sensitivity_output

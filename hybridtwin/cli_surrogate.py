@@ -84,7 +84,8 @@ def cmd_surrogate_fit(args) -> int:
         domain = Domain.from_dict(spec)
     hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
     s = fit_surrogate(domain, n_train=args.n_train, members=args.members, hidden=hidden, epochs=args.epochs,
-                      seed=args.seed, progress=not args.quiet, engine=engine, arch=args.arch)
+                      batch_size=args.batch_size, seed=args.seed, progress=not args.quiet, engine=engine,
+                      arch=args.arch)
     print(f"trained on {s.info['n_train'] - s.info['n_failed']} exact simulations ({s.info['simulation_seconds']:.0f} s) "
           f"in {s.info['training_seconds']:.0f} s")
     if args.validate:
@@ -286,6 +287,8 @@ def add_parsers(sub) -> None:
     f.add_argument("--hidden", default=None, help="hidden layer sizes, e.g. 128,128,128 (default 128,128,128 for "
                                                   "timed, 256,256,256 otherwise)")
     f.add_argument("--epochs", type=int, default=300)
+    f.add_argument("--batch-size", type=int, default=512, help="pairs per optimiser step (default 512; small data "
+                                                               "sets train better with smaller batches, e.g. 16)")
     f.add_argument("--validate", type=int, default=1000, help="fresh pairs for the certificate (0: skip)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hybridtwin.engine import ExactEngine
-from hybridtwin.surrogate import Domain, ParameterDomain, certify, fit_surrogate, load, save
+from hybridtwin.surrogate import Domain, ParameterDomain, certify, fit_surrogate, load, read_card, save
 from hybridtwin.surrogate.network import EnsembleMLP
 from hybridtwin.sweep import Endpoint, sensitivity, sweep, verify
 
@@ -262,9 +262,10 @@ def test_cli_fits_validates_sweeps_and_analyses_sensitivity(tmp_path, capsys):
 
     (tmp_path / "domain.yaml").write_text(yaml.safe_dump(DOMAIN))
     assert main(["surrogate", "fit", "--domain", str(tmp_path / "domain.yaml"), "--out", str(tmp_path / "s"),
-                 "--n-train", "512", "--members", "2", "--hidden", "32,32", "--epochs", "150", "--validate", "100",
-                 "--quiet"]) == 0
+                 "--n-train", "512", "--members", "2", "--hidden", "32,32", "--epochs", "150", "--batch-size", "128",
+                 "--validate", "100", "--quiet"]) == 0
     assert "certificate on 100 fresh pairs" in capsys.readouterr().out
+    assert read_card(tmp_path / "s")["training"]["batch_size"] == 128
     assert main(["surrogate", "validate", str(tmp_path / "s"), "--n", "100"]) == 0
     assert (tmp_path / "s" / "certificate.csv").is_file() and load(tmp_path / "s").certificate["n_pairs"] == 100
     sweep_cfg = {"engine": {"surrogate": "s"}, "population": {"sample": 20, "seed": 0},
