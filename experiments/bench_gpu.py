@@ -20,7 +20,8 @@ table.
 Targets (issue 12): 10^6 patients <= 0.2 us/patient (float32) on the GPU; training at batch 2048 >= 5x faster
 per epoch on the GPU than the CPU, and at batch 64 no slower.
 
-Run on the GPU machine: ``python experiments/bench_gpu.py`` (writes ``experiments/results/bench_gpu.{csv,md}``);
+Run on the GPU machine: ``python experiments/bench_gpu.py`` (writes ``experiments/results/bench_gpu.{csv,md}``;
+``--profile`` instead writes profiles of a fused solve and of fused training steps);
 on a CPU-only machine ``python experiments/bench_gpu.py --device cpu --small`` checks the script itself.
 """
 
@@ -100,6 +101,50 @@ def train_row(device: str, batch_size: int, fused: bool, subjects: int, limit_ba
     return {"table": "train", "device": device, "dtype": "float64", "n": subjects, "fused": fused,
             "batch_size": batch_size, "s_per_epoch": r["s_per_epoch"], "first_epoch_s": r["first_epoch_s"],
             "epoch_seconds": " ".join(f"{t:.3f}" for t in r["epoch_seconds"]), "threads": torch.get_num_threads()}
+
+
+def profiles(device: str, small: bool, out: Path) -> None:
+    """``--profile``: ``torch.profiler`` tables of a fused solve (10^6 patients, float32; 5,000 with ``--small``)
+    and of fused training steps at batch 2048 (the last of three epochs), on ``device``; written to
+    ``out/profile_gpu_solve.txt`` and ``out/profile_gpu_train.txt``: where the time goes that the targets miss."""
+    import bench_train
+    from torch.profiler import ProfilerActivity, profile
+
+    from hybridtwin.solve import SolverConfig, solve
+
+    n = 5_000 if small else 1_000_000
+    m, theta, atol = _baccam(n)
+    theta = theta.to(device=device, dtype=torch.float32)
+    y0 = m.initial_state(theta)
+    times = torch.linspace(0.0, 10.0, 41, device=device, dtype=torch.float32)
+    cfg = SolverConfig(rtol=RTOL, atol=atol, fused=True)
+    gpu = device.startswith("cuda")
+
+    def once():
+        with torch.no_grad():
+            sol = solve(m, y0, times, theta, config=cfg)
+        if gpu:
+            torch.cuda.synchronize()
+        return sol
+
+    once()  # compile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        sol = once()
+        seconds = time.perf_counter() - t0
+    ka = prof.key_averages()
+    tables = [f"fused solve of {n} baccam2006 patients (float32) on {device}: {seconds:.3f} s under the profiler; "
+              f"steps per subject: mean {sol.n_steps.double().mean().item():.1f}, max {int(sol.n_steps.max())}",
+              ka.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70)]
+    if gpu:
+        tables.append(ka.table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
+    (out / "profile_gpu_solve.txt").write_text("\n\n".join(tables))
+    print(tables[0], flush=True)
+    bench_train.run_variant(True, 2800 if not small else 200, 3, None, batch_size=2048,
+                            accelerator="gpu" if gpu else "cpu", evaluate_after=False,
+                            profile_to=out / "profile_gpu_train.txt")
+    print((out / "profile_gpu_train.txt").read_text().splitlines()[0], flush=True)
 
 
 def plan(device: str, small: bool) -> list[tuple[str, dict]]:
@@ -208,5 +253,12 @@ if __name__ == "__main__":
     ap.add_argument("--budget-s", type=float, default=540.0)
     ap.add_argument("--train-batches", type=int, default=8, help="training steps timed per epoch at batch 64")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--profile", action="store_true", help="only profile a fused solve and fused training steps "
+                                                           "(about 3 min on a GPU machine)")
     a = ap.parse_args()
-    main(a.device, a.small, a.budget_s, a.train_batches, Path(a.out))
+    if a.profile:
+        dev = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        profiles(dev, a.small, Path(a.out))
+    else:
+        main(a.device, a.small, a.budget_s, a.train_batches, Path(a.out))

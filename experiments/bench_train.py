@@ -55,8 +55,12 @@ EXTRA = {"fused ddp2": {"fused": True, "ddp": 2}, "unfused seed1": {"seed": 1}}
 
 
 def run_variant(fused: bool | str, subjects: int, epochs: int, threads: int | None, batch_size: int = 64,
-                accelerator: str = "cpu", limit_batches: int | None = None, evaluate_after: bool = True) -> dict:
+                accelerator: str = "cpu", limit_batches: int | None = None, evaluate_after: bool = True,
+                profile_to: Path | None = None) -> dict:
     """Train one variant; returns its timings and final validation ELBO.
+
+    ``profile_to``: a text file that receives ``torch.profiler`` tables (by self CPU time and, on a GPU, by GPU
+    time) of the last epoch's training steps (the first epochs warm up and compile).
 
     ``limit_batches`` caps the training steps per epoch (``s_per_epoch`` is then scaled up to a whole epoch);
     ``accelerator`` is Lightning's (``"cpu"``, ``"gpu"``). ``fused`` is a bool (unfused / fused) or a name
@@ -100,12 +104,30 @@ def run_variant(fused: bool | str, subjects: int, epochs: int, threads: int | No
 
     class EpochTimer(L.Callback):
         def on_train_epoch_start(self, trainer, pl_module):
+            self.prof = None
+            if profile_to is not None and trainer.current_epoch == epochs - 1:
+                from torch.profiler import ProfilerActivity, profile
+
+                acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+                self.prof = profile(activities=acts)
+                self.prof.__enter__()
             self.t0 = time.perf_counter()
 
         def on_train_epoch_end(self, trainer, pl_module):
+            seconds = time.perf_counter() - self.t0
+            if self.prof is not None:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self.prof.__exit__(None, None, None)
+                ka = self.prof.key_averages()
+                tables = [f"last epoch: {seconds:.3f} s (under the profiler)",
+                          ka.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70)]
+                if torch.cuda.is_available():
+                    tables.append(ka.table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
+                Path(profile_to).write_text("\n\n".join(tables))
             if trainer.global_rank == 0:
                 with open(log, "a") as f:
-                    f.write(f"{time.perf_counter() - self.t0}\n")
+                    f.write(f"{seconds}\n")
 
     precision = {"float64": "64-true", "float32": "32-true"}[twin_cfg.dtype]
     parallel = dict(devices=ddp, strategy="ddp_fork_find_unused_parameters_true") if ddp else dict(devices=1)
