@@ -51,7 +51,7 @@ def _baccam(n: int, seed: int = 0):
     names = ["beta", "k", "delta", "p", "c"]
     z = rng.standard_normal((n, len(names)))  # row by row: the first patients are the same whatever n
     rows = {k: d[k] * np.exp(0.2 * z[:, i]) for i, k in enumerate(names)}
-    theta = m.parameter_space.tensor_from(pd.DataFrame(rows).to_dict("records"), dtype=torch.float64)
+    theta = m.parameter_space.tensor_from(pd.DataFrame(rows), dtype=torch.float64)  # columns: vectorised
     peak = np.array([d["T0"], d["T0"], d["T0"], 1e7])  # the states' scale (atol as in bench_solve)
     atol = tuple((1e-5 * RTOL * peak).tolist()) + (1e-12,)
     return m, theta, atol
