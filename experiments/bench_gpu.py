@@ -12,7 +12,9 @@ and listed), results written row by row so that a run cut short keeps what it me
 - **training**: the vaccine_asc twin of ``training/configs/vaccine_asc.yaml`` on 2,800 virtual subjects, at batch
   64 and 2048, unfused and fused, on the GPU and on the CPU (``bench_train.run_variant``; seconds per epoch
   from the second epoch, scaled up from ``--train-batches`` steps at batch 64; at batch 2048 an epoch of the
-  1,960 training subjects is one step, so three epochs are run and the last two timed).
+  1,960 training subjects is one step, so three epochs are run and the last two timed);
+- **surrogate**: the default (``timed``) surrogate's array prediction for 10^4 patients x 100 schedules of the
+  surrogate benchmark's domain, on the GPU and the CPU (pairs per second).
 
 The items run in order of importance (the target rows first); the ``.md`` ends with the targets read off the
 table.
@@ -103,6 +105,40 @@ def train_row(device: str, batch_size: int, fused: bool, subjects: int, limit_ba
             "epoch_seconds": " ".join(f"{t:.3f}" for t in r["epoch_seconds"]), "threads": torch.get_num_threads()}
 
 
+def surrogate_row(device: str, n_patients: int) -> dict:
+    """Throughput of the default (``timed``) surrogate's array prediction, mean only, for ``n_patients`` x 100
+    prime-boost schedules of the surrogate benchmark's domain (an untrained network of the benchmark's sizes: its
+    speed does not depend on its weights), results copied back to the host."""
+    from bench_surrogate import DOMAIN, TIMED_HIDDEN, workload
+
+    from hybridtwin.surrogate import Domain, Surrogate
+    from hybridtwin.surrogate.emulator import _network
+
+    domain = Domain.from_dict(DOMAIN)
+    pop, scenarios = workload(domain, n_patients, 10, 10)
+    K = len(domain.times)
+    torch.manual_seed(0)
+    s = Surrogate(domain, _network("timed", domain, K, TIMED_HIDDEN, 5, "silu", 32), torch.zeros(K),
+                  torch.ones(K)).to(device)
+    up, us, _, _ = s.encode(pop.drop(columns="subject_id"), scenarios)
+
+    def once():
+        out = s.predict_product(up, us, sd=False)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return out
+
+    once()
+    best = np.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        once()
+        best = min(best, time.perf_counter() - t0)
+    pairs = n_patients * len(scenarios)
+    return {"table": "surrogate", "device": device, "dtype": "float32", "n": pairs, "fused": False,
+            "seconds": best, "pairs_per_second": pairs / best}
+
+
 def profiles(device: str, small: bool, out: Path) -> None:
     """``--profile``: ``torch.profiler`` tables of a fused solve (10^6 patients, float32; 5,000 with ``--small``)
     and of fused training steps at batch 2048 (the last of three epochs), on ``device``; written to
@@ -162,6 +198,9 @@ def plan(device: str, small: bool) -> list[tuple[str, dict]]:
         for fused in (True, False):
             for dev in [device, *cpu]:
                 items.append(("train", dict(device=dev, batch_size=bs, fused=fused, subjects=subjects)))
+    # the default surrogate's throughput (issue 10: record it on a GPU when one is lent)
+    items += [("surrogate", dict(device=d, n_patients=10_000 if not small else 100, fused=False))
+              for d in [device, *cpu]]
     items += [("solve", dict(n=big, device=device, dtype=torch.float64, fused=f)) for f in (True, False)]
     items += [("solve", dict(n=low, device=d, dtype=torch.float64, fused=f)) for d in [device, *cpu]
               for f in (True, False)]
@@ -169,7 +208,8 @@ def plan(device: str, small: bool) -> list[tuple[str, dict]]:
 
 
 #: rough seconds an item needs (a fused item's first run compiles); an item is skipped when less is left
-NEED = {("solve", True): 45.0, ("solve", False): 20.0, ("train", True): 90.0, ("train", False): 40.0}
+NEED = {("solve", True): 45.0, ("solve", False): 20.0, ("train", True): 90.0, ("train", False): 40.0,
+        ("surrogate", False): 15.0}
 
 
 def summary(table: pd.DataFrame) -> list[str]:
@@ -222,7 +262,12 @@ def main(device: str | None = None, small: bool = False, budget_s: float = 540.0
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                row = solve_row(**kw, reference=reference) if kind == "solve" else train_row(**kw, limit_batches=train_batches)
+                if kind == "solve":
+                    row = solve_row(**kw, reference=reference)
+                elif kind == "train":
+                    row = train_row(**kw, limit_batches=train_batches)
+                else:
+                    row = surrogate_row(kw["device"], kw["n_patients"])
             # a fused step that could not be compiled falls back to unfused with a warning: such a row is no
             # fused measurement and says so
             fallback = [str(w.message) for w in caught if "could not be compiled" in str(w.message)]
@@ -239,6 +284,11 @@ def main(device: str | None = None, small: bool = False, budget_s: float = 540.0
     lines = ["# bench_gpu", "", f"{name}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads; "
              f"{time.perf_counter() - start:.0f} s", "", table.to_string(index=False), ""]
     lines += ["Targets (issue 12):", *summary(table), ""]
+    sur = table[table["table"] == "surrogate"] if "pairs_per_second" in table else table.iloc[:0]
+    if len(sur):
+        lines += ["Surrogate (issue 10), default `timed` architecture, arrays of the mean:",
+                  *[f"- {r['device']}: {float(r['pairs_per_second']):,.0f} pairs/s ({int(r['n']):,} pairs)"
+                    for _, r in sur.iterrows()], ""]
     if skipped:
         lines += ["Skipped (budget):", *[f"- {s}" for s in skipped], ""]
     (out / "bench_gpu.md").write_text("\n".join(lines))

@@ -8,18 +8,23 @@ Both are trained on the same exact simulations of the twin with the same setting
 arrays of ``simulate_pairs``) once, then each trained surrogate (``run``'s long table; the arrays of
 ``predict_product``, mean only and mean + ensemble SD); each surrogate time the best of 10 (the exact solve: once).
 
-Usage: ``python experiments/bench_surrogate_twin_arch.py [N_TRAIN] [ARCH:HIDDEN:BATCH:EPOCHS ...]``
+``--gp``: the scikit-learn Gaussian process of ``bench_surrogate.py`` fitted and certified on the same
+simulations and held-out pairs in the same process (the equal-data comparison for a twin).
+
+Usage: ``python experiments/bench_surrogate_twin_arch.py [--gp] [--n-patients N] [N_TRAIN] [ARCH:HIDDEN:BATCH:EPOCHS ...]``
 (default: 10000 simulations; ``separable:256,256,256:256:150`` and ``grid:256,256,256:256:150``); results appended to
 ``experiments/results/bench_surrogate_twin_arch.jsonl``. Needs the fold twin (run ``challenger_folds.py`` first).
 """
 
-import sys
+import argparse
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 
 from _common import RESULTS, surrogate_recipes
-from bench_surrogate import TWIN, twin_throughput
+from bench_surrogate import TWIN, gaussian_process, twin_throughput
 from hybridtwin.engine import TwinEngine
 from hybridtwin.scenarios import ScenarioSpace
 from hybridtwin.surrogate import simulate_domain, twin_domain
@@ -28,7 +33,7 @@ DEFAULT = ("separable:256,256,256:256:150", "grid:256,256,256:256:150")
 
 
 def main(n_train: int = 10000, configs=DEFAULT, twin=TWIN, out=RESULTS, stem: str = "bench_surrogate_twin_arch",
-         n_patients: int = 20000) -> list:
+         n_patients: int = 20000, with_gp: bool = False) -> list:
     engine = TwinEngine.from_checkpoint(twin)
     domain = twin_domain(engine.twin, ScenarioSpace([]), np.linspace(0, 28, 15), width=2.5, floor={"log10_V": 0.0})
     t = time.perf_counter()
@@ -36,8 +41,21 @@ def main(n_train: int = 10000, configs=DEFAULT, twin=TWIN, out=RESULTS, stem: st
     print(f"{n_train} training simulations of the twin: {time.perf_counter() - t:.1f} s", flush=True)
     held = simulate_domain(domain, 2000, seed=99, method="random", engine=engine)
     measure = twin_throughput(engine, domain, n_patients) if n_patients else None
-    return surrogate_recipes(domain, train, held, configs, stem, out, engine=engine, timing=measure)
+    rows = surrogate_recipes(domain, train, held, configs, stem, out, engine=engine, timing=measure)
+    if with_gp:
+        gp = {"recipe": "gaussian_process", **gaussian_process(train, int(train["ok"].sum()), held)}
+        print(json.dumps(gp), flush=True)
+        with open(Path(out) / f"{stem}.jsonl", "a") as f:
+            f.write(json.dumps(gp) + "\n")
+        rows.append(gp)
+    return rows
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10000, tuple(sys.argv[2:]) or DEFAULT)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("n_train", nargs="?", type=int, default=10000)
+    ap.add_argument("recipes", nargs="*", default=list(DEFAULT))
+    ap.add_argument("--gp", action="store_true", help="also the Gaussian process on the same simulations")
+    ap.add_argument("--n-patients", type=int, default=20000, help="patients for the throughput (0: skip)")
+    a = ap.parse_args()
+    main(a.n_train, tuple(a.recipes), n_patients=a.n_patients, with_gp=a.gp)
