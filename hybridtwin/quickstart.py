@@ -312,7 +312,8 @@ def run_quickstart(out="quickstart_output", n_subjects: int = 240, held_fraction
     report.figure(out / "heldout_predictions.png", "Held-out patients: forecast median and 90 % interval; filled "
                   "points were given to the twin, open points are forecast")
     report.heading("4. Surrogate of the twin")
-    report.text(f"A `separable` deep ensemble (5 members) emulating the twin's own dynamics (closure included) over "
+    report.text(f"A `{sur.info['arch']}` deep ensemble (5 members, hidden layers {sur.info['hidden']}) emulating the "
+                "twin's own dynamics (closure included) over "
                 f"the twin's patient parameters (within 3 between-patient SDs) x booster day 30-480 x dose 0-2, "
                 f"log10 titre at 19 times to day {HORIZON:g}; trained on {surrogate_sims} exact twin simulations, "
                 "certified on 500 fresh ones.")
@@ -335,9 +336,10 @@ def run_quickstart(out="quickstart_output", n_subjects: int = 240, held_fraction
     report.table(check)
     worst = check.loc[check["difference"].abs().idxmax()]
     report.text(f"Largest disagreement: {worst['arm']}, {worst['endpoint']}: {worst['surrogate']:.3g} on the surrogate vs "
-                f"{worst['exact twin']:.3g} on the twin (difference {worst['difference']:+.3g}). A surrogate smooths the "
-                "jump of the titre at the booster, so endpoints that read the titre right at a booster day (a booster on "
-                "day 180 and a window starting on day 180) are where it errs most: confirm such arms on the twin.")
+                f"{worst['exact twin']:.3g} on the twin (difference {worst['difference']:+.3g}). A surrogate errs most "
+                "where the titre changes fastest (right at a booster day: a booster on day 180 and a window starting on "
+                "day 180) and at the edges of its domain (a dose of 0, the 'no booster' arm, is the edge of the dose "
+                "range it was trained on): confirm such arms on the twin.")
     report.heading("Timings")
     report.table(clock.table())
     paths = report.write(out)
