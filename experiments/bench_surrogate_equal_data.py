@@ -18,14 +18,12 @@ Usage: ``python experiments/bench_surrogate_equal_data.py [--workload] [--gp] AR
 """
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 
-from _common import RESULTS, surrogate_recipes
-from bench_surrogate import DOMAIN, gaussian_process, scipy_loop, timed, workload
+from _common import RESULTS, gp_recipe, surrogate_recipes
+from bench_surrogate import DOMAIN, scipy_loop, timed, workload
 from hybridtwin.engine import ExactEngine
 from hybridtwin.surrogate import Domain, simulate_domain
 
@@ -66,11 +64,7 @@ def main(configs=("timed:128,128,128:16:200:1e-6:5",), n_train: int = 2000, n_he
     timing = workload_timing(dom, scipy_pairs) if with_workload else None
     rows = surrogate_recipes(dom, train, held, configs, stem, out, timing=timing)
     if with_gp:  # the Gaussian process on the same pairs, in the same process
-        gp = {"recipe": "gaussian_process", **gaussian_process(train, int(train["ok"].sum()), held)}
-        print(json.dumps(gp), flush=True)
-        with open(Path(out) / f"{stem}.jsonl", "a") as f:
-            f.write(json.dumps(gp) + "\n")
-        rows.append(gp)
+        rows.append(gp_recipe(train, held, stem, out))
     return rows
 
 

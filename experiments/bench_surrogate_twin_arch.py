@@ -17,14 +17,12 @@ Usage: ``python experiments/bench_surrogate_twin_arch.py [--gp] [--n-patients N]
 """
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 
-from _common import RESULTS, surrogate_recipes
-from bench_surrogate import TWIN, gaussian_process, twin_throughput
+from _common import RESULTS, gp_recipe, surrogate_recipes
+from bench_surrogate import TWIN, twin_throughput
 from hybridtwin.engine import TwinEngine
 from hybridtwin.scenarios import ScenarioSpace
 from hybridtwin.surrogate import simulate_domain, twin_domain
@@ -42,12 +40,8 @@ def main(n_train: int = 10000, configs=DEFAULT, twin=TWIN, out=RESULTS, stem: st
     held = simulate_domain(domain, 2000, seed=99, method="random", engine=engine)
     measure = twin_throughput(engine, domain, n_patients) if n_patients else None
     rows = surrogate_recipes(domain, train, held, configs, stem, out, engine=engine, timing=measure)
-    if with_gp:
-        gp = {"recipe": "gaussian_process", **gaussian_process(train, int(train["ok"].sum()), held)}
-        print(json.dumps(gp), flush=True)
-        with open(Path(out) / f"{stem}.jsonl", "a") as f:
-            f.write(json.dumps(gp) + "\n")
-        rows.append(gp)
+    if with_gp:  # the Gaussian process on the same pairs, in the same process
+        rows.append(gp_recipe(train, held, stem, out))
     return rows
 
 

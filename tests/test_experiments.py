@@ -260,7 +260,8 @@ def test_surrogate_recipe_benchmarks_tiny(tmp_path):
     import bench_surrogate_equal_data
 
     rows = bench_surrogate_equal_data.main(("grid:16:64:2", "timed:16:64:2:1e-6:2"), n_train=128, n_held=64,
-                                           out=tmp_path, stem="tiny")
-    assert [r["recipe"] for r in rows] == ["grid:16:64:2", "timed:16:64:2:1e-6:2"]
+                                           out=tmp_path, stem="tiny", with_gp=True)
+    assert [r["recipe"] for r in rows] == ["grid:16:64:2", "timed:16:64:2:1e-6:2", "gaussian_process"]
     lines = (tmp_path / "tiny.jsonl").read_text().splitlines()
-    assert len(lines) == 2 and all(json.loads(x)["median"] >= 0 for x in lines)
+    assert len(lines) == 3 and all(json.loads(x)["median"] >= 0 for x in lines)
+    assert rows[-1]["n_train"] == 128 and rows[-1]["p95"] >= rows[-1]["median"]
