@@ -96,14 +96,19 @@ class SeparableEnsemble(nn.Module):
     def __init__(self, n_patient: int, n_scenario: int, n_out: int, rank: int = 32, hidden: Sequence[int] = (128, 128),
                  members: int = 5, activation: str = "silu"):
         super().__init__()
+        self._pair(n_patient, n_scenario, n_out, max(n_scenario, 1), n_out, rank, hidden, members, activation)
+
+    def _pair(self, n_patient, n_scenario, n_out, n_trunk_in, n_coef, rank, hidden, members, activation) -> None:
+        """The branch (patient -> rank) and trunk (``n_trunk_in`` -> rank x ``n_coef`` coefficients + ``n_coef``
+        biases) networks and the attributes both architectures share."""
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ValueError(f"rank must be a positive integer, got {rank!r}")
         self.n_patient, self.n_scenario, self.n_out, self.rank = n_patient, n_scenario, n_out, rank
         self.n_in, self.members, self.hidden, self.activation = n_patient + n_scenario, members, list(hidden), activation
         self.branch = EnsembleMLP(n_patient, rank, hidden, members, activation)
-        self.trunk = EnsembleMLP(max(n_scenario, 1), rank * n_out + n_out, hidden, members, activation)
+        self.trunk = EnsembleMLP(n_trunk_in, rank * n_coef + n_coef, hidden, members, activation)
         with torch.no_grad():  # start with small patient-scenario products (the bias c carries the mean)
-            self.trunk.weight[-1][..., : rank * n_out].mul_(1.0 / math.sqrt(rank))
+            self.trunk.weight[-1][..., : rank * n_coef].mul_(1.0 / math.sqrt(rank))
 
     def _trunk(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.n_scenario == 0:
@@ -168,8 +173,6 @@ class TimedEnsemble(SeparableEnsemble):
     def __init__(self, n_patient: int, n_scenario: int, n_outputs: int, times: Sequence[float], doses: Sequence,
                  rank: int = 32, hidden: Sequence[int] = (128, 128, 128), members: int = 5, activation: str = "silu"):
         nn.Module.__init__(self)
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"rank must be a positive integer, got {rank!r}")
         times = torch.as_tensor([float(t) for t in times], dtype=torch.float32)
         if times.numel() == 0:
             raise ValueError("times must not be empty")
@@ -183,9 +186,11 @@ class TimedEnsemble(SeparableEnsemble):
                 fixed.append(0.0), factor.append(int(k)), lo.append(float(a)), hi.append(float(b))
             else:
                 fixed.append(float(d)), factor.append(-1), lo.append(0.0), hi.append(0.0)
-        self.n_patient, self.n_scenario, self.n_outputs, self.rank = n_patient, n_scenario, n_outputs, rank
-        self.n_out = n_outputs * len(times)
-        self.n_in, self.members, self.hidden, self.activation = n_patient + n_scenario, members, list(hidden), activation
+        self._pair(n_patient, n_scenario, n_outputs * len(times), n_scenario + 1 + 3 * len(fixed), n_outputs, rank,
+                   hidden, members, activation)
+        self.n_outputs = n_outputs
+        #: whether any dose time is a scenario factor (fixed once: no device query per call)
+        self.factor_doses = any(k >= 0 for k in factor)
         self.register_buffer("times", times)
         self.register_buffer("dose_fixed", torch.tensor(fixed, dtype=torch.float32))
         self.register_buffer("dose_factor", torch.tensor(factor, dtype=torch.long))
@@ -193,17 +198,12 @@ class TimedEnsemble(SeparableEnsemble):
         self.register_buffer("dose_hi", torch.tensor(hi, dtype=torch.float32))
         latest = max([float(times.max()), *[h for h in hi], *fixed])
         self.span = max(latest - min(0.0, float(times.min())), 1e-6)
-        self.branch = EnsembleMLP(n_patient, rank, hidden, members, activation)
-        self.trunk = EnsembleMLP(n_scenario + 1 + 3 * len(fixed), rank * n_outputs + n_outputs, hidden, members,
-                                 activation)
-        with torch.no_grad():
-            self.trunk.weight[-1][..., : rank * n_outputs].mul_(1.0 / math.sqrt(rank))
 
     def time_features(self, s: torch.Tensor) -> torch.Tensor:
         """(Ns, T, 1 + 3 D) trunk features of the output times for scenarios ``s`` (Ns, F) in [-1, 1]: the time,
         and per dose the time since it, its log and whether it was given, each scaled to about [-1, 1]."""
         n, T = s.shape[0], self.times.numel()
-        if self.dose_factor.numel() and bool((self.dose_factor >= 0).any()):
+        if self.factor_doses:
             u = (s + 1) / 2
             given = self.dose_lo + u[:, self.dose_factor.clamp(min=0)] * (self.dose_hi - self.dose_lo)
             when = torch.where(self.dose_factor >= 0, given, self.dose_fixed)  # (Ns, D)
