@@ -364,6 +364,43 @@ def test_domain_floor_is_applied_to_the_exact_training_data_and_round_trips():
         Domain.from_dict({**DOMAIN, "floor": {"log10_V": 0}})
 
 
+def test_floored_loss_costs_nothing_below_a_floored_target_and_keeps_a_gradient_above():
+    from hybridtwin.surrogate.emulator import floored_sq_error
+
+    floor = torch.tensor([0.0, -float("inf")])  # column 0 has a floor at 0, column 1 none
+    z = torch.tensor([[0.0, 0.0], [1.0, 1.0]])  # row 0 at the floor, row 1 above it
+    out = torch.tensor([[-3.0, -3.0], [-1.0, 2.0]], requires_grad=True)
+    err = floored_sq_error(out, z, floor)
+    # below a floored target: free; the unfloored column at the same values: plain squared error
+    assert err.detach().tolist() == [[0.0, 9.0], [4.0, 1.0]]
+    err.sum().backward()
+    assert out.grad[1, 0] == -4.0  # an output below the floor where the target is above it is pulled back up
+    assert out.grad[0, 0] == 0.0
+    # above the floor at a floored target, the excess is charged
+    assert floored_sq_error(torch.tensor([[0.5, 0.0]]), torch.tensor([[0.0, 0.0]]), floor)[0, 0] == 0.25
+
+
+@pytest.mark.parametrize("arch", ["separable", "grid"])
+def test_a_floored_output_is_never_predicted_below_its_floor(arch):
+    spec = {**DOMAIN, "floor": {"log10_Ab": 3.2}}
+    dom = Domain.from_dict(spec)
+    s = fit_surrogate(dom, n_train=256, members=3, hidden=(32, 32), epochs=60, progress=False, seed=0, arch=arch,
+                      rank=8)
+    u = np.random.default_rng(0).random((400, 2))
+    mean, sd = s.predict_unit(u)
+    assert mean.min() >= 3.2 - 1e-6
+    with torch.no_grad():  # the members' raw outputs do go below the floor there: the floor is what holds them
+        raw = s.net(torch.as_tensor(u, dtype=torch.float32) * 2 - 1) * s.y_sd + s.y_mean
+    assert (raw < 3.2).any()
+    # the mean-only sweep path (for a separable network, otherwise one matrix product) floors every member too
+    pop = pd.DataFrame({"delta_Ab": [0.016, 0.039]})
+    scen = [dom.scenarios.scenario([0.6]), dom.scenarios.scenario([1.9])]
+    fast = s.run(pop, scen).frame["value"].to_numpy()
+    full = s.run(pop, scen, return_sd=True).frame["value"].to_numpy()
+    np.testing.assert_allclose(fast, full, rtol=1e-5, atol=1e-5)
+    assert fast.min() >= 3.2 - 1e-6
+
+
 def test_auto_architecture_is_timed_with_scenario_factors_and_grid_without():
     fixed = Domain.from_dict({"model": "vaccine_asc", "parameters": {"delta_Ab": [0.015, 0.04]},
                               "scenarios": {"doses": [{"name": "prime", "target": "Ag", "time": 0, "amount": 1}]},
