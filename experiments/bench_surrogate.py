@@ -197,7 +197,8 @@ def main(n_train: int = 20000, epochs: int = 300, gp_n: int = 2000, scipy_pairs:
         # the twin's own recipe (twin_bench's defaults); a smoke run shrinks it with the rest
         small = n_train < 5000
         res["twin"] = twin_bench(twin, **({"n_train": 500, "n_patients": 200, "epochs": epochs, "hidden": hidden,
-                                           "members": members} if small else {}))
+                                           "members": members, "gp_n": 100, "gp_n_recipe": (32, epochs)}
+                                          if small else {}))
     if torch.cuda.is_available():
         res["cuda"] = torch.cuda.get_device_name(0)
     out.mkdir(parents=True, exist_ok=True)
@@ -276,7 +277,8 @@ def twin_throughput(engine, domain, n_patients: int = 20000, seed: int = 3):
 
 
 def twin_bench(path, n_train: int = 10000, n_patients: int = 20000, epochs: int = 800, hidden=(40, 40, 40),
-               batch_size: int = 64, members: int = 5, width: float = 2.5) -> dict:
+               batch_size: int = 64, members: int = 5, width: float = 2.5, gp_n: int = 2000,
+               gp_n_recipe=(32, 1200)) -> dict:
     """The same comparison for a trained hybrid twin with a closure (default: the leave-studies-out fold-1
     hybrid of ``challenger_folds.py``, ``sarscov2_cd8`` with a learned clearance): its surrogate over the twin's
     patient parameters (within ``width`` between-patient SDs) vs the twin's own exact solve (``TwinEngine``),
@@ -285,8 +287,14 @@ def twin_bench(path, n_train: int = 10000, n_patients: int = 20000, epochs: int 
 
     The recipe (a ``grid`` ensemble of 40-40-40 networks, batch 64, 800 epochs) is the one chosen by
     ``bench_surrogate_twin_arch.py``: with three inputs and no scenario factors, small networks trained longer
-    are as accurate as 256-wide ones (median 0.018 vs 0.015, p95 0.095 vs 0.091) and ten times cheaper to run.
-    Throughput: :func:`twin_throughput` (engine protocol and arrays, side by side)."""
+    are as accurate as 256-wide ones (median 0.018 vs 0.015, p95 0.095 vs 0.091, before outputs with a floor were
+    learned as censored) and ten times cheaper to run.
+    Throughput: :func:`twin_throughput` (engine protocol and arrays, side by side).
+
+    Equal data (``gp_n`` > 0): the same network (hidden sizes, members) and the Gaussian process each trained on
+    the same ``gp_n`` fresh simulations of the twin, certified on the same held-out pairs, in this process; with
+    five times fewer pairs the network takes a smaller batch and more epochs (``gp_n_recipe``: batch, epochs; the
+    best of the recipes in ``bench_surrogate_twin_arch.jsonl`` at n = 2,000)."""
     from hybridtwin.engine import TwinEngine
     from hybridtwin.scenarios import ScenarioSpace
     from hybridtwin.surrogate import twin_domain
@@ -312,6 +320,18 @@ def twin_bench(path, n_train: int = 10000, n_patients: int = 20000, epochs: int 
            "p95": cert["overall"]["p95"], "max": cert["overall"]["max"], "calibration": cert["calibration"],
            **speed, "exact_seconds": speed["exact_run_s"], "surrogate_seconds": speed["run_s"],
            "speedup": speed["x_exact_run"]}
+    if gp_n:
+        small = simulate_domain(domain, gp_n, seed=0, engine=engine)
+        s_small = fit_surrogate(domain, members=members, hidden=hidden, epochs=gp_n_recipe[1],
+                                batch_size=gp_n_recipe[0], progress=False, seed=0, data=small, engine=engine,
+                                arch="grid")
+        c_small = certify(s_small, data=held)["overall"]
+        gp = gaussian_process(small, int(small["ok"].sum()), held)
+        out["equal_data"] = {"n_train": gp_n, "batch_size": gp_n_recipe[0], "epochs": gp_n_recipe[1],
+                             "surrogate": {k: c_small[k] for k in ("median", "p95", "max")},
+                             "gp": {k: gp[k] for k in ("median", "p95", "max", "fit_seconds", "kernel")}}
+        print(f"twin at equal data (n = {gp_n}): surrogate median {c_small['median']:.4f} p95 {c_small['p95']:.4f}; "
+              f"GP median {gp['median']:.4f} p95 {gp['p95']:.4f}", flush=True)
     print(f"twin surrogate ({engine.model.name}, closures {closures}): held-out median {out['median']:.4f} p95 "
           f"{out['p95']:.4f}; {n_patients} patients: exact {speed['exact_run_s']:.1f} s, surrogate run "
           f"{speed['run_s']:.3f} s ({speed['x_exact_run']:.0f}x), arrays {speed['arrays_mean_sd_s']:.3f} s "
@@ -363,6 +383,12 @@ def report(r: dict) -> str:
         if "arrays_mean_sd_s" in t:
             lines += [f"| same patients, arrays (mean + ensemble SD) | | | | {t['exact_arrays_s']:.2f} s | "
                       f"{t['arrays_mean_sd_s']:.3f} s | {t['x_exact_arrays_mean_sd']:.0f}x |"]
+        if "equal_data" in t:
+            e = t["equal_data"]
+            lines += ["", f"Equal training data (n = {e['n_train']} simulations of the twin, same held-out pairs; "
+                      f"the same network, batch {e.get('batch_size')}, {e.get('epochs')} epochs): surrogate median {e['surrogate']['median']:.4f} / p95 {e['surrogate']['p95']:.4f} / worst "
+                      f"{e['surrogate']['max']:.3f}; Gaussian process median {e['gp']['median']:.4f} / p95 "
+                      f"{e['gp']['p95']:.4f} / worst {e['gp']['max']:.3f}."]
         if "recipe" in t:
             r = t["recipe"]
             lines += ["", f"Recipe: `{r['arch']}`, hidden {r['hidden']}, batch {r['batch_size']}, {r['epochs']} epochs, "
