@@ -107,6 +107,9 @@ def test_saved_surrogate_reloads_with_weights_only_and_detects_tampering(surroga
     again = load(folder)
     u = np.random.default_rng(0).random((10, 2))
     np.testing.assert_array_equal(again.predict_unit(u)[0], surrogate.predict_unit(u)[0])
+    # the spread's calibration travels with it (a reloaded ensemble that forgot it reported raw, too-narrow SDs)
+    assert surrogate.sd_scale != 1.0 and again.sd_scale == surrogate.sd_scale
+    np.testing.assert_array_equal(again.predict_unit(u)[1], surrogate.predict_unit(u)[1])
     card = json.loads((folder / "card.json").read_text())
     assert card["certificate"]["n_pairs"] == 50 and card["domain"]["model"] == "vaccine_asc"
     torch.load(folder / "weights.pt", weights_only=True)

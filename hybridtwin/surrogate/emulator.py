@@ -396,7 +396,7 @@ def fit_surrogate(domain: Domain, n_train: int = 20000, members: int = 5, hidden
     if members > 1:  # calibrate the spread on the validation pairs (not used for the weights, only to pick the epoch)
         mean, sd = s.predict_unit(u[val.numpy()])
         ratio = np.abs(mean - data["y"][ok][val.numpy()]) / np.maximum(sd, 1e-12)
-        s.sd_scale = info["sd_scale"] = float(max(np.quantile(ratio, 0.90) / Z90, 1e-3))
+        s.sd_scale = s.info["sd_scale"] = float(max(np.quantile(ratio, 0.90) / Z90, 1e-3))
     return s
 
 
