@@ -189,6 +189,11 @@ def test_kissler_forecast_tiny(tmp_path, shared_data):
     methods = {row["method"] for row in r["rows"]}
     assert methods == set(kf.METHODS)
     assert all(0 <= row["coverage90"] <= 1 and row["rmse"] > 0 for row in r["rows"])
+    # conformal bands rescale the fine-tuned twin's bands around the same median
+    by = {(row["fold"], row["method"]): row for row in r["rows"]}
+    for f in (0, 1):
+        assert by[(f, "twin fine-tuned (MAP + conformal bands)")]["rmse"] == pytest.approx(
+            by[(f, "twin fine-tuned (MAP)")]["rmse"])
     assert (tmp_path / "kissler_forecast.md").exists()
     # re-running one method with merge keeps the others' rows and replaces that method's
     again = kf.main(path=shared_data / "kissler2021_nba_ct", out=tmp_path, n_people=10, n_folds=2, ks=(1,),
@@ -198,6 +203,27 @@ def test_kissler_forecast_tiny(tmp_path, shared_data):
     assert sorted(map(key, again["rows"])) == sorted(map(key, r["rows"]))
     assert {k: v for k, v in again["rows"][0].items() if k != "seconds"} == \
         {k: v for k, v in r["rows"][0].items() if k != "seconds"}
+
+
+def test_reported_scores_count_negatives_at_their_limit():
+    import numpy as np
+    import pandas as pd
+    from challenger_folds import reported_scores
+
+    # rows: a quantified 5.0; a negative (limit 2.0); another negative
+    m = pd.DataFrame({"value": [5.0, 2.0, 2.0], "censored": [False, True, True], "lloq": [2.0, 2.0, 2.0]})
+    # a forecast that predicts clearance (latent median far below the limit) on the two negatives
+    clear = m.assign(median=[4.0, -3.0, -8.0], lower=[3.0, -6.0, -9.0], upper=[6.0, 1.0, 2.5],
+                     lower50=[3.5, -4.0, -8.5], upper50=[4.5, -2.0, -7.0])
+    r = reported_scores(clear)
+    assert r["rmse_reported"] == pytest.approx(np.sqrt(1.0 / 3))  # only the quantified row is off, by 1
+    assert r["coverage90_reported"] == 1.0  # negatives covered: the clipped interval reaches the limit
+    assert r["coverage50_reported"] == pytest.approx(2 / 3)  # 5.0 is outside [3.5, 4.5]
+    # carrying 5.0 forward into the negatives is charged 3.0 on each
+    carried = m.assign(median=5.0, lower=4.0, upper=6.0, lower50=4.5, upper50=5.5)
+    r = reported_scores(carried)
+    assert r["rmse_reported"] == pytest.approx(np.sqrt(18.0 / 3))
+    assert r["coverage90_reported"] == pytest.approx(1 / 3)
 
 
 @pytest.mark.slow  # ~2 min: a tiny SAEM fit on tsang2016's households
