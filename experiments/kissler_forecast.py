@@ -312,12 +312,15 @@ def summarise(rows: list[dict], fold_info: list[dict], data: CohortData) -> str:
             cov90 = float(np.sum(w * h["coverage90"]) / w.sum())
             ll = float(np.sum(n * h["loglik_per_row"]) / n.sum())
             line = f"| {m} | {int(h['n_people'].sum())} | {rmse:.2f} | {cov50:.2f} | {cov90:.2f} | {ll:.2f} |"
-            if reported and h["rmse_reported"].isna().any():  # rows kept from a run before these scores existed
+            part = h[h["rmse_reported"].notna()] if reported else h
+            if reported and part.empty:  # rows kept from a run before these scores existed
                 line += " (not rerun) | | |"
             elif reported:
-                line += (f" {float(np.sqrt(np.sum(n * h['rmse_reported'] ** 2) / n.sum())):.2f} |"
-                         f" {float(np.sum(n * h['coverage50_reported']) / n.sum()):.2f} |"
-                         f" {float(np.sum(n * h['coverage90_reported']) / n.sum()):.2f} |")
+                n = part["n_rows"].to_numpy()
+                tag = "" if len(part) == len(h) else f" ({len(part)} of {len(h)} folds rescored)"
+                line += (f" {float(np.sqrt(np.sum(n * part['rmse_reported'] ** 2) / n.sum())):.2f}{tag} |"
+                         f" {float(np.sum(n * part['coverage50_reported']) / n.sum()):.2f} |"
+                         f" {float(np.sum(n * part['coverage90_reported']) / n.sum()):.2f} |")
             lines.append(line)
         lines.append("")
     if fold_info and "fit_seconds" not in fold_info[0]:
