@@ -162,10 +162,10 @@ def conformal_factors(twin, cov: pd.DataFrame, train_obs: pd.DataFrame, k: int, 
     return q[0], q[1]
 
 
-def conformal_rows(twin, cov, early, late, train_obs, k, seed) -> pd.DataFrame:
-    """The fine-tuned twin's MAP forecast with its bands rescaled by :func:`conformal_factors` (median unchanged)."""
+def conformal_rows(twin, cov, pred: pd.DataFrame, train_obs, k, seed) -> pd.DataFrame:
+    """The fine-tuned twin's MAP forecast ``pred`` (from :func:`twin_rows`) with its bands rescaled by
+    :func:`conformal_factors` (median unchanged)."""
     f90, f50 = conformal_factors(twin, cov, train_obs, k, seed)
-    pred = twin_rows(twin, cov[cov["subject_id"].isin(set(early["subject_id"]))], early, late, "map", seed)
     med, lo, hi = pred["median"], pred["median"] - pred["lower"], pred["upper"] - pred["median"]
     return pred.assign(lower=med - f90 * lo, upper=med + f90 * hi, lower50=med - f50 * lo, upper50=med + f50 * hi)
 
@@ -259,11 +259,18 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
             if late.empty:
                 continue
             c = cov[cov["subject_id"].isin(set(early["subject_id"]))]
+            tuned_map = {}  # the fine-tuned MAP forecast, computed once for both methods that use it
+
+            def tuned_rows():
+                if not tuned_map:
+                    tuned_map["rows"] = twin_rows(tuned, c, early, late, "map", seed)
+                return tuned_map["rows"]
+
             methods = {"twin external (auto)": lambda: twin_rows(external, c, early, late, "auto", seed),
                        "twin external (MAP)": lambda: twin_rows(external, c, early, late, "map", seed),
-                       "twin fine-tuned (MAP)": lambda: twin_rows(tuned, c, early, late, "map", seed),
+                       "twin fine-tuned (MAP)": tuned_rows,
                        "twin fine-tuned (MAP + conformal bands)": lambda: conformal_rows(
-                           tuned, cov, early, late, train_obs, k, seed),
+                           tuned, cov, tuned_rows(), train_obs, k, seed),
                        "LOCF": lambda: locf(train_obs, early, late, k),
                        "population template": lambda: population_template(train_obs, early, late, k),
                        "per-patient mechanistic fit": lambda: least_squares(external, c, early, late, seed)}
@@ -316,11 +323,11 @@ def summarise(rows: list[dict], fold_info: list[dict], data: CohortData) -> str:
             if reported and part.empty:  # rows kept from a run before these scores existed
                 line += " (not rerun) | | |"
             elif reported:
-                n = part["n_rows"].to_numpy()
+                nr = part["n_rows"].to_numpy()
                 tag = "" if len(part) == len(h) else f" ({len(part)} of {len(h)} folds rescored)"
-                line += (f" {float(np.sqrt(np.sum(n * part['rmse_reported'] ** 2) / n.sum())):.2f}{tag} |"
-                         f" {float(np.sum(n * part['coverage50_reported']) / n.sum()):.2f} |"
-                         f" {float(np.sum(n * part['coverage90_reported']) / n.sum()):.2f} |")
+                line += (f" {float(np.sqrt(np.sum(nr * part['rmse_reported'] ** 2) / nr.sum())):.2f}{tag} |"
+                         f" {float(np.sum(nr * part['coverage50_reported']) / nr.sum()):.2f} |"
+                         f" {float(np.sum(nr * part['coverage90_reported']) / nr.sum()):.2f} |")
             lines.append(line)
         lines.append("")
     if fold_info and "fit_seconds" not in fold_info[0]:
