@@ -17,6 +17,11 @@ Methods, on the same rows:
   the same covariates here), then MAP for the held-out people. The time-offset distribution is re-estimated
   too (:func:`offset_estimated`): the shipped twin's is the incubation period, for data timed from symptom
   onset, and day 0 here is a screening test;
+- **twin, fine-tuned, library posterior**: the same fine-tuned twin personalised by the importance-weighted
+  library of prior draws (``method="library"``) instead of MAP + Laplace. From one or two samples a person's
+  posterior is multimodal (a first value near the limit fits both "still rising" and "already clearing"); the
+  Laplace approximation keeps the mode MAP found and its forecast follows that one branch, the library keeps
+  both;
 - **LOCF**: the last of the k values carried forward; intervals from the training folds' changes by gap;
 - **population template**: the training folds' mean curve on the same axis (days since first positive,
   censored values at the limit, medians per day), shifted in level (k = 1) or in level and time (k >= 2,
@@ -27,6 +32,9 @@ Methods, on the same rows:
   t_offset per person) fitted to each person's own k samples alone by censoring-aware least squares (flat prior,
   residual SD fixed at the twin's, best of 4 L-BFGS starts; ``challenger_folds.least_squares``), Laplace intervals.
   With k = 1 or 2 the three parameters are not identified by the samples, which the scores show.
+- **reference: later samples by day** (not a baseline the issue lists; the floor any forecaster of the reported
+  sample must clear): the training folds' reported later samples, quantiles by whole days since the k-th sample,
+  the same for everyone (:func:`later_sample_reference`).
 
 Scores per k (pooled over folds; see ``challenger_folds.score``): RMSE of the median on quantified rows, 50 / 90 %
 coverage on quantified rows, censoring-aware log-likelihood per row; and the same RMSE and coverages for the
@@ -134,6 +142,30 @@ def population_template(train: pd.DataFrame, early: pd.DataFrame, late: pd.DataF
         centre[rows] = _template_at(curve, out.loc[rows, "time"].to_numpy() - tau) + a
     for q, v in zip(QUANTILES, qs):
         out[f"q{q}"] = centre + v
+    return _from_quantiles(out)
+
+
+#: days since the k-th sample after which the reference distribution pools every later day
+REFERENCE_MAX_GAP = 15
+
+
+def later_sample_reference(train: pd.DataFrame, early: pd.DataFrame, late: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Reference forecast that ignores the person's values: the quantiles of the training people's *reported*
+    later samples (negatives at their limit) by whole days since their k-th quantified sample (days beyond
+    ``REFERENCE_MAX_GAP`` pooled). With 92-95 % of later samples negative its median is "negative" from a few
+    days on; a forecaster of the reported sample has to beat it to have learned anything about the person."""
+    tr_early, tr_late = split_quantified(train, k)
+    last_tr = tr_early.groupby("subject_id")["time"].max()
+    gap = np.minimum(np.rint(tr_late["time"] - tr_late["subject_id"].map(last_tr)), REFERENCE_MAX_GAP)
+    reported = np.where(tr_late["censored"], tr_late["lloq"], tr_late["value"])
+    qs = pd.DataFrame({"gap": gap.to_numpy(), "y": reported}).groupby("gap")["y"].quantile(list(QUANTILES)).unstack()
+    pooled = np.quantile(reported, QUANTILES)
+    last = early.groupby("subject_id")["time"].max()
+    out = late[["subject_id", "time", "observable"]].copy()
+    g = np.minimum(np.rint(out["time"] - out["subject_id"].map(last)), REFERENCE_MAX_GAP).to_numpy()
+    table = qs.reindex(g)
+    for j, q in enumerate(QUANTILES):
+        out[f"q{q}"] = table[q].fillna(pooled[j]).to_numpy()
     return _from_quantiles(out)
 
 
@@ -271,9 +303,11 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
                        "twin fine-tuned (MAP)": tuned_rows,
                        "twin fine-tuned (MAP + conformal bands)": lambda: conformal_rows(
                            tuned, cov, tuned_rows(), train_obs, k, seed),
+                       "twin fine-tuned (library posterior)": lambda: twin_rows(tuned, c, early, late, "library", seed),
                        "LOCF": lambda: locf(train_obs, early, late, k),
                        "population template": lambda: population_template(train_obs, early, late, k),
-                       "per-patient mechanistic fit": lambda: least_squares(external, c, early, late, seed)}
+                       "per-patient mechanistic fit": lambda: least_squares(external, c, early, late, seed),
+                       REFERENCE: lambda: later_sample_reference(train_obs, early, late, k)}
             unknown = set(only or ()) - set(methods)
             if unknown:
                 raise ValueError(f"unknown method(s) {sorted(unknown)}; known: {sorted(methods)}")
@@ -297,7 +331,9 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
 
 #: the methods in the order the tables list them
 METHODS = ("twin external (auto)", "twin external (MAP)", "twin fine-tuned (MAP)",
-           "twin fine-tuned (MAP + conformal bands)", "LOCF", "population template", "per-patient mechanistic fit")
+           "twin fine-tuned (MAP + conformal bands)", "twin fine-tuned (library posterior)", "LOCF", "population template", "per-patient mechanistic fit",
+           "reference: later samples by day")
+REFERENCE = METHODS[-1]
 
 
 def summarise(rows: list[dict], fold_info: list[dict], data: CohortData) -> str:

@@ -291,3 +291,24 @@ def test_surrogate_recipe_benchmarks_tiny(tmp_path):
     lines = (tmp_path / "tiny.jsonl").read_text().splitlines()
     assert len(lines) == 3 and all(json.loads(x)["median"] >= 0 for x in lines)
     assert rows[-1]["n_train"] == 128 and rows[-1]["p95"] >= rows[-1]["median"]
+
+
+def test_later_sample_reference_is_the_training_distribution_by_day():
+    import numpy as np
+    import pandas as pd
+    import kissler_forecast as kf
+
+    rows = []  # each training person: first positive at day 0, then day 1 quantified at 3+i, day 2 negative
+    for i in range(5):
+        rows += [(f"t{i}", 0.0, 6.0, False), (f"t{i}", 1.0, 3.0 + i, False), (f"t{i}", 2.0, 2.0, True),
+                 (f"t{i}", 30.0 + i, 2.0, True)]
+    obs = pd.DataFrame(rows, columns=["subject_id", "time", "value", "censored"]).assign(observable="log10_V",
+                                                                                           lloq=2.0)
+    early = pd.DataFrame({"subject_id": ["new"], "time": [4.0], "value": [7.0], "censored": [False],
+                          "observable": "log10_V", "lloq": 2.0})
+    late = pd.DataFrame({"subject_id": "new", "time": [5.0, 6.0, 40.0], "observable": "log10_V"})
+    out = kf.later_sample_reference(obs, early, late, 1).set_index("time")
+    # one day after the k-th sample: the training people's day-1 values 3..7, whatever this person showed
+    assert out.loc[5.0, "median"] == 5.0 and out.loc[5.0, "lower"] == np.quantile([3, 4, 5, 6, 7], 0.05)
+    assert out.loc[6.0, ["lower", "median", "upper"]].tolist() == [2.0, 2.0, 2.0]  # day 2: all negative
+    assert out.loc[40.0, "median"] == 2.0  # beyond the last day class: the pooled "15 days or more"
