@@ -300,12 +300,13 @@ def test_amortised_encoder_matches_the_exact_posterior():
 
 
 def test_estimate_runs_everything_and_stores_it(tmp_path):
-    data, _ = decay_cohort(n=60, seed=2)
+    # plumbing only (what `estimate` stores), so a small cohort and few iterations
+    data, _ = decay_cohort(n=24, seed=2)
     twin = decay_twin(data, fixed=("unused",))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DegeneracyWarning)
-        fit = estimate(twin, data, SAEMConfig(**{**FAST, "n_explore": 20, "n_smooth": 10}),
-                       AmortiseConfig(n_simulations=500, epochs=2, progress=False))
+        fit = estimate(twin, data, SAEMConfig(**{**FAST, "n_explore": 6, "n_smooth": 4, "n_fisher": 10, "init_steps": 2}),
+                       AmortiseConfig(n_simulations=96, epochs=2, batch_size=32, progress=False))
     assert twin.uncertainty is not None and fit.amortisation is not None and isinstance(twin.diagnostics, list)
     assert [c["name"] for c in population_columns(twin)] == twin.uncertainty["names"]
     assert torch.allclose(estimate_vector(twin), torch.tensor(twin.uncertainty["estimate"], dtype=torch.float64))

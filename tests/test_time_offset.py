@@ -92,11 +92,12 @@ def test_known_offset_distribution_stays_put_under_saem_and_gradients_unless_est
     from hybridtwin.virtual import make_virtual_cohort
 
     data = make_virtual_cohort("sarscov2_cd8", n_subjects=10, n_cohorts=1, seed=0)
+    # a loose tolerance: what is checked is which estimates move, not their values (a third of the solver work)
     cfg = dict(model="sarscov2_cd8", time_offset={}, fixed=("K_V", "k_T", "delta_T", "r", "V0", "c_T"),
-               population=("c",), solver={"rtol": 1e-5, "atol": 1e-6, "max_steps": 4000})
+               population=("c",), solver={"rtol": 1e-3, "atol": 1e-4, "max_steps": 4000})
     twin = HybridTwin.from_data(TwinConfig(**cfg), data)
     j = twin.patient_names.index(TIME_OFFSET)
-    fit = fit_saem(twin, data, SAEMConfig(n_explore=2, n_smooth=1, n_fisher=3, init_steps=2, progress=False))
+    fit = fit_saem(twin, data, SAEMConfig(n_explore=1, n_smooth=1, n_fisher=2, init_steps=1, progress=False))
     assert float(twin.mu[j].exp()) == pytest.approx(5.1) and float(twin.log_omega[j].exp()) == pytest.approx(0.418)
     assert float(twin.beta[j].abs().sum()) == 0.0
     assert float(twin.mu[1 - j]) != pytest.approx(math.log(6.0))  # the other patient parameter (p) moved
