@@ -366,6 +366,10 @@ def summarise(rows: list[dict], fold_info: list[dict], data: CohortData) -> str:
                          f" {float(np.sum(nr * part['coverage90_reported']) / nr.sum()):.2f} |")
             lines.append(line)
         lines.append("")
+    if REFERENCE in set(df["method"]):
+        lines += [f"The {REFERENCE!r} bands collapse onto the limit on most days (nearly every later sample there is "
+                  "negative), so its log-likelihood (normal with the SD implied by the 90 % band, floored at 1e-3) "
+                  "says nothing; compare it by RMSE and coverage.", ""]
     if fold_info and "fit_seconds" not in fold_info[0]:
         return "\n".join(lines) + "\n"
     lines += ["## Fine-tuning fits", "", "| fold | people held out | trained on | min | noise SD |", "|---|---|---|---|---|"]
