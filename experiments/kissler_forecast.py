@@ -208,27 +208,43 @@ def folds(ids: list[str], n: int, seed: int) -> list[list[str]]:
     return [sorted(order[i::n].tolist()) for i in range(n)]
 
 
-def offset_estimated(checkpoint: Path):
+def offset_estimated(checkpoint: Path, release: tuple = ()):
     """The shipped twin with its time-offset distribution made estimable (``estimate_population``).
 
     The shipped twin reads day 0 as symptom onset: its offset prior is the incubation period (typical 5.1 days).
     Here day 0 is the first positive test of *daily screening*, which comes days before symptoms (or without any),
     so fine-tuning re-estimates the offset's typical value and SD together with the other population parameters;
     the weights are the shipped ones, the offset distribution starts at the shipped prior.
+
+    ``release``: parameters the shipped twin keeps fixed that fine-tuning estimates as population values (starting
+    at the values they were fixed at), e.g. the CD8+ response's ``r``, ``delta_T``, ``k_T``.
     """
     from hybridtwin.checkpoint import read_card
     from hybridtwin.twin import HybridTwin
 
     shipped = load(checkpoint)  # verified against its card
     card = read_card(checkpoint)
-    card["twin"]["config"]["time_offset"]["estimate_population"] = True
+    config = card["twin"]["config"]
+    config["time_offset"]["estimate_population"] = True
+    unknown = set(release) - set(config["fixed"])
+    if unknown:
+        raise ValueError(f"release: {sorted(unknown)} are not fixed in the shipped twin (fixed: {config['fixed']})")
+    config["fixed"] = [n for n in config["fixed"] if n not in set(release)]
+    config["population"] = list(config["population"]) + [n for n in release if n not in config["population"]]
     twin = HybridTwin.from_card(card["twin"])
-    twin.load_state_dict(shipped.state_dict(), strict=True)
+    state = shipped.state_dict()
+    if release:  # the population vector grows: shipped values where it had them, the fixed values elsewhere
+        mu = twin.z_default[twin.population_idx].clone()
+        for i, name in enumerate(twin.population_names):
+            if name in shipped.population_names:
+                mu[i] = state["mu_population"][shipped.population_names.index(name)]
+        state = {**state, "mu_population": mu, "population_idx": twin.population_idx}
+    twin.load_state_dict(state, strict=True)
     return twin
 
 
 def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: dict, cache: Path,
-               checkpoint: Path = CHECKPOINT):
+               checkpoint: Path = CHECKPOINT, release: tuple = ()):
     """The shipped twin re-estimated on the people not in ``held`` (cached as a checkpoint per fold)."""
     from hybridtwin.checkpoint import save
 
@@ -237,7 +253,7 @@ def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: di
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return load(folder), json.loads((cache / f"fold{fold}.json").read_text())
-    twin = offset_estimated(checkpoint)
+    twin = offset_estimated(checkpoint, release)
     # everyone's covariates are the same here (age unknown), so the covariate effects cannot be re-estimated:
     # a ridge keeps the design solvable; only mu + beta x (the same for everyone) matters for these people
     twin.config = dataclasses.replace(twin.config, covariate_penalty=1.0)
@@ -257,7 +273,7 @@ def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: di
 
 def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: int = 0, saem: dict | None = None,
          n_people: int | None = None, stem: str = "kissler_forecast", checkpoint: Path | str = CHECKPOINT,
-         only: list[str] | None = None, merge: bool = False) -> dict:
+         only: list[str] | None = None, merge: bool = False, release: tuple = ()) -> dict:
     torch.set_num_threads(1)
     out = Path(out)
     cache = out / stem
@@ -279,7 +295,8 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
     tuning = only is None or any(m.startswith("twin fine-tuned") for m in only)
     for f, held in enumerate(folds(list(data.subject_ids), n_folds, seed)):
         if tuning:
-            tuned, info = fine_tuned(data, held, f, seed, {**FINE_TUNE_SAEM, **(saem or {})}, cache, Path(checkpoint))
+            tuned, info = fine_tuned(data, held, f, seed, {**FINE_TUNE_SAEM, **(saem or {})}, cache, Path(checkpoint),
+                                      tuple(release))
         else:
             tuned, info = None, next(i for i in previous["folds"] if i["fold"] == f) if previous else {}
             info = {k: v for k, v in info.items() if k not in ("fold", "held_out")}
@@ -383,5 +400,8 @@ if __name__ == "__main__":
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--methods", help="comma-separated method names to run (default: all)")
     ap.add_argument("--merge", action="store_true", help="keep the other methods' rows of the existing results")
+    ap.add_argument("--release", help="comma-separated parameters fixed in the shipped twin to estimate in fine-tuning")
+    ap.add_argument("--stem", default="kissler_forecast", help="results file stem (and cache folder)")
     a = ap.parse_args()
-    main(n_folds=a.folds, only=a.methods.split(",") if a.methods else None, merge=a.merge)
+    main(n_folds=a.folds, only=a.methods.split(",") if a.methods else None, merge=a.merge,
+         release=tuple(a.release.split(",")) if a.release else (), stem=a.stem)

@@ -171,7 +171,7 @@ def test_baccam_volunteers_tiny(tmp_path, shared_data):
     assert (tmp_path / "baccam_volunteers.md").exists() and (tmp_path / "baccam_volunteers.png").exists()
 
 
-@pytest.mark.slow  # ~2 min: two tiny fine-tuning fits on ten kissler2021 people, six methods
+@pytest.mark.slow  # ~6 min: two tiny fine-tuning fits on ten kissler2021 people, nine methods
 def test_kissler_forecast_tiny(tmp_path, shared_data):
     import kissler_forecast as kf
 
@@ -312,3 +312,22 @@ def test_later_sample_reference_is_the_training_distribution_by_day():
     assert out.loc[5.0, "median"] == 5.0 and out.loc[5.0, "lower"] == np.quantile([3, 4, 5, 6, 7], 0.05)
     assert out.loc[6.0, ["lower", "median", "upper"]].tolist() == [2.0, 2.0, 2.0]  # day 2: all negative
     assert out.loc[40.0, "median"] == 2.0  # beyond the last day class: the pooled "15 days or more"
+
+
+def test_fine_tuning_can_release_parameters_the_shipped_twin_fixed():
+    import pytest
+    import torch
+    import kissler_forecast as kf
+    from hybridtwin.checkpoint import load
+
+    shipped = load(kf.CHECKPOINT)
+    twin = kf.offset_estimated(kf.CHECKPOINT, ("r", "delta_T"))
+    assert {"r", "delta_T"} <= set(twin.population_names) and "r" not in twin.config.fixed
+    assert twin.known_population == {}  # the offset distribution is estimable too
+    # it starts where the shipped twin is: same parameters for the same patient draw
+    z = shipped.mu.detach()[None].repeat(3, 1) + 0.1 * torch.arange(3, dtype=shipped.mu.dtype)[:, None]
+    cohort = torch.zeros(3, dtype=torch.long)
+    with torch.no_grad():
+        assert torch.allclose(twin.theta(z, cohort), shipped.theta(z, cohort))
+    with pytest.raises(ValueError, match="not fixed in the shipped twin"):
+        kf.offset_estimated(kf.CHECKPOINT, ("p",))
