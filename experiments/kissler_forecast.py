@@ -43,9 +43,12 @@ forecast of **every later sample as reported** (negatives at their limit, foreca
 ones keeps the late low positives and drops the negatives around them, which rewards carrying a positive value
 forward and charges a method that forecasts clearance.
 
-Run ``python experiments/kissler_forecast.py`` (about 20 min on 2 cores); results:
+Run ``python experiments/kissler_forecast.py`` (about 3 h on one thread: 2 h of it the per-patient fits, 24 min the
+fine-tuning, 26 min the conformal calibration); results:
 ``experiments/results/kissler_forecast.{md,json}``; fine-tuned fits are cached per fold. ``--methods NAME,...
 --merge`` runs only the named methods and keeps the other methods' rows of the existing results file.
+``--release r,delta_T,k_T --stem NAME`` fine-tunes with those shipped-fixed parameters estimated too
+(:func:`offset_estimated`), into ``experiments/results/NAME.{md,json}``.
 """
 
 from __future__ import annotations
