@@ -157,16 +157,17 @@ def later_sample_reference(train: pd.DataFrame, early: pd.DataFrame, late: pd.Da
     later samples (negatives at their limit) by whole days since their k-th quantified sample (days beyond
     ``REFERENCE_MAX_GAP`` pooled). With 92-95 % of later samples negative its median is "negative" from a few
     days on; a forecaster of the reported sample has to beat it to have learned anything about the person."""
+    def day_class(rows: pd.DataFrame, shown: pd.DataFrame) -> np.ndarray:
+        last = shown.groupby("subject_id")["time"].max()
+        return np.minimum(np.rint(rows["time"] - rows["subject_id"].map(last)), REFERENCE_MAX_GAP).to_numpy()
+
     tr_early, tr_late = split_quantified(train, k)
-    last_tr = tr_early.groupby("subject_id")["time"].max()
-    gap = np.minimum(np.rint(tr_late["time"] - tr_late["subject_id"].map(last_tr)), REFERENCE_MAX_GAP)
     reported = np.where(tr_late["censored"], tr_late["lloq"], tr_late["value"])
-    qs = pd.DataFrame({"gap": gap.to_numpy(), "y": reported}).groupby("gap")["y"].quantile(list(QUANTILES)).unstack()
+    qs = pd.DataFrame({"gap": day_class(tr_late, tr_early), "y": reported}).groupby("gap")["y"].quantile(
+        list(QUANTILES)).unstack()
     pooled = np.quantile(reported, QUANTILES)
-    last = early.groupby("subject_id")["time"].max()
     out = late[["subject_id", "time", "observable"]].copy()
-    g = np.minimum(np.rint(out["time"] - out["subject_id"].map(last)), REFERENCE_MAX_GAP).to_numpy()
-    table = qs.reindex(g)
+    table = qs.reindex(day_class(out, early))
     for j, q in enumerate(QUANTILES):
         out[f"q{q}"] = table[q].fillna(pooled[j]).to_numpy()
     return _from_quantiles(out)
@@ -251,11 +252,18 @@ def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: di
     """The shipped twin re-estimated on the people not in ``held`` (cached as a checkpoint per fold)."""
     from hybridtwin.checkpoint import save
 
+    from hybridtwin.checkpoint import read_card
+
     folder = cache / f"fold{fold}_twin"
     if (folder / "weights.pt").is_file():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return load(folder), json.loads((cache / f"fold{fold}.json").read_text())
+            cached = load(folder)
+        want = [n for n in read_card(checkpoint)["twin"]["config"]["fixed"] if n not in set(release)]
+        if sorted(cached.config.fixed) != sorted(want):  # a cache fine-tuned with another --release
+            raise ValueError(f"{folder} was fine-tuned with fixed={list(cached.config.fixed)}, this run asks for "
+                             f"fixed={want} (release={list(release)}): use another --stem or delete the cache")
+        return cached, json.loads((cache / f"fold{fold}.json").read_text())
     twin = offset_estimated(checkpoint, release)
     # everyone's covariates are the same here (age unknown), so the covariate effects cannot be re-estimated:
     # a ridge keeps the design solvable; only mu + beta x (the same for everyone) matters for these people
