@@ -332,6 +332,8 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
                        "twin fine-tuned (MAP + conformal bands)": lambda: conformal_rows(
                            tuned, cov, tuned_rows(), train_obs, k, seed),
                        "twin fine-tuned (library posterior)": lambda: twin_rows(tuned, c, early, late, "library", seed),
+                       "twin fine-tuned (MAP + importance sampling)": lambda: twin_rows(tuned, c, early, late, "map_is",
+                                                                                        seed),
                        "LOCF": lambda: locf(train_obs, early, late, k),
                        "population template": lambda: population_template(train_obs, early, late, k),
                        "per-patient mechanistic fit": lambda: least_squares(external, c, early, late, seed),
@@ -359,7 +361,8 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
 
 #: the methods in the order the tables list them
 METHODS = ("twin external (auto)", "twin external (MAP)", "twin fine-tuned (MAP)",
-           "twin fine-tuned (MAP + conformal bands)", "twin fine-tuned (library posterior)", "LOCF", "population template", "per-patient mechanistic fit",
+           "twin fine-tuned (MAP + conformal bands)", "twin fine-tuned (library posterior)",
+           "twin fine-tuned (MAP + importance sampling)", "LOCF", "population template", "per-patient mechanistic fit",
            "reference: later samples by day")
 REFERENCE = METHODS[-1]
 

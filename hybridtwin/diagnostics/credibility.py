@@ -380,7 +380,7 @@ def credibility_report(twin, data, out, method: str = "map", seed: int = 0, leve
 
     data: a :class:`~hybridtwin.data.CohortData` in the canonical schema (observations with censoring,
     covariates, doses). method: how each patient is personalised on its own data (``"map"``, ``"encoder"``,
-    ``"encoder_is"``, ``"library"``). levels: prediction-interval levels to calibrate. card: the checkpoint's
+    ``"encoder_is"``, ``"map_is"``, ``"library"``). levels: prediction-interval levels to calibrate. card: the checkpoint's
     card (:func:`hybridtwin.checkpoint.read_card`) for the model card section; None: the twin's own
     description only, the rest "not recorded". n_samples: posterior draws per patient for the intervals;
     n_replicates: simulated replicates of the data for the VPC. reference_cohort: data without cohort labels
@@ -408,7 +408,7 @@ def credibility_report(twin, data, out, method: str = "map", seed: int = 0, leve
     obs = data.observations.reset_index(drop=True)
     ds, ids = _tables(twin, data.covariates, obs, data.doses)
     batch = ds.batch()
-    options = {"seed": seed} if method in ("encoder_is", "library") else {}
+    options = {"seed": seed} if method in ("encoder_is", "map_is", "library") else {}
     post = posterior(twin, batch, method, **options)
     pbatch, rows = _grid_batch(batch, obs, ids, list(twin.config.observables))
     counts = np.bincount(rows["_b"].to_numpy(int), minlength=len(ids))
