@@ -370,11 +370,11 @@ def map_importance_posterior(twin, batch: Batch, n_draws: int = 512, inflate: fl
 
     >>> from hybridtwin.virtual import make_virtual_cohort
     >>> from hybridtwin.twin import HybridTwin, TwinConfig
-    >>> data = make_virtual_cohort("baccam2006", n_subjects=2, seed=0)
+    >>> data = make_virtual_cohort("baccam2006", n_subjects=3, seed=0)
     >>> twin = HybridTwin.from_data(TwinConfig(model="baccam2006"), data)
     >>> post = map_importance_posterior(twin, twin.dataset(data).batch(), n_draws=64)
     >>> tuple(post.samples.shape), bool((post.ess >= 1).all())
-    ((2, 64, 6), True)
+    ((3, 64, 6), True)
     """
     with torch.no_grad():
         init = twin.posterior(batch)[0]

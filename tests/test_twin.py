@@ -350,18 +350,20 @@ def test_auto_route_corrects_the_encoder_only_where_there_are_observations(monke
         twin.predict(covs, obs, doses, times=grid, method="encoder-is")
 
 
-def test_map_is_route_weights_laplace_draws_and_agrees_with_map_where_the_posterior_is_gaussian():
+def test_map_is_route_weights_laplace_draws_and_agrees_with_map_where_the_posterior_is_gaussian(monkeypatch):
     """``method="map_is"``: the Laplace fit as the importance proposal. For a densely sampled patient (near-Gaussian
     posterior) its weighted mean is the MAP and its SDs the Laplace ones, with most draws carrying weight; the
     prior half of the mixture is what an IS route needs to find a missed mode, and a malformed proposal is refused."""
     truth, obs, doses = _one_subject()
     _, twin, batch, post = _one_subject_map()
-    fixed = ht.personalise.posterior(twin, batch, "map_is", n_draws=2000, seed=0)
+    # the route's own MAP fit starts from the encoder's mean: start it at the cached MAP (one L-BFGS check, not 100)
+    monkeypatch.setattr(twin, "posterior", lambda b, context=None: (post.mean.expand(len(b), -1), post.sd.expand(len(b), -1)))
+    fixed = ht.personalise.posterior(twin, batch, "map_is", n_draws=1000, seed=0)
     err = ((fixed.mean - post.mean) / post.sd).abs()[0]
     for name in ("beta_S", "delta_Ab"):
         assert float(err[twin.patient_names.index(name)]) < 0.25, (name, err)
     # half the draws come from the prior, which misses this narrow posterior; the Laplace half carries the weight
-    assert 200 < float(fixed.ess[0]) <= 1000, float(fixed.ess[0])
+    assert 100 < float(fixed.ess[0]) <= 500, float(fixed.ess[0])
     ratio = fixed.sd / post.sd
     assert bool(((ratio > 0.7) & (ratio < 1.4)).all()), ratio
     covs = pd.DataFrame({"subject_id": ["p"], "age": [40.0]})
