@@ -350,6 +350,53 @@ def test_auto_route_corrects_the_encoder_only_where_there_are_observations(monke
         twin.predict(covs, obs, doses, times=grid, method="encoder-is")
 
 
+@pytest.mark.parametrize("solver", [dict(), dict(method="rodas4"), dict(method="auto"), dict(backend="torchdiffeq"),
+                                    dict(backend="torchdiffeq", adjoint=True)])
+def test_laplace_hessian_blocks_match_finite_differences_on_every_solver_route(solver, monkeypatch):
+    """The Laplace Hessian behind MAP's intervals equals central differences of the gradient on every solver route.
+    Double backward through rodas4 (its once-differentiable LU step) and through torchdiffeq's adjoint is silently
+    wrong, so those routes must not use it; where it is exact, the one vectorised backward pass equals the P
+    one-by-one products, and the fallback (an operation without a batching rule) gives the same blocks."""
+    _, obs, doses = _one_subject()
+    obs = obs[obs["time"] <= 42]  # the first 7 samples: a shorter solve, the same check
+    data = ht.data.validate(obs, doses, pd.DataFrame({"subject_id": ["p"], "age": [40.0]}), model="vaccine_asc")
+    twin = HybridTwin.from_data(TwinConfig(model="vaccine_asc", solver=solver, population=("alpha_S", "alpha_L",
+                                                                                            "delta_S", "delta_L")), data)
+    batch = twin.dataset(data).batch()
+    nlp = ht.personalise._neg_log_posterior
+    z = twin.prior(batch.covariates)[0].detach()
+    P = z.shape[1]
+    eye = torch.eye(P, dtype=z.dtype)
+
+    def grad_at(x, graph=False):
+        x = x.detach().requires_grad_(True)
+        return x, torch.autograd.grad(nlp(twin, x, batch).sum(), x, create_graph=graph)[0]
+
+    H = ht.personalise._hessian_blocks(twin, batch, z)
+    h = 1e-4  # a smaller step than the library's own, so this is an independent check
+    fd = torch.stack([(grad_at(z + h * eye[j])[1] - grad_at(z - h * eye[j])[1]) / (2 * h) for j in range(P)], dim=1)
+    scale = float(fd.abs().max())
+    assert float((H - fd).abs().max()) < 2e-3 * scale, (H, fd)
+    exact = ht.personalise.second_derivatives_exact(twin.config.solver)
+    assert exact == (solver in (dict(), dict(backend="torchdiffeq")))
+    if solver.get("method") == "auto":  # dopri5 here (not stiff), but which subjects switch is only known in the solve
+        return
+    if not exact:  # and double backward would have been wrong there (which is why it is not used)
+        x, g = grad_at(z, graph=True)
+        naive = torch.stack([torch.autograd.grad(g, x, eye[j][None], retain_graph=True)[0] for j in range(P)], dim=1)
+        assert float((naive - fd).abs().max()) > 0.1 * scale
+        return
+    real = torch.autograd.grad
+
+    def refuse_batched(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            raise RuntimeError("no batching rule")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", refuse_batched)
+    assert torch.allclose(ht.personalise._hessian_blocks(twin, batch, z), H, rtol=1e-8, atol=1e-10)
+
+
 def test_map_is_route_weights_laplace_draws_and_agrees_with_map_where_the_posterior_is_gaussian(monkeypatch):
     """``method="map_is"``: the Laplace fit as the importance proposal. For a densely sampled patient (near-Gaussian
     posterior) its weighted mean is the MAP and its SDs the Laplace ones, with most draws carrying weight; the
