@@ -219,8 +219,9 @@ def second_derivatives_exact(solver) -> bool:
     rodas4 (also inside ``method="auto"``, for stiff subjects) solves its stage systems with a once-differentiable
     LU step, and torchdiffeq's adjoint computes gradients by a separate backward solve: both give exact first
     derivatives but silently wrong second ones (measured: Hessian entries off by a factor of two, off-diagonals
-    zero), so the Laplace approximation must not take them from double backward."""
-    return not (solver.adjoint or solver.method in ("rodas4", "auto"))
+    zero), so the Laplace approximation must not take them from double backward. A fused (``torch.compile``-d)
+    step refuses double backward outright."""
+    return not (solver.adjoint or solver.fused or solver.method in ("rodas4", "auto"))
 
 
 def _hessian_blocks(twin, batch: Batch, z: torch.Tensor) -> torch.Tensor:
