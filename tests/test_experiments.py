@@ -314,6 +314,34 @@ def test_later_sample_reference_is_the_training_distribution_by_day():
     assert out.loc[40.0, "median"] == 2.0  # beyond the last day class: the pooled "15 days or more"
 
 
+def test_early_sample_boosting_learns_what_the_first_sample_says_and_the_day_reference_cannot():
+    """Training people whose later samples sit at their first value (a person-level signal): the gradient-boosting
+    reference forecasts each new person near their own level, the by-day reference gives everyone the same."""
+    import numpy as np
+    import pandas as pd
+    import kissler_forecast as kf
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(60):
+        level = rng.uniform(3.0, 8.0)
+        rows += [(f"t{i}", 0.0, level, False)] + [(f"t{i}", float(d), level + rng.normal(0, 0.1), False)
+                                                   for d in range(1, 6)]
+    obs = pd.DataFrame(rows, columns=["subject_id", "time", "value", "censored"]).assign(observable="log10_V",
+                                                                                           lloq=2.0)
+    early = pd.DataFrame({"subject_id": ["lo", "hi"], "time": 0.0, "value": [3.5, 7.5], "censored": False,
+                          "observable": "log10_V", "lloq": 2.0})
+    late = pd.DataFrame({"subject_id": ["lo", "lo", "hi", "hi"], "time": [2.0, 4.0, 2.0, 4.0], "observable": "log10_V"})
+    for point in ("median", "mean"):
+        out = kf.early_sample_boosting(obs, early, late, 1, seed=0, point=point).set_index("subject_id")
+        assert np.allclose(out.loc["lo", "median"], 3.5, atol=0.5) and np.allclose(out.loc["hi", "median"], 7.5, atol=0.5)
+        assert bool((out["lower"] <= out["upper"]).all())
+    flat = kf.later_sample_reference(obs, early, late, 1).set_index("subject_id")
+    assert np.allclose(flat.loc["lo", "median"].to_numpy(), flat.loc["hi", "median"].to_numpy())
+    with pytest.raises(ValueError, match="point must be"):
+        kf.early_sample_boosting(obs, early, late, 1, seed=0, point="mode")
+
+
 def test_fine_tuning_can_release_parameters_the_shipped_twin_fixed():
     import pytest
     import torch
