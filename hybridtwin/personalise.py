@@ -313,9 +313,12 @@ def library_posterior(twin, batch: Batch, size: int = 2000, grid_points: int = 4
                         batch.covariates[[b0] * size], batch.cohort[[b0] * size], s.select(torch.full((size,), b0)),
                         batch.observable_names, batch.cohort_names)
             curves = []
+            failed = torch.zeros(size, dtype=torch.bool)
             for k in range(K):
                 one.observable = torch.full_like(one.observable, k)
-                curves.append(twin.observables_at(theta, one)[0])  # (L, G)
+                g_k, status = twin.observables_at(theta, one)  # (L, G); 0 where the member's solve failed
+                curves.append(g_k)
+                failed |= status != 0
             curves = torch.stack(curves, dim=-1)  # (L, G, K)
             for b in members:
                 m = batch.mask[b]
@@ -327,13 +330,32 @@ def library_posterior(twin, batch: Batch, size: int = 2000, grid_points: int = 4
                 ll = twin.observation.log_likelihood(
                     g, batch.values[b][m].expand(size, n), k.expand(size, n), batch.cohort[[b] * size],
                     batch.censored[b][m].expand(size, n), batch.lloq[b][m].expand(size, n), torch.ones(size, n, dtype=torch.bool))
-                loglik[b] = ll.sum(1)
+                # a member whose solve failed has no curve (its zeros would read as "below every limit")
+                loglik[b] = torch.where(failed, torch.full((size,), -math.inf, dtype=ll.dtype), ll.sum(1))
         log_prior = normal_log_prob(lib[None], pm[:, None], ps[:, None])
-        logw = loglik + log_prior - log_q[None]
-        weights = torch.softmax(torch.nan_to_num(logw, nan=-1e30), dim=1)
+        weights, ess = _normalise(loglik + log_prior - log_q[None], batch.subject_ids, "library member")
         mean = weights @ lib
         sd = torch.sqrt(torch.clamp(weights @ lib**2 - mean**2, min=1e-12))
-    return Posterior(batch.subject_ids, mean, sd, lib[None].expand(B, -1, -1), weights)
+    return Posterior(batch.subject_ids, mean, sd, lib[None].expand(B, -1, -1), weights, ess)
+
+
+def _normalise(logw: torch.Tensor, ids: list, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights, effective sample size) from (B, L) log importance weights (NaN: not evaluable). A patient with
+    no evaluable draw (every solve failed, or a zero likelihood everywhere) keeps uniform weights -- the proposal --
+    with an effective sample size of 0 and a warning naming them, never a confident-looking posterior."""
+    logw = torch.nan_to_num(logw, nan=-math.inf, posinf=-math.inf, neginf=-math.inf)  # (default: finite)
+    some = torch.isfinite(logw).any(1)
+    w = torch.softmax(torch.where(some[:, None], logw, torch.zeros_like(logw)), dim=1)
+    ess = torch.where(some, 1.0 / (w**2).sum(1), torch.zeros_like(w[:, 0]))
+    if not bool(some.all()):
+        import warnings
+
+        none = [ids[i] for i in torch.nonzero(~some).flatten().tolist()]
+        warnings.warn(f"importance sampling: no {what} could be evaluated for {len(none)} patient(s) (e.g. "
+                      f"{none[:5]}): every solve failed or the likelihood is zero everywhere, so their posterior is "
+                      "only the proposal (effective sample size 0); check their data or use method='map'",
+                      UserWarning, stacklevel=3)
+    return w, ess
 
 
 def importance_posterior(twin, batch: Batch, n_draws: int = 256, inflate: float = 1.5, defensive: float = 0.1,
@@ -390,14 +412,11 @@ def importance_posterior(twin, batch: Batch, n_draws: int = 256, inflate: float 
                                                  batch.cohort.repeat(K), batch.censored.repeat(K, 1),
                                                  batch.lloq.repeat(K, 1), batch.mask.repeat(K, 1)).sum(1)
             loglik[start:start + K] = torch.where(status == 0, ll, torch.full_like(ll, -math.inf)).reshape(K, B)
-        logw = torch.nan_to_num(loglik + log_prior - log_q, nan=-math.inf).T  # (B, K)
-        w = torch.softmax(logw, dim=1)
-        w = torch.where(torch.isfinite(logw).any(1, keepdim=True), w, torch.full_like(w, 1.0 / n_draws))
+        w, ess = _normalise((loglik + log_prior - log_q).T, batch.subject_ids, "draw")  # (B, K)
         samples = z.permute(1, 0, 2)  # (B, K, P)
         mean = torch.einsum("bk,bkp->bp", w, samples)
         sd = torch.sqrt(torch.clamp(torch.einsum("bk,bkp->bp", w, samples**2) - mean**2, min=1e-12))
-        ess = 1.0 / (w**2).sum(1)
-    _warn_low_ess(batch.subject_ids, ess, n_draws)
+    _warn_low_ess(batch.subject_ids, torch.where(ess > 0, ess, torch.full_like(ess, math.inf)), n_draws)
     return Posterior(batch.subject_ids, mean, sd, samples, w, ess)
 
 

@@ -1,6 +1,7 @@
 """The hybrid twin: closures start as the mechanism, encoder starts at the prior, M3 likelihood, ELBO,
 and the three personalisation routes."""
 
+import dataclasses
 import functools
 import math
 
@@ -400,6 +401,36 @@ def test_laplace_hessian_blocks_match_finite_differences_on_every_solver_route(s
 
     monkeypatch.setattr(torch.autograd, "grad", refuse_batched)
     assert torch.allclose(ht.personalise._hessian_blocks(twin, batch, z), H, rtol=1e-8, atol=1e-10)
+
+
+def test_importance_routes_give_failed_solves_no_weight_and_say_when_nothing_could_be_evaluated(monkeypatch):
+    """A draw or library member whose solve failed has no curve (observables_at returns zeros there, which a
+    censored row would read as "below the limit", i.e. likely): it must get no weight. A patient for whom no draw
+    can be evaluated gets a warning naming them and an effective sample size of 0, not the proposal dressed up as
+    a posterior with every draw counted."""
+    _, twin, batch, post = _one_subject_map()
+    batch = dataclasses.replace(batch, censored=torch.ones_like(batch.censored),
+                                lloq=torch.full_like(batch.values, 10.0))  # every row "below 10": zeros fit best
+    real = twin.observables_at
+
+    def failing(share):
+        def observables_at(theta, b, repeats=1):
+            g, status = real(theta, b, repeats)
+            bad = torch.arange(theta.shape[0]) < int(share * theta.shape[0])
+            return torch.where(bad[:, None], torch.zeros_like(g), g), torch.where(bad, torch.ones_like(status), status)
+        return observables_at
+
+    monkeypatch.setattr(twin, "observables_at", failing(0.25))
+    lib = ht.personalise.library_posterior(twin, batch, size=200, grid_points=100)
+    assert float(lib.weights[0, :50].sum()) == 0.0 and math.isclose(float(lib.weights.sum()), 1.0, rel_tol=1e-9)
+    assert 0 < float(lib.ess[0]) <= 150
+    monkeypatch.setattr(twin, "posterior", lambda b, context=None: (post.mean, post.sd))
+    monkeypatch.setattr(twin, "observables_at", failing(1.0))
+    with pytest.warns(UserWarning, match=r"no draw could be evaluated for 1 patient\(s\) \(e.g. \['p'\]\)"):
+        dead = ht.personalise.importance_posterior(twin, batch, n_draws=16)
+    assert float(dead.ess[0]) == 0.0
+    with pytest.warns(UserWarning, match="no library member could be evaluated"):
+        ht.personalise.library_posterior(twin, batch, size=50, grid_points=50)
 
 
 def test_map_is_route_weights_laplace_draws_and_agrees_with_map_where_the_posterior_is_gaussian(monkeypatch):
