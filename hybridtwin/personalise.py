@@ -429,11 +429,11 @@ def map_importance_posterior(twin, batch: Batch, n_draws: int = 512, inflate: fl
 
     >>> from hybridtwin.virtual import make_virtual_cohort
     >>> from hybridtwin.twin import HybridTwin, TwinConfig
-    >>> data = make_virtual_cohort("baccam2006", n_subjects=3, seed=0)
-    >>> twin = HybridTwin.from_data(TwinConfig(model="baccam2006"), data)
-    >>> post = map_importance_posterior(twin, twin.dataset(data).batch(), n_draws=64)
+    >>> data = make_virtual_cohort("vaccine_asc", n_subjects=3, seed=0)
+    >>> twin = HybridTwin.from_data(TwinConfig(model="vaccine_asc"), data)
+    >>> post = map_importance_posterior(twin, twin.dataset(data).batch(), n_draws=64, max_iter=20)
     >>> tuple(post.samples.shape), bool((post.ess >= 1).all())
-    ((3, 64, 6), True)
+    ((3, 64, 7), True)
     """
     with torch.no_grad():
         init = twin.posterior(batch)[0]
@@ -503,9 +503,7 @@ def predict(twin, covariates: pd.DataFrame, observations: pd.DataFrame | None = 
     batch = ds.batch()
     method = resolve_method(method, batch)
     if given is not None:
-        if list(given.subject_ids) != list(ids):
-            raise ValueError("the given posterior is for other subjects (or another order) than `covariates`")
-        post = given
+        post = _aligned(given, ids, "given", "or None to personalise them here")
         method = "given"
     else:
         post = posterior(twin, batch, method, **options)
@@ -575,17 +573,40 @@ def _check_nan_rows(traj: pd.DataFrame, ok: torch.Tensor, ids: list) -> None:
                   RuntimeWarning, stacklevel=3)
 
 
+def _aligned(post: Posterior, ids: list, name: str, alternative: str) -> Posterior:
+    """``post`` with its rows in the order of ``ids`` (matched by subject id); a patient it does not hold is an
+    error naming them."""
+    if list(post.subject_ids) == list(ids):
+        return post
+    known = {str(s): i for i, s in enumerate(post.subject_ids)}
+    missing = [s for s in ids if str(s) not in known]
+    if missing or len(known) != len(post.subject_ids):
+        held = list(post.subject_ids)
+        raise ValueError(f"{name} has no posterior for patient(s) {missing[:5]} (it holds {held[:5]}"
+                         f"{' ...' if len(held) > 5 else ''}); pass the posterior computed for these patients, "
+                         f"{alternative}")
+    order = torch.tensor([known[str(s)] for s in ids])
+    pick = lambda t: None if t is None else t[order]  # noqa: E731
+    return Posterior(list(ids), post.mean[order], pick(post.sd), pick(post.samples), pick(post.weights), pick(post.ess))
+
+
 def update(twin, posterior_state: Posterior | None, covariates: pd.DataFrame, observations: pd.DataFrame,
            doses: pd.DataFrame | None = None, steps: int = 100, lr: float = 0.05, n_samples: int = 8,
            seed: int = 0, reference_cohort: bool = False) -> Posterior:
     """Refine patients' Gaussian posteriors with all their observations so far (a few Adam steps on the
     variational mean and log-sd, starting from ``posterior_state`` or, if None, the encoder);
-    ``reference_cohort`` as in :func:`predict`."""
+    ``reference_cohort`` as in :func:`predict`. ``posterior_state`` is matched to the observations' patients by
+    subject id (any order); a patient it does not hold is an error. (A draw whose solve fails has a constant zero
+    curve, so it adds nothing to the gradient.)"""
+
     ds, ids = _tables(twin, covariates, observations, doses, reference_cohort)
     batch = ds.batch()
     with torch.no_grad():
         start = posterior_state if posterior_state is not None else posterior(twin, batch, "encoder")
         mean0, sd0 = start.mean.clone(), start.sd.clone()
+    if posterior_state is not None:  # its rows follow its own patients: match them to the observations'
+        aligned = _aligned(start, ids, "posterior_state", "or None to start from the encoder")
+        mean0, sd0 = aligned.mean.clone(), aligned.sd.clone()
     mean = mean0.requires_grad_(True)
     log_sd = torch.log(sd0).requires_grad_(True)
     opt = torch.optim.Adam([mean, log_sd], lr=lr)

@@ -234,6 +234,35 @@ def test_update_and_predict_schema():
         twin.predict(cov, early, doses, times=[0, 30], method="magic")
 
 
+def test_update_matches_its_state_by_subject_id():
+    """update() and predict(given=...): a posterior for the same patients in another order is matched by id (the
+    same result as in order; update used to refine each patient from the other's posterior); one for other
+    patients is refused, naming them."""
+    _, obs1, doses1 = _one_subject()
+    obs = pd.concat([obs1.assign(subject_id=s) for s in ("p", "q")])
+    obs.loc[obs["subject_id"] == "q", "value"] += 0.5
+    doses = pd.concat([doses1.assign(subject_id=s) for s in ("p", "q")])
+    cov = pd.DataFrame({"subject_id": ["p", "q"], "age": [40.0, 60.0]})
+    data = ht.data.validate(obs, doses, cov, model="vaccine_asc")
+    twin = HybridTwin.from_data(TwinConfig(model="vaccine_asc"), data)
+    state = twin.update(cov, obs, doses, steps=3)
+    assert list(state.subject_ids) == ["p", "q"]
+    flipped = ht.personalise.Posterior(["q", "p"], state.mean.flip(0), state.sd.flip(0))
+    a = twin.update(cov, obs, doses, posterior=state, steps=3)
+    b = twin.update(cov, obs, doses, posterior=flipped, steps=3)
+    assert torch.allclose(a.mean, b.mean) and list(b.subject_ids) == ["p", "q"]
+    other = ht.personalise.Posterior(["p", "x"], state.mean, state.sd)
+    with pytest.raises(ValueError, match=r"no posterior for patient\(s\) \['q'\]"):
+        twin.update(cov, obs, doses, posterior=other, steps=1)
+    # predict(given=...) matches by id the same way
+    p1, _ = twin.predict(cov, obs, doses, times=[30.0], given=a, n_samples=20)
+    p2, _ = twin.predict(cov, obs, doses, times=[30.0], given=ht.personalise.Posterior(["q", "p"], a.mean.flip(0),
+                                                                                     a.sd.flip(0)), n_samples=20)
+    assert np.allclose(p1["median"], p2["median"])
+    with pytest.raises(ValueError, match=r"given has no posterior for patient\(s\) \['q'\]"):
+        twin.predict(cov, obs, doses, times=[30.0], given=other)
+
+
 def test_black_box_twin_runs_and_has_no_mechanism(cohort):
     cfg = TwinConfig(model="vaccine_asc", black_box={"latent_dim": 3, "hidden": (16,), "state_scale": {"Ab": 1e3}})
     twin = HybridTwin.from_data(cfg, cohort)
