@@ -23,6 +23,7 @@ import pandas as pd
 from . import models as _models
 from .config import check_integer, check_positive
 from .dosing import Dose
+from .personalise import AUTO, METHODS
 from .simulation import simulate
 
 
@@ -371,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--doses", default=None, help="CSV: subject_id, time, amount, target [, duration]")
     r.add_argument("--times", default=None, help="end time of a grid, or a CSV of rows subject_id, time, observable")
     r.add_argument("--n-times", type=int, default=101, help="points of the prediction grid")
-    r.add_argument("--method", default="auto", choices=["auto", "encoder", "map", "encoder_is", "map_is", "library"],
+    r.add_argument("--method", default="auto", choices=[AUTO, *METHODS],
                    help="personalisation route (default auto: the encoder corrected by importance sampling where "
                         "there are observations, the encoder alone where there are covariates only)")
     r.add_argument("--samples", type=int, default=200, help="posterior samples for the intervals")
@@ -392,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "[, cohort, lloq, censored]")
     g.add_argument("--covariates", default=None, help="CSV/Parquet: subject_id + the training covariates")
     g.add_argument("--doses", default=None, help="CSV/Parquet: subject_id, time, amount, target [, duration]")
-    g.add_argument("--method", default="map", choices=["map", "encoder", "encoder_is", "map_is", "library"],
+    g.add_argument("--method", default="map", choices=list(METHODS),
                    help="how each patient is personalised on its data (default map)")
     g.add_argument("--levels", default="0.5,0.8,0.9,0.95", help="interval levels to calibrate (comma-separated)")
     g.add_argument("--samples", type=int, default=200, help="posterior draws per patient for the intervals")
