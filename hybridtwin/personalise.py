@@ -273,12 +273,21 @@ def fit_map(twin, batch: Batch, init: torch.Tensor | None = None, max_iter: int 
     H = _hessian_blocks(twin, batch, z)
     P = z.shape[1]
     H = 0.5 * (H + H.transpose(1, 2)) + 1e-8 * torch.eye(P, dtype=H.dtype)
-    try:
-        cov = torch.linalg.inv(H)
-        sd = torch.sqrt(torch.clamp(torch.diagonal(cov, dim1=1, dim2=2), min=1e-12))
-    except RuntimeError:
-        sd = twin.prior(batch.covariates)[1]
-    sd = torch.where(torch.isfinite(sd), sd, twin.prior(batch.covariates)[1])
+    prior_sd = twin.prior(batch.covariates)[1].detach()
+    # the Laplace approximation needs a minimum: where a block is not positive definite (the optimiser stopped
+    # short, or at a saddle) its inverse's diagonal may be negative or tiny -- intervals of zero width
+    pd_ok = torch.isfinite(H).all(dim=(1, 2))
+    pd_ok &= torch.linalg.eigvalsh(torch.where(pd_ok[:, None, None], H, torch.eye(P, dtype=H.dtype))).min(1).values > 0
+    safe = torch.where(pd_ok[:, None, None], H, torch.eye(P, dtype=H.dtype))
+    sd = torch.sqrt(torch.clamp(torch.diagonal(torch.linalg.inv(safe), dim1=1, dim2=2), min=1e-12))
+    sd = torch.where(pd_ok[:, None] & torch.isfinite(sd), sd, prior_sd)
+    if not bool(pd_ok.all()):
+        import warnings
+
+        bad = [batch.subject_ids[i] for i in torch.nonzero(~pd_ok).flatten().tolist()]
+        warnings.warn(f"MAP: no minimum reached for {len(bad)} patient(s) (e.g. {bad[:5]}; the Hessian there is not "
+                      "positive definite), so the Laplace approximation does not apply: their parameter SDs are the "
+                      "prior's (wide); raise max_iter or use method='map_is' / 'library'", UserWarning, stacklevel=2)
     return Posterior(batch.subject_ids, z.detach(), sd.detach())
 
 

@@ -463,6 +463,23 @@ def test_importance_routes_give_failed_solves_no_weight_and_say_when_nothing_cou
         ht.personalise.library_posterior(twin, batch, size=50, grid_points=50)
 
 
+def test_map_without_a_minimum_warns_and_keeps_prior_wide_intervals(monkeypatch):
+    """An indefinite Hessian (the optimiser stopped short or at a saddle) used to give an inverse with negative
+    diagonal entries, clamped to an SD of 1e-6: intervals of zero width. Now the patient is named and keeps the
+    prior's SDs; a positive definite block is untouched."""
+    _, twin, batch, post = _one_subject_map()
+    P = post.mean.shape[1]
+    H = torch.diag(torch.linspace(1.0, 5.0, P, dtype=post.mean.dtype))[None].clone()
+    good = ht.personalise.fit_map  # positive definite: SDs are 1/sqrt(diagonal)
+    monkeypatch.setattr(ht.personalise, "_hessian_blocks", lambda twin, batch, z: H.clone())
+    out = good(twin, batch, init=post.mean, max_iter=1)
+    assert torch.allclose(out.sd[0], 1.0 / torch.sqrt(torch.diagonal(H[0])), rtol=1e-6)
+    H[0, 0, 0] = -2.0
+    with pytest.warns(UserWarning, match=r"MAP: no minimum reached for 1 patient\(s\) \(e.g. \['p'\]"):
+        out = good(twin, batch, init=post.mean, max_iter=1)
+    assert torch.allclose(out.sd, twin.prior(batch.covariates)[1].detach())
+
+
 def test_map_is_route_weights_laplace_draws_and_agrees_with_map_where_the_posterior_is_gaussian(monkeypatch):
     """``method="map_is"``: the Laplace fit as the importance proposal. For a densely sampled patient (near-Gaussian
     posterior) its weighted mean is the MAP and its SDs the Laplace ones, with most draws carrying weight; the
