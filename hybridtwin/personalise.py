@@ -303,7 +303,10 @@ def library_posterior(twin, batch: Batch, size: int = 2000, grid_points: int = 4
         lib = center + spread * torch.randn((size, center.shape[0]), generator=gen, dtype=center.dtype)
         log_q = normal_log_prob(lib, center, spread)  # (L,)
         horizon = float(batch.times[batch.mask].max()) if bool(batch.mask.any()) else twin.time_scale
-        grid = torch.linspace(0.0, max(horizon, 1e-6), grid_points, dtype=batch.times.dtype)
+        # from the earliest row: a twin with a time offset reads data from before day 0 (to -upper), and rows
+        # outside the grid would be extrapolated from its first segment
+        start = min(0.0, float(batch.times[batch.mask].min())) if bool(batch.mask.any()) else 0.0
+        grid = torch.linspace(start, max(horizon, start + 1e-6), grid_points, dtype=batch.times.dtype)
         s = batch.schedule
         # one library simulation per (regimen, cohort): cohorts may differ in typical values (cohort_effects)
         keys = [tuple(torch.cat([s.bolus_time[b], s.bolus_amount[b], s.bolus_target[b].to(s.bolus_time.dtype),

@@ -138,3 +138,32 @@ def test_a_twin_with_a_known_offset_distribution_saves_and_loads(tmp_path):
     a, _ = twin.predict(data.covariates, data.observations, None, times=[-2.0, 5.0], method="encoder", n_samples=20)
     b, _ = back.predict(data.covariates, data.observations, None, times=[-2.0, 5.0], method="encoder", n_samples=20)
     np.testing.assert_allclose(a["median"], b["median"])
+
+
+def test_library_route_reads_rows_before_day_zero_exactly():
+    """The library route interpolates each member's curve on a time grid; with a time offset the data clock reaches
+    before day 0, and a grid that started at 0 extrapolated those rows from its first segment (weights off by up to
+    0.1 for a patient sampled at days -3 and -1). Its weights must equal the exactly evaluated importance weights."""
+    from pathlib import Path
+
+    from hybridtwin.checkpoint import load
+    from hybridtwin.losses import normal_log_prob
+    from hybridtwin.personalise import _tables, library_posterior
+
+    twin = load(Path(__file__).resolve().parents[1] / "checkpoints" / "sarscov2_challenger")
+    obs = pd.DataFrame({"subject_id": "a", "time": [-3.0, -1.0, 2.0, 6.0], "observable": "log10_V",
+                        "value": [4.0, 6.5, 7.0, 5.0]})
+    ds, _ = _tables(twin, pd.DataFrame({"subject_id": ["a"], "age": [40.0]}), obs, None)
+    b = ds.batch()
+    L = 300
+    post = library_posterior(twin, b, size=L, grid_points=400)
+    lib = post.samples[0]
+    with torch.no_grad():
+        g, status = twin.observables_at(twin.theta(lib, b.cohort.repeat(L)), b, repeats=L)
+        ll = twin.observation.log_likelihood(g, b.values.repeat(L, 1), b.observable.repeat(L, 1), b.cohort.repeat(L),
+                                             b.censored.repeat(L, 1), b.lloq.repeat(L, 1), b.mask.repeat(L, 1)).sum(1)
+        pm, ps = twin.prior(b.covariates)
+        centre, spread = pm.mean(0), torch.sqrt(ps.mean(0) ** 2 + pm.var(0, unbiased=False)) * 1.5  # its proposal
+        exact = torch.softmax(ll + normal_log_prob(lib, pm, ps) - normal_log_prob(lib, centre, spread), 0)
+    assert bool((status == 0).all())
+    assert float((post.weights[0] - exact).abs().max()) < 1e-4
