@@ -254,8 +254,14 @@ def _hessian_blocks(twin, batch: Batch, z: torch.Tensor) -> torch.Tensor:
         return torch.stack(rows, dim=1)
 
 
+#: fit_map warns where the remaining Newton step to the mode exceeds this many posterior SDs (not converged)
+MAP_TOLERANCE_SD = 0.1
+
+
 def fit_map(twin, batch: Batch, init: torch.Tensor | None = None, max_iter: int = 100) -> Posterior:
-    """Per-patient MAP by L-BFGS (the objective is a sum of independent per-patient terms) + Laplace sd."""
+    """Per-patient MAP by L-BFGS (the objective is a sum of independent per-patient terms) + Laplace sd. Warns,
+    naming the patients, where no minimum was reached (indefinite Hessian: prior SDs kept) or where the mode is
+    still more than :data:`MAP_TOLERANCE_SD` posterior SDs away when ``max_iter`` runs out."""
     with torch.no_grad():
         z0 = init if init is not None else twin.prior(batch.covariates)[0]
     z = z0.detach().clone().requires_grad_(True)
@@ -288,6 +294,19 @@ def fit_map(twin, batch: Batch, init: torch.Tensor | None = None, max_iter: int 
         warnings.warn(f"MAP: no minimum reached for {len(bad)} patient(s) (e.g. {bad[:5]}; the Hessian there is not "
                       "positive definite), so the Laplace approximation does not apply: their parameter SDs are the "
                       "prior's (wide); raise max_iter or use method='map_is' / 'library'", UserWarning, stacklevel=2)
+    # where L-BFGS stopped short (max_iter): the Newton step that remains, in posterior SDs, says how far the mode is
+    zg = z.clone().requires_grad_(True)
+    g = torch.autograd.grad(_neg_log_posterior(twin, zg, batch).sum(), zg)[0]
+    step = torch.linalg.solve(safe, g[..., None])[..., 0] / sd
+    far = pd_ok & ~(step.abs().amax(1) <= MAP_TOLERANCE_SD)  # (NaN counts as far)
+    if bool(far.any()):
+        import warnings
+
+        bad = [batch.subject_ids[i] for i in torch.nonzero(far).flatten().tolist()]
+        warnings.warn(f"MAP: not converged for {len(bad)} patient(s) (e.g. {bad[:5]}): the mode is still more than "
+                      f"{MAP_TOLERANCE_SD:g} posterior SD away (a Newton step of up to "
+                      f"{float(torch.nan_to_num(step.abs().amax(1)[far], nan=math.inf).max()):.2g} SD) after "
+                      f"max_iter={max_iter}; raise max_iter", UserWarning, stacklevel=2)
     return Posterior(batch.subject_ids, z.detach(), sd.detach())
 
 

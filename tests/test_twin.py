@@ -480,6 +480,20 @@ def test_map_without_a_minimum_warns_and_keeps_prior_wide_intervals(monkeypatch)
     assert torch.allclose(out.sd, twin.prior(batch.covariates)[1].detach())
 
 
+def test_map_says_when_max_iter_ran_out_before_the_mode():
+    """One L-BFGS iteration from the prior leaves the mode many posterior SDs away: MAP says so, naming the
+    patient; started at the converged mode it says nothing."""
+    import warnings
+
+    _, twin, batch, post = _one_subject_map()
+    with pytest.warns(UserWarning, match=r"MAP: not converged for 1 patient\(s\) \(e.g. \['p'\]\)"):
+        ht.personalise.fit_map(twin, batch, max_iter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = ht.personalise.fit_map(twin, batch, init=post.mean, max_iter=20)
+    assert torch.allclose(again.mean, post.mean, atol=1e-3)
+
+
 def test_map_is_route_weights_laplace_draws_and_agrees_with_map_where_the_posterior_is_gaussian(monkeypatch):
     """``method="map_is"``: the Laplace fit as the importance proposal. For a densely sampled patient (near-Gaussian
     posterior) its weighted mean is the MAP and its SDs the Laplace ones, with most draws carrying weight; the
