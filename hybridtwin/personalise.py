@@ -254,14 +254,15 @@ def _hessian_blocks(twin, batch: Batch, z: torch.Tensor) -> torch.Tensor:
         return torch.stack(rows, dim=1)
 
 
-#: fit_map warns where the remaining Newton step to the mode exceeds this many posterior SDs (not converged)
+#: fit_map warns where the remaining Newton step to the mode exceeds this many posterior SDs (not converged: max_iter
+#: ran out, or L-BFGS on the sum over patients stopped while some patients were still away from their modes)
 MAP_TOLERANCE_SD = 0.1
 
 
 def fit_map(twin, batch: Batch, init: torch.Tensor | None = None, max_iter: int = 100) -> Posterior:
     """Per-patient MAP by L-BFGS (the objective is a sum of independent per-patient terms) + Laplace sd. Warns,
     naming the patients, where no minimum was reached (indefinite Hessian: prior SDs kept) or where the mode is
-    still more than :data:`MAP_TOLERANCE_SD` posterior SDs away when ``max_iter`` runs out."""
+    still more than :data:`MAP_TOLERANCE_SD` posterior SDs away when L-BFGS stops."""
     with torch.no_grad():
         z0 = init if init is not None else twin.prior(batch.covariates)[0]
     z = z0.detach().clone().requires_grad_(True)
@@ -305,8 +306,10 @@ def fit_map(twin, batch: Batch, init: torch.Tensor | None = None, max_iter: int 
         bad = [batch.subject_ids[i] for i in torch.nonzero(far).flatten().tolist()]
         warnings.warn(f"MAP: not converged for {len(bad)} patient(s) (e.g. {bad[:5]}): the mode is still more than "
                       f"{MAP_TOLERANCE_SD:g} posterior SD away (a Newton step of up to "
-                      f"{float(torch.nan_to_num(step.abs().amax(1)[far], nan=math.inf).max()):.2g} SD) after "
-                      f"max_iter={max_iter}; raise max_iter", UserWarning, stacklevel=2)
+                      f"{float(torch.nan_to_num(step.abs().amax(1)[far], nan=math.inf).max()):.2g} SD) where L-BFGS "
+                      f"stopped (max_iter={max_iter}, or no further progress of the joint objective), so their "
+                      "intervals are centred off the mode: raise max_iter, start elsewhere (init=) or use "
+                      "method='map_is'", UserWarning, stacklevel=2)
     return Posterior(batch.subject_ids, z.detach(), sd.detach())
 
 
