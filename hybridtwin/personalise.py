@@ -33,6 +33,7 @@ measurements arrive.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,8 +124,6 @@ def _tables(twin, covariates: pd.DataFrame, observations, doses,
     stray = set(dose_table["subject_id"]) - set(ids)
     if stray:
         raise ValueError(f"doses for subject(s) {sorted(stray, key=str)[:10]} without a covariate row")
-    import warnings
-
     pre = twin.preprocessor
     cohort_is_covariate = pre is not None and "cohort" in [*pre.numeric_, *pre.categorical_]
     used = {"subject_id", "cohort", *([*pre.numeric_, *pre.categorical_] if pre is not None else [])}
@@ -224,9 +223,10 @@ def second_derivatives_exact(solver) -> bool:
     return not (solver.adjoint or solver.fused or solver.method in ("rodas4", "auto"))
 
 
-def _hessian_blocks(twin, batch: Batch, z: torch.Tensor) -> torch.Tensor:
-    """(B, P, P) per-patient Hessian blocks of the negative log posterior at ``z`` (B, P); it is a sum of
-    per-patient terms, so P products with unit vector j in every patient's row at once give every block.
+def _hessian_blocks(twin, batch: Batch, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient (B, P) and the (B, P, P) per-patient Hessian blocks of the negative log posterior at ``z``
+    (B, P); it is a sum of per-patient terms, so P products with unit vector j in every patient's row at once give
+    every block.
 
     Where the solver route differentiates twice exactly (:func:`second_derivatives_exact`) these are
     Hessian-vector products, run as one vectorised backward pass (``is_grads_batched``; measured 3.6x
@@ -237,21 +237,24 @@ def _hessian_blocks(twin, batch: Batch, z: torch.Tensor) -> torch.Tensor:
     basis = torch.eye(P, dtype=z.dtype, device=z.device)[:, None, :].expand(P, *z.shape).contiguous()  # (P, B, P)
 
     def gradient(x: torch.Tensor, graph: bool = False) -> torch.Tensor:
-        x = x.detach().requires_grad_(True)
+        """at ``x``; with ``graph`` ``x`` must be a leaf that requires grad (the graph is kept for a second pass)"""
+        if not graph:
+            x = x.detach().requires_grad_(True)
         g = torch.autograd.grad(_neg_log_posterior(twin, x, batch).sum(), x, create_graph=graph)[0]
         return g if graph else g.detach()
 
     if not second_derivatives_exact(twin.config.solver):
         h = FD_STEP
-        cols = [(gradient(z + h * basis[j]) - gradient(z - h * basis[j])) / (2 * h) for j in range(P)]
-        return torch.stack(cols, dim=1)  # (B, P, P): row j = d grad / d z_j (the block is symmetrised by the caller)
+        pairs = [(gradient(z + h * basis[j]), gradient(z - h * basis[j])) for j in range(P)]
+        H = torch.stack([(up - down) / (2 * h) for up, down in pairs], dim=1)  # row j = d grad / d z_j
+        return sum(up + down for up, down in pairs) / (2 * P), H  # each pair's mean is the gradient to O(h^2)
     z = z.detach().requires_grad_(True)
-    grad = torch.autograd.grad(_neg_log_posterior(twin, z, batch).sum(), z, create_graph=True)[0]
+    grad = gradient(z, graph=True)
     try:
-        return torch.autograd.grad(grad, z, basis, is_grads_batched=True, retain_graph=True)[0].transpose(0, 1)
+        H = torch.autograd.grad(grad, z, basis, is_grads_batched=True, retain_graph=True)[0].transpose(0, 1)
     except (RuntimeError, NotImplementedError):  # an operation without a batching rule: one product at a time
-        rows = [torch.autograd.grad(grad, z, basis[j], retain_graph=j < P - 1)[0] for j in range(P)]
-        return torch.stack(rows, dim=1)
+        H = torch.stack([torch.autograd.grad(grad, z, basis[j], retain_graph=j < P - 1)[0] for j in range(P)], dim=1)
+    return grad.detach(), H
 
 
 #: fit_map warns where the remaining Newton step to the mode exceeds this many posterior SDs (not converged: max_iter
@@ -277,7 +280,7 @@ def fit_map(twin, batch: Batch, init: torch.Tensor | None = None, max_iter: int 
 
     opt.step(closure)
     z = z.detach()
-    H = _hessian_blocks(twin, batch, z)
+    g, H = _hessian_blocks(twin, batch, z)
     P = z.shape[1]
     H = 0.5 * (H + H.transpose(1, 2)) + 1e-8 * torch.eye(P, dtype=H.dtype)
     prior_sd = twin.prior(batch.covariates)[1].detach()
@@ -289,20 +292,14 @@ def fit_map(twin, batch: Batch, init: torch.Tensor | None = None, max_iter: int 
     sd = torch.sqrt(torch.clamp(torch.diagonal(torch.linalg.inv(safe), dim1=1, dim2=2), min=1e-12))
     sd = torch.where(pd_ok[:, None] & torch.isfinite(sd), sd, prior_sd)
     if not bool(pd_ok.all()):
-        import warnings
-
         bad = [batch.subject_ids[i] for i in torch.nonzero(~pd_ok).flatten().tolist()]
         warnings.warn(f"MAP: no minimum reached for {len(bad)} patient(s) (e.g. {bad[:5]}; the Hessian there is not "
                       "positive definite), so the Laplace approximation does not apply: their parameter SDs are the "
                       "prior's (wide); raise max_iter or use method='map_is' / 'library'", UserWarning, stacklevel=2)
-    # where L-BFGS stopped short (max_iter): the Newton step that remains, in posterior SDs, says how far the mode is
-    zg = z.clone().requires_grad_(True)
-    g = torch.autograd.grad(_neg_log_posterior(twin, zg, batch).sum(), zg)[0]
+    # where L-BFGS stopped short: the Newton step that remains, in posterior SDs, says how far the mode is
     step = torch.linalg.solve(safe, g[..., None])[..., 0] / sd
     far = pd_ok & ~(step.abs().amax(1) <= MAP_TOLERANCE_SD)  # (NaN counts as far)
     if bool(far.any()):
-        import warnings
-
         bad = [batch.subject_ids[i] for i in torch.nonzero(far).flatten().tolist()]
         warnings.warn(f"MAP: not converged for {len(bad)} patient(s) (e.g. {bad[:5]}): the mode is still more than "
                       f"{MAP_TOLERANCE_SD:g} posterior SD away (a Newton step of up to "
@@ -382,8 +379,6 @@ def _normalise(logw: torch.Tensor, ids: list, what: str) -> tuple[torch.Tensor, 
     w = torch.softmax(torch.where(some[:, None], logw, torch.zeros_like(logw)), dim=1)
     ess = torch.where(some, 1.0 / (w**2).sum(1), torch.zeros_like(w[:, 0]))
     if not bool(some.all()):
-        import warnings
-
         none = [ids[i] for i in torch.nonzero(~some).flatten().tolist()]
         warnings.warn(f"importance sampling: no {what} could be evaluated for {len(none)} patient(s) (e.g. "
                       f"{none[:5]}): every solve failed or the likelihood is zero everywhere, so their posterior is "
@@ -485,8 +480,6 @@ def _warn_low_ess(ids, ess: torch.Tensor, n_draws: int) -> None:
     proposal misses the posterior, e.g. for patients unlike the training data): intervals would be too narrow."""
     low = torch.nonzero(ess < MIN_ESS).flatten().tolist()
     if low:
-        import warnings
-
         shown = [ids[i] for i in low[:5]]
         warnings.warn(f"importance sampling: effective sample size below {MIN_ESS:g} of {n_draws} draws for "
                       f"{len(low)} of {len(ids)} patient(s) (e.g. {shown}): their posterior rests on a few draws "
@@ -590,8 +583,6 @@ def predict(twin, covariates: pd.DataFrame, observations: pd.DataFrame | None = 
 def _check_nan_rows(traj: pd.DataFrame, ok: torch.Tensor, ids: list) -> None:
     """Predictions that could not be computed are never silent: NaN rows warn with the subjects (and the
     share of their posterior draws whose solve failed); a prediction with no finite row at all is an error."""
-    import warnings
-
     nan = traj["median"].isna() | traj["lower"].isna() | traj["upper"].isna()
     if not bool(nan.any()):
         return
@@ -632,15 +623,12 @@ def update(twin, posterior_state: Posterior | None, covariates: pd.DataFrame, ob
     ``reference_cohort`` as in :func:`predict`. ``posterior_state`` is matched to the observations' patients by
     subject id (any order); a patient it does not hold is an error. (A draw whose solve fails has a constant zero
     curve, so it adds nothing to the gradient.)"""
-
     ds, ids = _tables(twin, covariates, observations, doses, reference_cohort)
     batch = ds.batch()
-    with torch.no_grad():
-        start = posterior_state if posterior_state is not None else posterior(twin, batch, "encoder")
+    with torch.no_grad():  # a given state's rows follow its own patients: match them to the observations'
+        start = (posterior(twin, batch, "encoder") if posterior_state is None
+                 else _aligned(posterior_state, ids, "posterior_state", "or None to start from the encoder"))
         mean0, sd0 = start.mean.clone(), start.sd.clone()
-    if posterior_state is not None:  # its rows follow its own patients: match them to the observations'
-        aligned = _aligned(start, ids, "posterior_state", "or None to start from the encoder")
-        mean0, sd0 = aligned.mean.clone(), aligned.sd.clone()
     mean = mean0.requires_grad_(True)
     log_sd = torch.log(sd0).requires_grad_(True)
     opt = torch.optim.Adam([mean, log_sd], lr=lr)

@@ -403,7 +403,8 @@ def test_laplace_hessian_blocks_match_finite_differences_on_every_solver_route(s
         x = x.detach().requires_grad_(True)
         return x, torch.autograd.grad(nlp(twin, x, batch).sum(), x, create_graph=graph)[0]
 
-    H = ht.personalise._hessian_blocks(twin, batch, z)
+    g, H = ht.personalise._hessian_blocks(twin, batch, z)
+    assert torch.allclose(g, grad_at(z)[1], rtol=1e-5, atol=1e-6 * float(g.abs().max()))  # and the gradient
     h = 1e-4  # a smaller step than the library's own, so this is an independent check
     fd = torch.stack([(grad_at(z + h * eye[j])[1] - grad_at(z - h * eye[j])[1]) / (2 * h) for j in range(P)], dim=1)
     scale = float(fd.abs().max())
@@ -430,7 +431,7 @@ def test_laplace_hessian_blocks_match_finite_differences_on_every_solver_route(s
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch.autograd, "grad", refuse_batched)
-    assert torch.allclose(ht.personalise._hessian_blocks(twin, batch, z), H, rtol=1e-8, atol=1e-10)
+    assert torch.allclose(ht.personalise._hessian_blocks(twin, batch, z)[1], H, rtol=1e-8, atol=1e-10)
 
 
 def test_importance_routes_give_failed_solves_no_weight_and_say_when_nothing_could_be_evaluated(monkeypatch):
@@ -471,7 +472,11 @@ def test_map_without_a_minimum_warns_and_keeps_prior_wide_intervals(monkeypatch)
     P = post.mean.shape[1]
     H = torch.diag(torch.linspace(1.0, 5.0, P, dtype=post.mean.dtype))[None].clone()
     good = ht.personalise.fit_map  # positive definite: SDs are 1/sqrt(diagonal)
-    monkeypatch.setattr(ht.personalise, "_hessian_blocks", lambda twin, batch, z: H.clone())
+    def fake(twin, batch, z):  # the true gradient, a chosen Hessian
+        x = z.clone().requires_grad_(True)
+        return torch.autograd.grad(ht.personalise._neg_log_posterior(twin, x, batch).sum(), x)[0], H.clone()
+
+    monkeypatch.setattr(ht.personalise, "_hessian_blocks", fake)
     out = good(twin, batch, init=post.mean, max_iter=1)
     assert torch.allclose(out.sd[0], 1.0 / torch.sqrt(torch.diagonal(H[0])), rtol=1e-6)
     H[0, 0, 0] = -2.0
