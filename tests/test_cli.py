@@ -55,6 +55,7 @@ def test_quickstart_runs_every_step_and_writes_the_report(tmp_path, capsys):
     assert "report.md" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 15-40 s on 2 cores: `make test-all` (keeps the default run near the ~3 min budget)
 def test_real_data_quickstart_forecasts_the_held_out_studies(tmp_path, capsys):
     assert main(["quickstart", "--data", "challenger2022", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "report.md").read_text()

@@ -314,6 +314,7 @@ def test_later_sample_reference_is_the_training_distribution_by_day():
     assert out.loc[40.0, "median"] == 2.0  # beyond the last day class: the pooled "15 days or more"
 
 
+@pytest.mark.slow  # 15-40 s on 2 cores: `make test-all` (keeps the default run near the ~3 min budget)
 def test_early_sample_boosting_learns_what_the_first_sample_says_and_the_day_reference_cannot():
     """Training people whose later samples sit at their first value (a person-level signal): the gradient-boosting
     reference forecasts each new person near their own level, the by-day reference gives everyone the same."""

@@ -226,6 +226,7 @@ def test_twin_engine_runs_the_twins_own_dynamics_closures_included():
         engine.simulate_pairs(pop.assign(K_Ag=1.0), scen, times)
 
 
+@pytest.mark.slow  # 15-40 s on 2 cores: `make test-all` (keeps the default run near the ~3 min budget)
 def test_surrogate_of_a_trained_twin_is_certified_against_the_twin(tmp_path):
     from hybridtwin.checkpoint import save as save_twin
     from hybridtwin.engine import TwinEngine
@@ -258,6 +259,7 @@ def test_refine_adds_points_where_the_ensemble_disagrees():
         refine(dom, data, held, strategy="greedy")
 
 
+@pytest.mark.slow  # 15-40 s on 2 cores: `make test-all` (keeps the default run near the ~3 min budget)
 def test_cli_fits_validates_sweeps_and_analyses_sensitivity(tmp_path, capsys):
     import yaml
 
@@ -338,7 +340,8 @@ def test_cli_emulates_and_sweeps_a_trained_twin(tmp_path):
     assert summary["count"].tolist() == [12, 12] and summary["mean"].is_monotonic_increasing
 
 
-@pytest.mark.parametrize("arch", ["separable", "grid", "timed"])
+@pytest.mark.parametrize("arch", [pytest.param("separable", marks=pytest.mark.slow), "grid",
+                                  pytest.param("timed", marks=pytest.mark.slow)])  # 13-16 s each: `make test-all`
 def test_each_architecture_matches_the_exact_engine_and_its_mean_path_equals_its_ensemble(arch):
     dom = Domain.from_dict(DOMAIN)
     s = fit_surrogate(dom, n_train=512, members=3, hidden=(32, 32), epochs=200, progress=False, seed=0,
@@ -436,6 +439,7 @@ def test_timed_trunk_reads_the_time_since_each_dose_from_the_scenario_factors():
     torch.testing.assert_close(f[3, 4], torch.log1p(torch.tensor(30.0)) / torch.log1p(torch.tensor(250.0)))
 
 
+@pytest.mark.slow  # 15-40 s on 2 cores: `make test-all` (keeps the default run near the ~3 min budget)
 def test_timed_surrogate_round_trips_and_is_more_accurate_than_the_grid_at_equal_data(tmp_path):
     from hybridtwin.surrogate import simulate_domain
 

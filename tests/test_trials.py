@@ -143,6 +143,7 @@ def test_design_validation():
         run_trial(TrialDesign([arm], [TITRE], n_per_arm=5), ENGINE, _population())
 
 
+@pytest.mark.slow  # 15-40 s on 2 cores: `make test-all` (keeps the default run near the ~3 min budget)
 def test_optimiser_finds_the_exact_optimum_and_the_exact_engine_confirms_it():
     from hybridtwin.surrogate import Domain, fit_surrogate
 
