@@ -360,3 +360,38 @@ def test_fine_tuning_can_release_parameters_the_shipped_twin_fixed():
         assert torch.allclose(twin.theta(z, cohort), shipped.theta(z, cohort))
     with pytest.raises(ValueError, match="not fixed in the shipped twin"):
         kf.offset_estimated(kf.CHECKPOINT, ("p",))
+
+
+def test_kissler_diagnosis_curve_matches_the_library_and_shapes_are_measured_right():
+    """The diagnosis integrates sarscov2_cd8 by scipy independently of the library: the two agree at the published
+    defaults; its shape summary reads rise and decline rates off a curve with known ones; the per-person data shapes
+    follow their definitions on a hand-made table."""
+    import numpy as np
+    import pandas as pd
+
+    import hybridtwin as ht
+    import kissler_diagnosis as kd
+
+    model = ht.models.get("sarscov2_cd8")
+    p = {q.name: q.default for q in model.parameter_space}
+    curve = kd.cd8_curve(p, t_end=30.0, step=0.5)
+    days = [2.0, 6.0, 10.0, 15.0, 20.0]  # (later V falls below 1e-6 copies/ml, where the library's atol rules)
+    ref = ht.simulate("sarscov2_cd8", days, params=p, rtol=1e-9)
+    ref = ref.set_index("time")["log10_V"]
+    got = curve.set_index("day").loc[days, "log10_V"]
+    assert np.allclose(got.to_numpy(), ref.loc[days].to_numpy(), atol=1e-5)
+
+    # a piecewise-linear log10 curve: limit 2 reached on day 2, +1/day to 8 on day 8, then -0.5/day
+    d = np.arange(0.0, 30.01, 0.01)
+    y = np.where(d <= 8.0, d, 8.0 - 0.5 * (d - 8.0))
+    s = kd.curve_shape(pd.DataFrame({"day": d, "log10_V": y, "T_over_T0": 1.0}), lod=2.0)
+    assert s["peak_day"] == 8.0 and s["peak_log10"] == 8.0
+    assert abs(s["day_at_limit"] - 2.0) < 0.02 and abs(s["rise_per_day"] - 1.0) < 0.01
+    assert abs(s["day_below_limit"] - 20.0) < 0.02 and abs(s["decline_per_day"] - 0.5) < 0.01
+
+    obs = pd.DataFrame({"subject_id": ["a"] * 4 + ["b"] * 2, "time": [0.0, 2.0, 3.0, 6.0, 0.0, 1.0],
+                        "value": [5.0, 7.0, 2.0, 4.0, 3.0, 2.0], "censored": [False, False, True, False, False, True]})
+    people = kd.data_shapes(obs, lod=2.0).set_index("subject_id")
+    assert people.loc["a", "days_to_max"] == 2.0 and people.loc["a", "max_log10"] == 7.0
+    assert people.loc["a", "last_positive_day"] == 6.0 and people.loc["a", "decline_per_day"] == (7.0 - 2.0) / 4.0
+    assert people.loc["b", "last_positive_day"] == 0.0 and np.isnan(people.loc["b", "decline_per_day"])
