@@ -114,6 +114,8 @@ def main(path=DATA, out: Path | str = RESULTS, n_folds: int = 5, seed: int = 0, 
                "data": {"people": len(people),
                         "days_to_max_median": float(people["days_to_max"].median()),
                         "max_log10_median": float(people["max_log10"].median()),
+                        "max_log10_quartiles": [float(people["max_log10"].quantile(q)) for q in (0.25, 0.75)],
+                        "max_log10_sd": float(people["max_log10"].std()),
                         "last_positive_median": float(people["last_positive_day"].median()),
                         "decline_per_day_median": float(people["decline_per_day"].median()),
                         "decline_people": int(people["decline_per_day"].notna().sum())}}
@@ -138,7 +140,9 @@ def summarise(s: dict) -> str:
                      f"{r['day_below_limit']:.1f} | {r['T_over_T0_at_peak']:.2f} | {r['t_offset']:.1f} | "
                      f"{r.get('omega_p', float('nan')):.3f} | {r.get('omega_c_T', float('nan')):.3f} |")
     lines += ["", f"Data ({d['people']} people, each from their first positive test): median {d['days_to_max_median']:.0f} "
-              f"days to their highest value (median {d['max_log10_median']:.2f} log10); median last positive on day "
+              f"days to their highest value (median {d['max_log10_median']:.2f} log10, quartiles "
+              f"{d['max_log10_quartiles'][0]:.2f}-{d['max_log10_quartiles'][1]:.2f}, SD {d['max_log10_sd']:.2f} between people); "
+              "median last positive on day "
               f"{d['last_positive_median']:.0f}; median decline from the highest value to the limit by the last "
               f"positive {d['decline_per_day_median']:.2f} log10/day ({d['decline_people']} people whose highest "
               "value is not their last).", ""]
