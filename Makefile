@@ -20,11 +20,11 @@ quickstart: install
 	$(VENV)/bin/hybridtwin quickstart --out $(OUT)
 
 test: install
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto --dist worksteal
 
 test-all: install
 	$(PIP) install -q -e ".[dev,ray,bench]"   # the Ray sweep test and the solve benchmark need the extras
-	$(PY) -m pytest -q -n auto -m "not gpu"
+	$(PY) -m pytest -q -n auto --dist worksteal -m "not gpu"
 
 bench: install
 	$(PIP) install -q -e ".[bench]"   # torchode, a baseline
