@@ -36,11 +36,9 @@ from kissler_forecast import DATA, FINE_TUNE_SAEM, folds, fine_tuned, kissler_da
 def typical_parameters(twin) -> dict:
     """The twin's typical parameter values on the natural scale (population means, no random effects, no
     covariate effects: age is missing for every kissler person, so the covariate term is zero)."""
-    space = twin.model.parameter_space
-    z = twin.z_default.detach().clone()
-    z[twin.patient_idx] = twin.mu.detach()
-    z[twin.population_idx] = twin.mu_population.detach()
-    return dict(zip(space.names, space.constrain(z[None])[0].tolist()))
+    with torch.no_grad():
+        theta = twin.theta(twin.mu[None])[0]
+    return dict(zip(twin.model.parameter_space.names, theta.tolist()))
 
 
 def cd8_curve(p: dict, t_end: float = 60.0, step: float = 0.05) -> pd.DataFrame:
