@@ -25,6 +25,19 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+#: docstring examples that take 6-8 s each (they fit or train something): they run in ``make test-all``; the
+#: default run keeps the quick examples
+SLOW_DOCTESTS = {"hybridtwin.estimation.api.estimate", "hybridtwin.estimation.saem",
+                 "hybridtwin.personalise.map_importance_posterior",
+                 "hybridtwin.diagnostics.credibility.credibility_report"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.name in SLOW_DOCTESTS and type(item).__name__ == "DoctestItem":
+            item.add_marker(pytest.mark.slow)
+
+
 def shared_data_dir() -> Path:
     env = os.environ.get("HYBRIDTWIN_SHARED_DATA")
     return Path(env) if env else ROOT.parent / "shared" / "data"

@@ -11,6 +11,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hybridtwin.cli import main  # noqa: E402
 from hybridtwin.virtual import make_virtual_cohort  # noqa: E402
 
+# trains a twin first (~20 s): `make test-all`; the default run checks `predict` on the shipped twin
+# (test_shipped_checkpoint.py)
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):

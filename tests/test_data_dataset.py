@@ -44,6 +44,7 @@ def test_batch_layout_padding_and_masks():
     assert [len(b) for b in loader] == [2, 1]
 
 
+@pytest.mark.slow
 def test_batch_feeds_the_solver_and_matches_simulate():
     data = small_cohort()
     model = ht.models.get("baccam2006")

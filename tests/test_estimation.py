@@ -275,6 +275,7 @@ def test_identifiability_lists_what_the_design_cannot_inform(decay_fit):
     assert not (t1.loc["k", "informed"] and t1.loc["V0", "informed"])
 
 
+@pytest.mark.slow
 def test_amortised_encoder_matches_the_exact_posterior():
     """k fixed, one parameter z = log V0 observed linearly: the exact posterior is Gaussian and known."""
     times, omega, sigma = (0.0, 1.0, 2.0), 0.6, 0.3

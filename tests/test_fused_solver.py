@@ -84,6 +84,7 @@ def test_fused_outputs_at_repeated_times_and_doses_on_output_times(monkeypatch):
     assert abs(float(fused.ys[0, 4, 0] - x_before) - 0.5) < 1e-6
 
 
+@pytest.mark.slow
 def test_fused_column_form_of_a_model_keeps_statuses_and_batch_invariance(monkeypatch):
     # a Model's fused step without gradients runs on state columns (Model.vector_field_columns): a subject that
     # blows up (y' = k y^2, at t = 1/k) fails with the unfused solver's status and loses only its later

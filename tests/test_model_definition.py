@@ -24,6 +24,7 @@ def make(**over):
     return ht.Model(**kw)
 
 
+@pytest.mark.slow
 def test_user_model_runs_and_matches_builtin_tcl_variant():
     mine = make()
     times = [0, 2, 4, 6]

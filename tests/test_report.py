@@ -71,6 +71,7 @@ def test_cli_bad_input_gives_one_line_and_exit_2(run_dir, tables, tmp_path, caps
     assert not (tmp_path / "rep" / "report.md").exists()
 
 
+@pytest.mark.slow
 def test_cli_writes_the_report(run_dir, tables, tmp_path, capsys):
     out = tmp_path / "rep"
     code = main(["report", str(run_dir), "--data", str(tables / "obs.csv"), "--covariates", str(tables / "cov.csv"),
@@ -171,6 +172,7 @@ def test_subgroups_by_cohort_sex_and_age_match_the_prediction_table(report):
         assert row["coverage90"] == pytest.approx(((g["value"] >= g["lower_90"]) & (g["value"] <= g["upper_90"])).mean())
 
 
+@pytest.mark.slow
 def test_map_personalisation_and_validation(run_dir, tmp_path):
     twin = load(run_dir)
     data = make_virtual_cohort("vaccine_asc", n_subjects=4, n_cohorts=2, seed=2)

@@ -25,6 +25,7 @@ def test_params_dict_and_initial_state_override():
     assert faster["V"].iloc[1] > base["V"].iloc[1]
 
 
+@pytest.mark.slow
 def test_cohort_frame_with_dose_table_matches_individual_runs():
     params = pd.DataFrame({"subject_id": ["a", "b", "c"], "p": [0.03, 0.046, 0.06]})
     doses = pd.DataFrame({"subject_id": ["a", "c"], "time": [1.0, 2.5], "amount": [5.0, 5.0],

@@ -65,6 +65,7 @@ def test_work_is_proportional_to_subjects_still_integrating():
     assert field.rows < 0.3 * 41 * 3000 * 6
 
 
+@pytest.mark.slow
 def test_subject_alone_equals_subject_next_to_a_stiff_one():
     m, theta = _baccam(12, stiff=[3])
     times = torch.linspace(0, 10, 41)
@@ -83,6 +84,7 @@ def test_subject_alone_equals_subject_next_to_a_stiff_one():
     assert _rel(clean.ys, batch.ys[rest]) <= 1e-12 and torch.equal(clean.n_steps, batch.n_steps[rest])
 
 
+@pytest.mark.slow
 def test_batch_invariance_with_wide_parameter_spread():
     # a wide spread makes some subjects' error estimates land near the accept threshold; the step-size
     # controller must give bit-identical steps wherever a subject sits in the batch
@@ -174,6 +176,7 @@ def test_gradients_alone_equal_gradients_next_to_a_stiff_subject():
     assert float(g_batch[others].abs().max()) == 0.0  # no leakage between subjects
 
 
+@pytest.mark.slow
 def test_fixed_step_rk4_with_compaction():
     f = lambda t, y, p: torch.stack([y[:, 1], -(p[:, 0] ** 2) * y[:, 0]], dim=1)
     w = torch.tensor([[1.0], [2.0], [3.0], [0.5]])
@@ -228,7 +231,7 @@ def _hybrid():
     return dyn
 
 
-@pytest.mark.parametrize("as_method", [False, True])
+@pytest.mark.parametrize("as_method", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_adjoint_gives_closure_weights_the_native_gradient(as_method):
     dyn = _hybrid()
     m = dyn.model

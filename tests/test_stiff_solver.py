@@ -148,6 +148,7 @@ def test_rodas4_subject_alone_equals_subject_in_a_batch():
         assert int(one.n_steps[0]) == int(batch.n_steps[b])
 
 
+@pytest.mark.slow
 def test_auto_switches_only_the_stiff_subject():
     y0 = torch.tensor([[1.0, 0.0]] * 4)
     p = torch.tensor([[1.0], [2.0], [1e5], [0.5]])

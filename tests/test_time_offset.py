@@ -85,6 +85,7 @@ def test_a_dose_on_the_data_clock_enters_at_offset_plus_its_day():
     np.testing.assert_allclose(g[0].numpy(), ref, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_known_offset_distribution_stays_put_under_saem_and_gradients_unless_estimated():
     from hybridtwin.estimation import SAEMConfig
     from hybridtwin.estimation.fisher import set_uncertainty

@@ -98,6 +98,7 @@ def test_checkpoint_round_trip_gives_identical_elbo_and_posterior(straight):
     assert torch.equal(ma, mb) and torch.equal(sa, sb)
 
 
+@pytest.mark.slow
 def test_load_needs_no_lightning(straight):
     _, run_dir = straight
     code = ("import sys, hybridtwin; twin = hybridtwin.load(sys.argv[1]); "

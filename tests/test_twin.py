@@ -212,6 +212,7 @@ def test_map_recovers_known_parameters_and_routes_agree():
     assert float((lib.mean - post.mean).abs().sum()) < float(prior_err)  # matching moves toward the MAP
 
 
+@pytest.mark.slow
 def test_update_and_predict_schema():
     truth, obs, doses = _one_subject()
     cov = pd.DataFrame({"subject_id": ["p"], "age": [40.0]})
@@ -234,6 +235,7 @@ def test_update_and_predict_schema():
         twin.predict(cov, early, doses, times=[0, 30], method="magic")
 
 
+@pytest.mark.slow
 def test_update_matches_its_state_by_subject_id():
     """update() and predict(given=...): a posterior for the same patients in another order is matched by id (the
     same result as in order; update used to refine each patient from the other's posterior); one for other
@@ -380,8 +382,9 @@ def test_auto_route_corrects_the_encoder_only_where_there_are_observations(monke
         twin.predict(covs, obs, doses, times=grid, method="encoder-is")
 
 
-@pytest.mark.parametrize("solver", [dict(), dict(method="rodas4"), dict(method="auto"), dict(backend="torchdiffeq"),
-                                    dict(backend="torchdiffeq", adjoint=True),
+@pytest.mark.parametrize("solver", [dict(), pytest.param(dict(method="rodas4"), marks=pytest.mark.slow),  # 16 s
+                                    dict(method="auto"), dict(backend="torchdiffeq"),
+                                    pytest.param(dict(backend="torchdiffeq", adjoint=True), marks=pytest.mark.slow),
                                     pytest.param(dict(fused=True), marks=pytest.mark.slow)])  # (compiles: 16 s)
 def test_laplace_hessian_blocks_match_finite_differences_on_every_solver_route(solver, monkeypatch):
     """The Laplace Hessian behind MAP's intervals equals central differences of the gradient on every solver route.
@@ -464,6 +467,7 @@ def test_importance_routes_give_failed_solves_no_weight_and_say_when_nothing_cou
         ht.personalise.library_posterior(twin, batch, size=50, grid_points=50)
 
 
+@pytest.mark.slow
 def test_map_without_a_minimum_warns_and_keeps_prior_wide_intervals(monkeypatch):
     """An indefinite Hessian (the optimiser stopped short or at a saddle) used to give an inverse with negative
     diagonal entries, clamped to an SD of 1e-6: intervals of zero width. Now the patient is named and keeps the
@@ -485,6 +489,7 @@ def test_map_without_a_minimum_warns_and_keeps_prior_wide_intervals(monkeypatch)
     assert torch.allclose(out.sd, twin.prior(batch.covariates)[1].detach())
 
 
+@pytest.mark.slow
 def test_map_says_when_max_iter_ran_out_before_the_mode():
     """One L-BFGS iteration from the prior leaves the mode many posterior SDs away: MAP says so, naming the
     patient; started at the converged mode it says nothing."""
@@ -499,6 +504,7 @@ def test_map_says_when_max_iter_ran_out_before_the_mode():
     assert torch.allclose(again.mean, post.mean, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_map_is_route_weights_laplace_draws_and_agrees_with_map_where_the_posterior_is_gaussian(monkeypatch):
     """``method="map_is"``: the Laplace fit as the importance proposal. For a densely sampled patient (near-Gaussian
     posterior) its weighted mean is the MAP and its SDs the Laplace ones, with most draws carrying weight; the

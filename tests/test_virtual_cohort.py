@@ -30,6 +30,7 @@ def _features(cov: pd.DataFrame) -> pd.DataFrame:
                          **{c: cov[c] for c in cov.columns if c.startswith("noise_")}})
 
 
+@pytest.mark.slow
 def test_same_seed_identical_other_seed_differs():
     first = make_virtual_cohort("vaccine_asc", n_subjects=120, n_cohorts=3, seed=0)
     again = make_virtual_cohort("vaccine_asc", n_subjects=120, n_cohorts=3, seed=0)
@@ -247,6 +248,7 @@ def test_cohort_parameters_deterministic_and_round_trip_through_files(challenge,
         pd.testing.assert_frame_equal(getattr(rebuilt, name), getattr(challenge, name))
 
 
+@pytest.mark.slow
 def test_missing_covariates_and_options():
     data = make_virtual_cohort("sarscov2_cd8", n_subjects=40, n_cohorts=2, seed=0, missing_covariate_fraction=0.3,
                                nonlinear=False, cohort_fractions=(3, 1), obs_per_subject=((2, 3), (6, 6)))
