@@ -110,7 +110,10 @@ class SolverConfig:
         later solves, in the same process, reuse them. Results agree with the unfused solver to the tolerance
         (other steps, same method and error control) and are still independent of the batch mates; gradients
         flow through the compiled step. A differentiated fused solve keeps finished subjects in the batch (idle)
-        instead of compacting it, so that the cheaper static graph serves it. Where compilation fails (no C++
+        instead of compacting it, so that the cheaper static graph serves it, and makes ``FUSED_BLOCK`` (2) steps
+        per compiled call (the same steps as one at a time: a subject that reaches a dose, its end or a repeated
+        output time waits for the rest of the block), which halves the per-call costs that dominate a training
+        step at batch 64, at about twice the compilation time. Where compilation fails (no C++
         compiler, a vector field that cannot be captured as one graph) the solve warns once and runs unfused.
         Native backend, explicit methods (``dopri5``, ``rk4``, and ``auto``'s dopri5 pass) only.
     """
@@ -438,6 +441,11 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
     if fused is not None and isinstance(stepper, _ExplicitRK):
         fused_core = lambda *a, **kw: fused(stepper.params, *a, **kw)  # noqa: E731
 
+    # a differentiated fused solve makes FUSED_BLOCK steps per compiled call, writing outputs into a buffer (see
+    # _step_block); it never compacts, so working rows are subjects
+    buf = None
+    if fused_core is not None and differentiated and adaptive and T and not detect_stiff and FUSED_BLOCK > 1:
+        buf = torch.full((B, T, S), float("nan"), dtype=dtype, device=device)
     n_done_next = None
     while True:
         n_work = done.shape[0]
@@ -488,11 +496,14 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
             if columns:
                 core_args = (t, _state_major(y), h, _state_major(fcur)) + core_args[4:]
             outputs = (tsorted, order, ptr, gidx, T) if adaptive and T else None
-            out = fused_core(*core_args, outputs=outputs, stiff=detect_stiff, columns=columns, **core_kw)
+            block = None if buf is None else (buf, FUSED_BLOCK)
+            out = fused_core(*core_args, outputs=outputs, stiff=detect_stiff, columns=columns, block=block, **core_kw)
             if out is not None:
                 counts = dict(zip(_LOOP_COUNTS, out[-1].tolist()))
                 n_done_next = counts["done"]
-                if outputs is not None:
+                if block is not None:
+                    ptr, buf = out[14], out[15]
+                elif outputs is not None:
                     ptr, flat, on_output = out[14:17]
                     if counts["on_output"]:
                         b = on_output.nonzero()[:, 0]
@@ -524,7 +535,7 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
                 status = torch.where(stepper.stiff(accept, h_try) & (status == OK) & (t < t_end), _STIFF, status)
                 done = done | (status != OK)
 
-    ys = torch.full((B * T, S), float("nan"), dtype=dtype, device=device)
+    ys = torch.full((B * T, S), float("nan"), dtype=dtype, device=device) if buf is None else buf.reshape(B * T, S)
     if out_idx:
         ys = ys.index_copy(0, torch.cat(out_idx), torch.cat(out_val))  # each slot once; faster than index_put
     return ys.reshape(B, T, S), status_all, n_steps_all
@@ -755,6 +766,48 @@ def _state_major(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(0) == 1 and (x.shape[1] < 2 or x.stride(1) == x.shape[0]) else x.T.contiguous().T
 
 
+def _step_block(attempt, a, outputs, block, *, adaptive, **kw):
+    """``block = (buffer, n)``: ``n`` adaptive steps of every working row in one compiled call (the fused step of a
+    differentiated solve, whose working rows are its subjects: it never compacts). Per-call costs (the compiled
+    call's wrapper and guards, its autograd node, the loop's Python) dominate a step at training batch sizes, and a
+    block pays them once per ``n`` steps.
+
+    Outputs that a step lands on are written into ``buffer`` (B, T, S) inside the graph. A row whose step needs the
+    loop -- it reached a stop (a dose or its end: a bolus comes before the outputs there, and the derivative is
+    recomputed after the jump) or landed on a repeated output time -- is frozen for the rest of the block, as if it
+    were done; the loop then handles it exactly as after a single step, so every row makes the same steps as with
+    single-step calls. Returns :func:`_step_core`'s tuple with, per row, the event step's values (``t_new`` and
+    ``accept`` of the frozen rows, for the loop's recording), then ``(buffer, counts)``.
+    """
+    t, y, h, fcur, done, status, n_steps, last_nonfinite, t_end, bps, nxt, rate, atol, rtol = a
+    tsorted, order, ptr, _gidx, T = outputs
+    buf, n = block
+    slots = torch.arange(T, device=t.device)
+    none = torch.zeros_like(done)
+    frozen, ev_reached, ev_bp = none, none, none
+    for _ in range(n):
+        cap = tsorted.gather(1, ptr[:, None])[:, 0]
+        out = _step_core(attempt, t, y, h, fcur, done | frozen, status, n_steps, last_nonfinite, t_end, bps, nxt,
+                         rate, atol, rtol, adaptive=adaptive, cap=cap, **kw)
+        y, t_new, t, fcur, h, h_try, n_steps, status, last_nonfinite, done_step, accept, reached, at_bp, _ = out
+        done = done | (done_step & ~frozen)
+        on_output = accept & ~reached & (cap == t_new)
+        slot = order.gather(1, torch.clamp(ptr, max=T - 1)[:, None])[:, 0]
+        write = on_output[:, None] & (slots[None, :] == slot[:, None])
+        buf = torch.where(write[:, :, None], y[:, None, :], buf)
+        ptr = ptr + on_output.long()
+        rest = reached | (on_output & (tsorted.gather(1, ptr[:, None])[:, 0] == t_new))
+        frozen = frozen | rest
+        ev_reached = ev_reached | reached
+        if at_bp is not None:
+            ev_bp = ev_bp | at_bp
+    at_bp = ev_bp if bps is not None else None
+    counts = torch.stack([done.sum(), none.sum(), (ev_reached & ~done).sum(), frozen.sum(), ev_bp.sum()])
+    # the frozen rows' clock is their event step's end; they were accepted there
+    return (y, t, t, fcur, h, h_try, n_steps, status, last_nonfinite, done, frozen, ev_reached, at_bp, None, ptr,
+            buf, counts)
+
+
 #: what a fused step counts for the loop: rows done, steps ended on an output, steps ended on a breakpoint before
 #: the end (their derivative is recomputed after the jump), steps whose end outputs the loop records, dose jumps
 _LOOP_COUNTS = ("done", "on_output", "jumped", "end_outputs", "dose")
@@ -794,7 +847,7 @@ class _FusedStages:
                                                          _FusedStages._body.__defaults__), self)
         self.failed: str | None = None
 
-    def _body(self, owner, params, *a, adaptive, outputs=None, stiff=False, columns=False, **kw):
+    def _body(self, owner, params, *a, adaptive, outputs=None, stiff=False, columns=False, block=None, **kw):
         f = self.func if owner is None else (lambda tt, yy, pp: self.func(owner, tt, yy, pp))
         atol, rtol = a[-2], a[-1]
         if columns:  # the column form (see _dp_step_columns): states, derivatives and rates as lists of columns
@@ -819,6 +872,8 @@ class _FusedStages:
                     aux = (_rms_diff(k6, k5), _rms_diff(y1, y6))
             return y1, en.detach(), k6, aux
 
+        if block is not None:
+            return _step_block(attempt, a, outputs, block, adaptive=adaptive, **kw)
         cap = None
         if outputs is not None:  # the next output time: no step passes it (see _integrate)
             tsorted, order, ptr, gidx, T = outputs
@@ -871,6 +926,8 @@ class _FusedStages:
             return None
 
 
+#: steps per compiled call of a differentiated fused solve (:func:`_step_block`); 1: one step a call
+FUSED_BLOCK = 2
 #: Inductor options of the fused step: the C++ call wrapper halves the per-call overhead of a training step
 #: (experiments/bench_train.py), at about twice the compilation time
 _FUSED_COMPILE_OPTIONS = {"cpp_wrapper": True}
