@@ -395,3 +395,28 @@ def test_kissler_diagnosis_curve_matches_the_library_and_shapes_are_measured_rig
     assert people.loc["a", "days_to_max"] == 2.0 and people.loc["a", "max_log10"] == 7.0
     assert people.loc["a", "last_positive_day"] == 6.0 and people.loc["a", "decline_per_day"] == (7.0 - 2.0) / 4.0
     assert people.loc["b", "last_positive_day"] == 0.0 and np.isnan(people.loc["b", "decline_per_day"])
+
+
+def test_kissler_floor_scores_every_later_sample_as_reported(shared_data, monkeypatch):
+    """A learner that forecasts far below every limit is clipped to the limit, so its pooled RMSE must be the RMS
+    distance of the reported later samples (negatives at their limit) from their limits, over every fold's rows."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.dummy import DummyRegressor
+
+    import kissler_floor as kfl
+    import kissler_forecast as kf
+
+    monkeypatch.setattr(kfl, "learners", lambda seed=0: {
+        "below": lambda: DummyRegressor(strategy="constant", constant=-100.0)})
+    data = kf.kissler_data(shared_data / "kissler2021_nba_ct")
+    ids = list(data.subject_ids)[:30]
+    obs = data.observations[data.observations["subject_id"].isin(set(ids))]
+    table = kfl.floor(obs, ids, ks=(1, 3), n_folds=3)
+    for k in (1, 3):
+        late = [kf.split_quantified(obs[obs["subject_id"].isin(set(h))], k)[1] for h in kf.folds(ids, 3, 0)]
+        late = pd.concat(late)
+        d = np.where(late["censored"], 0.0, late["value"] - late["lloq"])
+        assert len(late) > 20 and (d > 0).any()
+        assert table.loc["below", k] == pytest.approx(float(np.sqrt(np.mean(d ** 2))), rel=1e-12)
+    assert "| 1 | 0.50 |" in kfl.report(table)
