@@ -208,7 +208,7 @@ def plan(device: str, small: bool) -> list[tuple[str, dict]]:
 
 
 #: rough seconds an item needs (a fused item's first run compiles; a fused training step compiles a block of two
-#: steps, see hybridtwin.solve.FUSED_BLOCK); an item is skipped when less is left
+#: steps, see SolverConfig.fused_block); an item is skipped when less is left
 NEED = {("solve", True): 45.0, ("solve", False): 20.0, ("train", True): 150.0, ("train", False): 40.0,
         ("surrogate", False): 15.0}
 

@@ -17,7 +17,7 @@ lr 0.01, gradient clipping 10), on ``--subjects`` virtual subjects (70 % train, 
   steps stay those of the others: one thread is faster for the fused step than two (per-call overhead, not
   arithmetic, bounds it), so the second core serves a second process instead;
 - ``fused block1``, ``fused block4`` (not in the default list): the fused step with 1 or 4 steps per compiled call
-  of the differentiated solve instead of ``hybridtwin.solve.FUSED_BLOCK`` (2; see ``_step_block``): the same steps,
+  of the differentiated solve instead of the default ``SolverConfig.fused_block`` (2): the same steps,
   fewer calls;
 - ``unfused seed1``: the unfused run with another seed (initial weights, shuffling, draws), the yardstick for
   ELBO differences that come from a different random path rather than from the solver.
@@ -55,7 +55,7 @@ VARIANTS = {"unfused": {}, "fused": {"fused": True}, "torchdiffeq": {"backend": 
             "fused float32": {"fused": True, "twin": {"dtype": "float32"}}}
 #: further variants, run when named (``--variants``)
 EXTRA = {"fused ddp2": {"fused": True, "ddp": 2}, "unfused seed1": {"seed": 1},
-         "fused block1": {"fused": True, "block": 1}, "fused block4": {"fused": True, "block": 4}}
+         "fused block1": {"fused": True, "fused_block": 1}, "fused block4": {"fused": True, "fused_block": 4}}
 
 
 def run_variant(fused: bool | str, subjects: int, epochs: int, threads: int | None, batch_size: int = 64,
@@ -86,10 +86,6 @@ def run_variant(fused: bool | str, subjects: int, epochs: int, threads: int | No
     settings = dict({**VARIANTS, **EXTRA}[variant])
     twin_changes = settings.pop("twin", {})
     ddp, seed = settings.pop("ddp", 0), settings.pop("seed", None)
-    if "block" in settings:  # steps per compiled call of the differentiated fused step (this process only)
-        import importlib
-
-        importlib.import_module("hybridtwin.solve").FUSED_BLOCK = settings.pop("block")
     if ddp:
         threads = 1  # one thread per process (set before the fork: the workers inherit it)
     if threads:

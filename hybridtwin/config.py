@@ -482,7 +482,7 @@ def solver_from_dict(d, where: str = "solver") -> SolverConfig:
     >>> solver_from_dict({"max_stepz": 3})
     Traceback (most recent call last):
     ...
-    ValueError: unknown key(s) ['max_stepz'] in solver (did you mean 'max_steps'?); allowed: ['adjoint', 'atol', 'backend', 'dt', 'fused', 'max_seconds', 'max_steps', 'method', 'rtol']
+    ValueError: unknown key(s) ['max_stepz'] in solver (did you mean 'max_steps'?); allowed: ['adjoint', 'atol', 'backend', 'dt', 'fused', 'fused_block', 'max_seconds', 'max_steps', 'method', 'rtol']
     """
     if isinstance(d, SolverConfig):
         return d

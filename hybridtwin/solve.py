@@ -110,12 +110,24 @@ class SolverConfig:
         later solves, in the same process, reuse them. Results agree with the unfused solver to the tolerance
         (other steps, same method and error control) and are still independent of the batch mates; gradients
         flow through the compiled step. A differentiated fused solve keeps finished subjects in the batch (idle)
-        instead of compacting it, so that the cheaper static graph serves it, and makes ``FUSED_BLOCK`` (2) steps
-        per compiled call (the same steps as one at a time: a subject that reaches a dose, its end or a repeated
-        output time waits for the rest of the block), which halves the per-call costs that dominate a training
-        step at batch 64, at about twice the compilation time. Where compilation fails (no C++
+        instead of compacting it, so that the cheaper static graph serves it, and makes ``fused_block`` steps
+        per compiled call (see below). Where compilation fails (no C++
         compiler, a vector field that cannot be captured as one graph) the solve warns once and runs unfused.
         Native backend, explicit methods (``dopri5``, ``rk4``, and ``auto``'s dopri5 pass) only.
+    fused_block: adaptive steps per compiled call of a *differentiated* fused dopri5 solve (training; default 2).
+        The steps are the same as one at a time (a subject that reaches a dose, its end or a repeated output time
+        waits for the rest of the block), so results do not depend on it; a block pays the per-call costs that
+        dominate a training step at small batches (the compiled call's wrapper, its autograd node, the loop's
+        Python) once. Measured on the vaccine_asc twin, batch 64, 2 cores (``experiments/bench_train.py``): 2 steps
+        per call train 1.2-1.4x faster than 1, 4 are slower than 2; compilation grows with the block (a cold first
+        epoch of 165-217 s at 2 against ~100 s at 1), so 1 suits short runs. Solves without gradients and
+        ``auto``'s stiffness-checked pass make one step per call.
+
+    Example::
+
+        >>> from hybridtwin.solve import SolverConfig
+        >>> SolverConfig(fused=True, fused_block=1).fused_block
+        1
     """
 
     method: str = "dopri5"
@@ -127,6 +139,7 @@ class SolverConfig:
     adjoint: bool = False
     max_seconds: float | None = None
     fused: bool = False
+    fused_block: int = 2
 
     def __post_init__(self) -> None:
         if self.backend not in ("native", "torchdiffeq"):
@@ -158,6 +171,8 @@ class SolverConfig:
                 raise ValueError("max_seconds (a wall-time budget) is only supported by backend='native'")
         if not isinstance(self.fused, bool):
             raise ValueError(f"fused must be True or False, got {self.fused!r}")
+        if isinstance(self.fused_block, bool) or not (isinstance(self.fused_block, int) and 1 <= self.fused_block <= 8):
+            raise ValueError(f"fused_block must be an integer from 1 to 8 (steps per compiled call), got {self.fused_block!r}")
         if self.fused and (self.backend != "native" or self.method == "rodas4"):
             raise ValueError("fused=True (a compiled explicit step) needs backend='native' and method 'dopri5', 'rk4' "
                              f"or 'auto'; got backend={self.backend!r}, method={self.method!r}")
@@ -441,10 +456,10 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
     if fused is not None and isinstance(stepper, _ExplicitRK):
         fused_core = lambda *a, **kw: fused(stepper.params, *a, **kw)  # noqa: E731
 
-    # a differentiated fused solve makes FUSED_BLOCK steps per compiled call, writing outputs into a buffer (see
-    # _step_block); it never compacts, so working rows are subjects
+    # a differentiated fused solve makes config.fused_block steps per compiled call, writing outputs into a buffer
+    # (see _step_block); it never compacts, so working rows are subjects
     buf = None
-    if fused_core is not None and differentiated and adaptive and T and not detect_stiff and FUSED_BLOCK > 1:
+    if fused_core is not None and differentiated and adaptive and T and not detect_stiff and config.fused_block > 1:
         buf = torch.full((B, T, S), float("nan"), dtype=dtype, device=device)
     n_done_next = None
     while True:
@@ -496,7 +511,7 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
             if columns:
                 core_args = (t, _state_major(y), h, _state_major(fcur)) + core_args[4:]
             outputs = (tsorted, order, ptr, gidx, T) if adaptive and T else None
-            block = None if buf is None else (buf, FUSED_BLOCK)
+            block = None if buf is None else (buf, config.fused_block)
             out = fused_core(*core_args, outputs=outputs, stiff=detect_stiff, columns=columns, block=block, **core_kw)
             if out is not None:
                 counts = dict(zip(_LOOP_COUNTS, out[-1].tolist()))
@@ -926,8 +941,6 @@ class _FusedStages:
             return None
 
 
-#: steps per compiled call of a differentiated fused solve (:func:`_step_block`); 1: one step a call
-FUSED_BLOCK = 2
 #: Inductor options of the fused step: the C++ call wrapper halves the per-call overhead of a training step
 #: (experiments/bench_train.py), at about twice the compilation time
 _FUSED_COMPILE_OPTIONS = {"cpp_wrapper": True}

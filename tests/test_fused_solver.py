@@ -140,6 +140,10 @@ def test_error_in_vector_field_propagates_unchanged():
     (dict(fused=True, method="rodas4"), "fused=True"),
     (dict(fused=True, backend="torchdiffeq"), "fused=True"),
     (dict(fused="yes"), "fused must be True or False"),
+    (dict(fused=True, fused_block=0), "fused_block must be an integer from 1 to 8"),
+    (dict(fused=True, fused_block=2.0), "fused_block must be an integer"),
+    (dict(fused=True, fused_block=True), "fused_block must be an integer"),
+    (dict(fused=True, fused_block=9), "fused_block must be an integer from 1 to 8"),
 ])
 def test_fused_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -165,31 +169,26 @@ def test_fused_gradients_match_unfused():
 
 @pytest.mark.slow  # ~1.5 min: compiles forward and backward graphs of one and of three steps
 def test_differentiated_fused_blocks_of_steps_make_exactly_the_single_steps():
-    # a differentiated fused solve makes several steps per compiled call (FUSED_BLOCK), freezing a row that reaches
+    # a differentiated fused solve makes several steps per compiled call (fused_block), freezing a row that reaches
     # a dose, its end or a repeated output time until the loop has handled it: every row must make the very steps
     # of one-step calls (outputs equal, gradients to rounding, same statuses and step counts), including outputs
     # at repeated times and at dose times, and doses at subject-specific times between outputs
-    solve_mod = importlib.import_module("hybridtwin.solve")
     y0, times, p, _ = _problem(n=12)
     times = torch.cat([times, torch.tensor([6.0, 6.0, 2.0])]).sort().values
     sched = BatchSchedule.from_doses([[Dose(2.0, 0.5, "x"), Dose(4.4 + 0.1 * i, 0.3, "z")] if i % 2 == 0 else []
                                       for i in range(12)], ["x", "z"])
 
     def run(fused, block):
-        solve_mod.FUSED_BLOCK = block
         q = p.clone().requires_grad_(True)
-        sol = solve(chain, y0, times, q, schedule=sched, config=SolverConfig(rtol=1e-8, atol=1e-10, fused=fused))
+        cfg = SolverConfig(rtol=1e-8, atol=1e-10, fused=fused, fused_block=block)
+        sol = solve(chain, y0, times, q, schedule=sched, config=cfg)
         ((sol.ys[..., 1] ** 2).sum() + sol.ys[..., 0].sum()).backward()
         return sol, q.grad
 
-    previous = solve_mod.FUSED_BLOCK
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", RuntimeWarning)  # compiled, not fallen back
-            (one, g1), (three, g3) = run(True, 1), run(True, 3)
-        plain, g0 = run(False, 1)
-    finally:
-        solve_mod.FUSED_BLOCK = previous
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # compiled, not fallen back
+        (one, g1), (three, g3) = run(True, 1), run(True, 3)
+    plain, g0 = run(False, 1)
     assert torch.equal(three.ys, one.ys) and not bool(torch.isnan(one.ys).any())
     assert torch.equal(three.status, one.status) and torch.equal(three.n_steps, one.n_steps)
     assert torch.allclose(g3, g1, rtol=1e-12, atol=1e-13)
