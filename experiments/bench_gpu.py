@@ -207,9 +207,9 @@ def plan(device: str, small: bool) -> list[tuple[str, dict]]:
     return items
 
 
-#: rough seconds an item needs (a fused item's first run compiles; a fused training step compiles a block of two
-#: steps, see SolverConfig.fused_block); an item is skipped when less is left
-NEED = {("solve", True): 45.0, ("solve", False): 20.0, ("train", True): 150.0, ("train", False): 40.0,
+#: rough seconds an item needs (a fused item's first run compiles a block of two steps, see
+#: SolverConfig.fused_block); an item is skipped when less is left
+NEED = {("solve", True): 75.0, ("solve", False): 20.0, ("train", True): 150.0, ("train", False): 40.0,
         ("surrogate", False): 15.0}
 
 

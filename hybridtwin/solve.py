@@ -110,18 +110,20 @@ class SolverConfig:
         later solves, in the same process, reuse them. Results agree with the unfused solver to the tolerance
         (other steps, same method and error control) and are still independent of the batch mates; gradients
         flow through the compiled step. A differentiated fused solve keeps finished subjects in the batch (idle)
-        instead of compacting it, so that the cheaper static graph serves it, and makes ``fused_block`` steps
-        per compiled call (see below). Where compilation fails (no C++
+        instead of compacting it, so that the cheaper static graph serves it. A fused dopri5 solve makes
+        ``fused_block`` steps per compiled call (see below). Where compilation fails (no C++
         compiler, a vector field that cannot be captured as one graph) the solve warns once and runs unfused.
         Native backend, explicit methods (``dopri5``, ``rk4``, and ``auto``'s dopri5 pass) only.
-    fused_block: adaptive steps per compiled call of a *differentiated* fused dopri5 solve (training; default 2).
-        The steps are the same as one at a time (a subject that reaches a dose, its end or a repeated output time
-        waits for the rest of the block), so results do not depend on it; a block pays the per-call costs that
-        dominate a training step at small batches (the compiled call's wrapper, its autograd node, the loop's
-        Python) once. Measured on the vaccine_asc twin, batch 64, 2 cores (``experiments/bench_train.py``): 2 steps
-        per call train 1.2-1.4x faster than 1, 4 are slower than 2; compilation grows with the block (a cold first
-        epoch of 165-217 s at 2 against ~100 s at 1), so 1 suits short runs. Solves without gradients and
-        ``auto``'s stiffness-checked pass make one step per call.
+    fused_block: adaptive steps per compiled call of a fused dopri5 solve (default 2). The steps are the same as
+        one at a time (a subject that reaches a dose, its end or a repeated output time waits for the rest of the
+        block), so results do not depend on it, bit for bit; a block pays the per-call costs that dominate a step
+        at small batches (the compiled call's wrapper and guards, its autograd node, the loop's Python) once.
+        Measured on 2 cores: training the vaccine_asc twin at batch 64 (``experiments/bench_train.py``), 2 steps
+        per call are 1.2-1.4x faster than 1 and 4 slower than 2; a solve without gradients of 64 subjects takes
+        37 against 70 ms (vaccine_asc) and 70 against 124 ms (baccam2006), of 10,000 baccam2006 subjects about the
+        same. Compilation grows with the block (a cold first training epoch of 165-217 s at 2 against ~100 s at 1;
+        a 10,000-subject baccam2006 solve's first call 63 against 44 s), so 1 suits short runs. ``auto``'s
+        stiffness-checked pass and fixed-step rk4 make one step per call.
 
     Example::
 
@@ -456,11 +458,13 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
     if fused is not None and isinstance(stepper, _ExplicitRK):
         fused_core = lambda *a, **kw: fused(stepper.params, *a, **kw)  # noqa: E731
 
-    # a differentiated fused solve makes config.fused_block steps per compiled call, writing outputs into a buffer
-    # (see _step_block); it never compacts, so working rows are subjects
+    # a fused dopri5 solve makes config.fused_block steps per compiled call, writing outputs into a buffer (see
+    # _step_block): by working row when differentiated (it never compacts, so working rows are subjects), else by
+    # subject and output
     buf = None
-    if fused_core is not None and differentiated and adaptive and T and not detect_stiff and config.fused_block > 1:
-        buf = torch.full((B, T, S), float("nan"), dtype=dtype, device=device)
+    if fused_core is not None and adaptive and T and not detect_stiff and config.fused_block > 1:
+        shape = (B, T, S) if differentiated else (B * T + 1, S)
+        buf = torch.full(shape, float("nan"), dtype=dtype, device=device)
     n_done_next = None
     while True:
         n_work = done.shape[0]
@@ -550,7 +554,10 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
                 status = torch.where(stepper.stiff(accept, h_try) & (status == OK) & (t < t_end), _STIFF, status)
                 done = done | (status != OK)
 
-    ys = torch.full((B * T, S), float("nan"), dtype=dtype, device=device) if buf is None else buf.reshape(B * T, S)
+    if buf is None:
+        ys = torch.full((B * T, S), float("nan"), dtype=dtype, device=device)
+    else:
+        ys = buf.reshape(B * T, S) if buf.dim() == 3 else buf[: B * T]
     if out_idx:
         ys = ys.index_copy(0, torch.cat(out_idx), torch.cat(out_val))  # each slot once; faster than index_put
     return ys.reshape(B, T, S), status_all, n_steps_all
@@ -782,12 +789,13 @@ def _state_major(x: torch.Tensor) -> torch.Tensor:
 
 
 def _step_block(attempt, a, outputs, block, *, adaptive, **kw):
-    """``block = (buffer, n)``: ``n`` adaptive steps of every working row in one compiled call (the fused step of a
-    differentiated solve, whose working rows are its subjects: it never compacts). Per-call costs (the compiled
-    call's wrapper and guards, its autograd node, the loop's Python) dominate a step at training batch sizes, and a
-    block pays them once per ``n`` steps.
+    """``block = (buffer, n)``: ``n`` adaptive steps of every working row in one compiled call. Per-call costs (the
+    compiled call's wrapper and guards, its autograd node, the loop's Python) dominate a step at training batch
+    sizes, and a block pays them once per ``n`` steps.
 
-    Outputs that a step lands on are written into ``buffer`` (B, T, S) inside the graph. A row whose step needs the
+    Outputs that a step lands on are written into ``buffer`` inside the graph: (B, T, S) by working row for a
+    differentiated solve (which never compacts, so working rows are subjects), else (B * T + 1, S) by subject and
+    output (``gidx``), rows that write nothing going to the last. A row whose step needs the
     loop -- it reached a stop (a dose or its end: a bolus comes before the outputs there, and the derivative is
     recomputed after the jump) or landed on a repeated output time -- is frozen for the rest of the block, as if it
     were done; the loop then handles it exactly as after a single step, so every row makes the same steps as with
@@ -795,8 +803,9 @@ def _step_block(attempt, a, outputs, block, *, adaptive, **kw):
     ``accept`` of the frozen rows, for the loop's recording), then ``(buffer, counts)``.
     """
     t, y, h, fcur, done, status, n_steps, last_nonfinite, t_end, bps, nxt, rate, atol, rtol = a
-    tsorted, order, ptr, _gidx, T = outputs
+    tsorted, order, ptr, gidx, T = outputs
     buf, n = block
+    flat = buf.dim() == 2  # (B * T + 1, S) by subject and output, the last row a sink for rows that write nothing
     slots = torch.arange(T, device=t.device)
     none = torch.zeros_like(done)
     frozen, ev_reached, ev_bp = none, none, none
@@ -808,8 +817,12 @@ def _step_block(attempt, a, outputs, block, *, adaptive, **kw):
         done = done | (done_step & ~frozen)
         on_output = accept & ~reached & (cap == t_new)
         slot = order.gather(1, torch.clamp(ptr, max=T - 1)[:, None])[:, 0]
-        write = on_output[:, None] & (slots[None, :] == slot[:, None])
-        buf = torch.where(write[:, :, None], y[:, None, :], buf)
+        if flat:
+            rows = torch.stack(y, dim=1) if isinstance(y, list) else y
+            buf = buf.index_put((torch.where(on_output, gidx * T + slot, buf.shape[0] - 1),), rows)
+        else:
+            write = on_output[:, None] & (slots[None, :] == slot[:, None])
+            buf = torch.where(write[:, :, None], y[:, None, :], buf)
         ptr = ptr + on_output.long()
         rest = reached | (on_output & (tsorted.gather(1, ptr[:, None])[:, 0] == t_new))
         frozen = frozen | rest
@@ -888,7 +901,10 @@ class _FusedStages:
             return y1, en.detach(), k6, aux
 
         if block is not None:
-            return _step_block(attempt, a, outputs, block, adaptive=adaptive, **kw)
+            out = _step_block(attempt, a, outputs, block, adaptive=adaptive, **kw)
+            if columns:  # back to (n, S) states, laid out state-major
+                out = (torch.stack(out[0]).T, *out[1:3], torch.stack(out[3]).T, *out[4:])
+            return out
         cap = None
         if outputs is not None:  # the next output time: no step passes it (see _integrate)
             tsorted, order, ptr, gidx, T = outputs

@@ -197,6 +197,39 @@ def test_differentiated_fused_blocks_of_steps_make_exactly_the_single_steps():
     assert torch.allclose(g1, g0, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.slow  # ~2 min: compiles the column-form step of a built-in model in blocks of one and three
+def test_fused_blocks_without_gradients_make_exactly_the_single_steps_through_compaction():
+    # without gradients a built-in model's fused step runs on state columns and the loop compacts finished subjects
+    # away; blocks write outputs by subject, so they must give bit for bit the outputs, statuses and step counts of
+    # one step per call, with boluses, infusions (constant rates inside a block: their ends are stops) and subjects
+    # that end at different times
+    import pandas as pd
+
+    m = ht.models.get("vaccine_asc")
+    rng = np.random.default_rng(1)
+    n, d = 30, m.default_parameters()
+    params = pd.DataFrame({k: d[k] * np.exp(0.2 * rng.standard_normal(n)) for k in ["alpha_S", "delta_Ab"]})
+    theta = m.parameter_space.tensor_from([{**d, **row} for row in params.to_dict("records")], dtype=torch.float64)
+    doses = pd.DataFrame({"subject_id": np.repeat(np.arange(n), 2), "time": np.c_[np.zeros(n), rng.uniform(20, 40, n)].ravel(),
+                          "amount": 1.0, "target": "Ag", "duration": np.tile([0.0, 2.0], n)})
+    target_map = {k: iv.target for k, iv in m.interventions.items()}
+    sched = BatchSchedule.from_frame(doses, list(range(n)), m.all_state_names, target_map, dtype=torch.float64)
+    times = torch.linspace(0.0, 120.0, 25)
+    mask = torch.arange(25)[None, :] < torch.as_tensor(rng.integers(8, 26, n))[:, None]  # ends from day 35 to 120
+
+    def run(block):
+        with torch.no_grad():
+            return solve(m, m.initial_state(theta), times, theta, schedule=sched, mask=mask,
+                         config=SolverConfig(rtol=1e-6, fused=True, fused_block=block))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # compiled, not fallen back
+        one, three = run(1), run(3)
+    assert bool(one.ok.all()) and not bool(torch.isnan(one.ys[mask]).any())
+    assert torch.equal(torch.nan_to_num(three.ys, nan=-1.0), torch.nan_to_num(one.ys, nan=-1.0))
+    assert torch.equal(three.status, one.status) and torch.equal(three.n_steps, one.n_steps)
+
+
 @pytest.mark.slow  # ~2 min: compiles the step of two built-in models
 @pytest.mark.parametrize("method", ["dopri5", "auto"])
 def test_fused_builtin_models_with_boluses_and_infusions(method):
