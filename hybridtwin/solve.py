@@ -464,7 +464,9 @@ def _integrate(y0, times, params, schedule, mask, f, config, t0, prepared, deadl
     buf = None
     if fused_core is not None and adaptive and T and not detect_stiff and config.fused_block > 1:
         shape = (B, T, S) if differentiated else (B * T + 1, S)
-        buf = torch.full(shape, float("nan"), dtype=dtype, device=device)
+        # requires grad from the first call on, as the buffer the compiled block returns does: a compiled graph is
+        # specialised to its inputs' requires_grad, so a plain first buffer would cost a second compilation
+        buf = torch.full(shape, float("nan"), dtype=dtype, device=device).requires_grad_(differentiated)
     n_done_next = None
     while True:
         n_work = done.shape[0]
