@@ -121,7 +121,7 @@ class SolverConfig:
         Measured on 2 cores: training the vaccine_asc twin at batch 64 (``experiments/bench_train.py``), 2 steps
         per call are 1.2-1.4x faster than 1 and 4 slower than 2; a solve without gradients of 64 subjects takes
         37 against 70 ms (vaccine_asc) and 70 against 124 ms (baccam2006), of 10,000 baccam2006 subjects about the
-        same. Compilation grows with the block (a cold first training epoch of 165-217 s at 2 against ~100 s at 1;
+        same. Compilation grows with the block (a cold first training epoch of 116 s at 2 against 83 s at 1;
         a 10,000-subject baccam2006 solve's first call 63 against 44 s), so 1 suits short runs. ``auto``'s
         stiffness-checked pass and fixed-step rk4 make one step per call.
 
