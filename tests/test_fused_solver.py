@@ -195,9 +195,10 @@ def test_differentiated_fused_blocks_of_steps_make_exactly_the_single_steps():
         one, g1 = run(True, 1)
         graphs = len(_debug_get_cache_entry_list(code))
         three, g3 = run(True, 3)
-        # one graph serves every call of each solve: the first call's output buffer requires grad like the later
-        # ones' (a compiled graph is specialised to its inputs' requires_grad)
-        assert graphs == 1 and len(_debug_get_cache_entry_list(code)) == 2
+        # one new graph serves every call of the three-step solve: the first call's output buffer requires grad
+        # like the later ones' (a compiled graph is specialised to its inputs' requires_grad; other tests in this
+        # process may have compiled graphs of `chain` before)
+        assert len(_debug_get_cache_entry_list(code)) == graphs + 1
     plain, g0 = run(False, 1)
     assert torch.equal(three.ys, one.ys) and not bool(torch.isnan(one.ys).any())
     assert torch.equal(three.status, one.status) and torch.equal(three.n_steps, one.n_steps)
