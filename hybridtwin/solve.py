@@ -790,6 +790,22 @@ def _state_major(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(0) == 1 and (x.shape[1] < 2 or x.stride(1) == x.shape[0]) else x.T.contiguous().T
 
 
+def _state_rows(out: tuple) -> tuple:
+    """A column-form step's result with its states and derivatives (``out[0]``, ``out[3]``, lists of S columns) back
+    as (n, S) rows laid out state-major."""
+    return (torch.stack(out[0]).T, *out[1:3], torch.stack(out[3]).T, *out[4:])
+
+
+def _landed_outputs(accept, reached, cap, t_new, tsorted, order, ptr, T):
+    """The steps that ended on an output (not on a stop, where a dose may come first), that output's column, the
+    advanced pointers, and the steps whose end the loop must record (a stop, or an output time that repeats)."""
+    on_output = accept & ~reached & (cap == t_new)
+    slot = order.gather(1, torch.clamp(ptr, max=T - 1)[:, None])[:, 0]
+    ptr = ptr + on_output.long()
+    rest = reached | (on_output & (tsorted.gather(1, ptr[:, None])[:, 0] == t_new))
+    return on_output, slot, ptr, rest
+
+
 def _step_block(attempt, a, outputs, block, *, adaptive, **kw):
     """``block = (buffer, n)``: ``n`` adaptive steps of every working row in one compiled call. Per-call costs (the
     compiled call's wrapper and guards, its autograd node, the loop's Python) dominate a step at training batch
@@ -817,16 +833,14 @@ def _step_block(attempt, a, outputs, block, *, adaptive, **kw):
                          rate, atol, rtol, adaptive=adaptive, cap=cap, **kw)
         y, t_new, t, fcur, h, h_try, n_steps, status, last_nonfinite, done_step, accept, reached, at_bp, _ = out
         done = done | (done_step & ~frozen)
-        on_output = accept & ~reached & (cap == t_new)
-        slot = order.gather(1, torch.clamp(ptr, max=T - 1)[:, None])[:, 0]
+        on_output, slot, ptr_next, rest = _landed_outputs(accept, reached, cap, t_new, tsorted, order, ptr, T)
         if flat:
             rows = torch.stack(y, dim=1) if isinstance(y, list) else y
             buf = buf.index_put((torch.where(on_output, gidx * T + slot, buf.shape[0] - 1),), rows)
         else:
             write = on_output[:, None] & (slots[None, :] == slot[:, None])
             buf = torch.where(write[:, :, None], y[:, None, :], buf)
-        ptr = ptr + on_output.long()
-        rest = reached | (on_output & (tsorted.gather(1, ptr[:, None])[:, 0] == t_new))
+        ptr = ptr_next
         frozen = frozen | rest
         ev_reached = ev_reached | reached
         if at_bp is not None:
@@ -904,29 +918,22 @@ class _FusedStages:
 
         if block is not None:
             out = _step_block(attempt, a, outputs, block, adaptive=adaptive, **kw)
-            if columns:  # back to (n, S) states, laid out state-major
-                out = (torch.stack(out[0]).T, *out[1:3], torch.stack(out[3]).T, *out[4:])
-            return out
+            return _state_rows(out) if columns else out
         cap = None
         if outputs is not None:  # the next output time: no step passes it (see _integrate)
             tsorted, order, ptr, gidx, T = outputs
             cap = tsorted.gather(1, ptr[:, None])[:, 0]
         out = _step_core(attempt, *a, adaptive=adaptive, cap=cap, **kw)
-        if columns:  # back to (n, S) states, laid out state-major
-            out = list(out)
-            out[0], out[3] = torch.stack(out[0]).T, torch.stack(out[3]).T
-            out = tuple(out)
+        if columns:
+            out = _state_rows(out)
         t_new, done, accept, reached, at_bp = out[1], out[9], out[10], out[11], out[12]
         none = torch.zeros_like(done)
         rest, on_output, extra = reached, none, ()  # rest: steps whose end the loop must record (after a dose)
         if outputs is not None:
-            # the steps that ended on an output (not on a stop, where a dose may come first): their output's flat
-            # index and the advanced pointer; the loop records their end values
-            on_output = accept & ~reached & (cap == t_new)
-            flat = gidx * T + order.gather(1, torch.clamp(ptr, max=T - 1)[:, None])[:, 0]
-            ptr = ptr + on_output.long()
-            rest = reached | (on_output & (tsorted.gather(1, ptr[:, None])[:, 0] == t_new))  # a repeated time
-            extra = (ptr, flat, on_output)
+            # the steps that ended on an output: their output's flat index and the advanced pointer; the loop
+            # records their end values
+            on_output, slot, ptr, rest = _landed_outputs(accept, reached, cap, t_new, tsorted, order, ptr, T)
+            extra = (ptr, gidx * T + slot, on_output)
         # what the loop must look at, counted here (one read instead of a query each; see _LOOP_COUNTS)
         counts = torch.stack([done.sum(), on_output.sum(), (reached & ~done).sum(), rest.sum(),
                               (none if at_bp is None else at_bp).sum()])
