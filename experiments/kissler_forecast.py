@@ -69,7 +69,7 @@ import pandas as pd
 import torch
 
 from _common import RESULTS, ROOT
-from challenger_folds import QUANTILES, _from_quantiles, interval_rows, least_squares, locf, route_posterior, score
+from challenger_folds import CLOSURE, QUANTILES, _from_quantiles, interval_rows, least_squares, locf, route_posterior, score
 from hybridtwin.checkpoint import load
 from hybridtwin.data import CohortData, map_observables
 from hybridtwin.datasets import load as load_dataset
@@ -260,7 +260,7 @@ def folds(ids: list[str], n: int, seed: int) -> list[list[str]]:
     return [sorted(order[i::n].tolist()) for i in range(n)]
 
 
-def offset_estimated(checkpoint: Path, release: tuple = ()):
+def offset_estimated(checkpoint: Path, release: tuple = (), closure: bool = False):
     """The shipped twin with its time-offset distribution made estimable (``estimate_population``).
 
     The shipped twin reads day 0 as symptom onset: its offset prior is the incubation period (typical 5.1 days).
@@ -283,6 +283,10 @@ def offset_estimated(checkpoint: Path, release: tuple = ()):
         raise ValueError(f"release: {sorted(unknown)} are not fixed in the shipped twin (fixed: {config['fixed']})")
     config["fixed"] = [n for n in config["fixed"] if n not in set(release)]
     config["population"] = list(config["population"]) + [n for n in release if n not in config["population"]]
+    if closure:
+        if config["closures"]:
+            raise ValueError(f"the shipped twin already has closures: {config['closures']}")
+        config["closures"] = [CLOSURE]
     twin = HybridTwin.from_card(card["twin"])
     state = shipped.state_dict()
     if release:  # the population vector grows: shipped values where it had them, the fixed values elsewhere
@@ -291,12 +295,18 @@ def offset_estimated(checkpoint: Path, release: tuple = ()):
             if name in shipped.population_names:
                 mu[i] = state["mu_population"][shipped.population_names.index(name)]
         state = {**state, "mu_population": mu, "population_idx": twin.population_idx}
-    twin.load_state_dict(state, strict=True)
+    if closure:  # the new network keeps its zero-output start; everything else is the shipped twin's
+        missing, unexpected = twin.load_state_dict(state, strict=False)
+        if unexpected or any("closure" not in key for key in missing):
+            raise RuntimeError(f"shipped weights do not fit the twin with a closure: missing {missing}, "
+                               f"unexpected {unexpected}")
+    else:
+        twin.load_state_dict(state, strict=True)
     return twin
 
 
 def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: dict, cache: Path,
-               checkpoint: Path = CHECKPOINT, release: tuple = ()):
+               checkpoint: Path = CHECKPOINT, release: tuple = (), closure: bool = False):
     """The shipped twin re-estimated on the people not in ``held`` (cached as a checkpoint per fold)."""
     from hybridtwin.checkpoint import save
 
@@ -311,8 +321,11 @@ def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: di
         if sorted(cached.config.fixed) != sorted(want):  # a cache fine-tuned with another --release
             raise ValueError(f"{folder} was fine-tuned with fixed={list(cached.config.fixed)}, this run asks for "
                              f"fixed={want} (release={list(release)}): use another --stem or delete the cache")
+        if bool(cached.config.closures) != closure:
+            raise ValueError(f"{folder} was fine-tuned {'with' if cached.config.closures else 'without'} a closure, this "
+                             f"run asks {'with' if closure else 'without'}: use another --stem or delete the cache")
         return cached, json.loads((cache / f"fold{fold}.json").read_text())
-    twin = offset_estimated(checkpoint, release)
+    twin = offset_estimated(checkpoint, release, closure)
     # everyone's covariates are the same here (age unknown), so the covariate effects cannot be re-estimated:
     # a ridge keeps the design solvable; only mu + beta x (the same for everyone) matters for these people
     twin.config = dataclasses.replace(twin.config, covariate_penalty=1.0)
@@ -332,7 +345,10 @@ def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: di
 
 def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: int = 0, saem: dict | None = None,
          n_people: int | None = None, stem: str = "kissler_forecast", checkpoint: Path | str = CHECKPOINT,
-         only: list[str] | None = None, merge: bool = False, release: tuple = ()) -> dict:
+         only: list[str] | None = None, merge: bool = False, release: tuple = (), closure: bool = False,
+         fit_only: list[int] | None = None) -> dict:
+    """Run the forecasts and write the tables (see the module docstring). ``fit_only``: only fine-tune these folds
+    into the cache and return (for running folds side by side before a plain run scores them all)."""
     torch.set_num_threads(1)
     out = Path(out)
     cache = out / stem
@@ -353,9 +369,14 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
         rows = [r for r in previous["rows"] if r["method"] not in set(only)]
     tuning = only is None or any(m.startswith("twin fine-tuned") for m in only)
     for f, held in enumerate(folds(list(data.subject_ids), n_folds, seed)):
+        if fit_only is not None:
+            if f in fit_only:
+                fine_tuned(data, held, f, seed, {**FINE_TUNE_SAEM, **(saem or {})}, cache, Path(checkpoint),
+                           tuple(release), closure)
+            continue
         if tuning:
             tuned, info = fine_tuned(data, held, f, seed, {**FINE_TUNE_SAEM, **(saem or {})}, cache, Path(checkpoint),
-                                      tuple(release))
+                                      tuple(release), closure)
         else:
             tuned, info = None, next(i for i in previous["folds"] if i["fold"] == f) if previous else {}
             info = {k: v for k, v in info.items() if k not in ("fold", "held_out")}
@@ -400,6 +421,8 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
                              "seconds": time.perf_counter() - t1, **score(pred, late)})
                 print(f"fold {f} k={k} {name}: RMSE {rows[-1]['rmse']:.2f}, 90 % cov {rows[-1]['coverage90']:.2f}",
                       flush=True)
+    if fit_only is not None:
+        return {"rows": [], "folds": []}
     order = {m: i for i, m in enumerate(METHODS)}
     rows.sort(key=lambda r: (r["fold"], r["k"], order.get(r["method"], len(order))))
     report = summarise(rows, fold_info, data)
@@ -468,6 +491,10 @@ if __name__ == "__main__":
     ap.add_argument("--merge", action="store_true", help="keep the other methods' rows of the existing results")
     ap.add_argument("--release", help="comma-separated parameters fixed in the shipped twin to estimate in fine-tuning")
     ap.add_argument("--stem", default="kissler_forecast", help="results file stem (and cache folder)")
+    ap.add_argument("--closure", action="store_true",
+                    help="fine-tune with a neural closure for the clearance rate (challenger_folds.CLOSURE)")
+    ap.add_argument("--fit-only", help="comma-separated folds to fine-tune into the cache, then stop (no scores)")
     a = ap.parse_args()
     main(n_folds=a.folds, only=a.methods.split(",") if a.methods else None, merge=a.merge,
-         release=tuple(a.release.split(",")) if a.release else (), stem=a.stem)
+         release=tuple(a.release.split(",")) if a.release else (), stem=a.stem, closure=a.closure,
+         fit_only=[int(f) for f in a.fit_only.split(",")] if a.fit_only else None)

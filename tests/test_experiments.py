@@ -362,6 +362,34 @@ def test_fine_tuning_can_release_parameters_the_shipped_twin_fixed():
         kf.offset_estimated(kf.CHECKPOINT, ("p",))
 
 
+def test_fine_tuning_with_a_closure_starts_at_the_shipped_mechanistic_twin(shared_data):
+    """``closure=True`` adds the clearance closure to the shipped twin; its network starts at zero output, so the
+    twin's trajectories are the shipped model's until fine-tuning moves it; a network that outputs something else
+    changes them (the closure is wired in)."""
+    import torch
+    import kissler_forecast as kf
+
+    plain = kf.offset_estimated(kf.CHECKPOINT)
+    hybrid = kf.offset_estimated(kf.CHECKPOINT, closure=True)
+    assert len(hybrid.config.closures) == 1 and hybrid.config.closures[0].target == "c"
+    assert not plain.config.closures
+    data = kf.kissler_data(shared_data / "kissler2021_nba_ct")
+    data = data.subset(list(data.subject_ids)[:3])
+    batch = hybrid.dataset(data).batch()
+    with torch.no_grad():
+        z = hybrid.prior(batch.covariates)[0]
+        theta = hybrid.theta(z, batch.cohort)
+        assert torch.equal(theta, plain.theta(z, batch.cohort))
+        g_plain, s_plain = plain.observables_at(theta, batch)
+        g_hybrid, s_hybrid = hybrid.observables_at(theta, batch)
+        assert (s_plain == 0).all() and (s_hybrid == 0).all()
+        assert torch.allclose(g_hybrid, g_plain, rtol=0, atol=1e-9)
+        last = hybrid.dynamics.closures[0].net.net[-1]
+        last.bias.fill_(0.5)  # clearance e^0.5 times faster: the virus falls sooner
+        g_faster, _ = hybrid.observables_at(theta, batch)
+    assert (g_faster - g_plain).abs().max() > 0.1
+
+
 def test_kissler_diagnosis_curve_matches_the_library_and_shapes_are_measured_right():
     """The diagnosis integrates sarscov2_cd8 by scipy independently of the library: the two agree at the published
     defaults; its shape summary reads rise and decline rates off a curve with known ones; the per-person data shapes
