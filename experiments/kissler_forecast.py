@@ -22,6 +22,11 @@ Methods, on the same rows:
   posterior is multimodal (a first value near the limit fits both "still rising" and "already clearing"); the
   Laplace approximation keeps the mode MAP found and its forecast follows that one branch, the library keeps
   both;
+- **twin, fine-tuned, MAP/library blend**: the two routes' forecasts averaged quantile by quantile
+  (Vincentization), ``w * MAP + (1 - w) * library``, with the weight ``w`` (0, 0.1, ..., 1) that forecasts every
+  later sample best on the fold's *fine-tuning* people, each shown their own first k samples (:func:`blend_weight`;
+  the held-out people never choose it). One branch or the other suits different k: this lets the training data say
+  which, instead of the test folds;
 - **LOCF**: the last of the k values carried forward; intervals from the training folds' changes by gap;
 - **population template**: the training folds' mean curve on the same axis (days since first positive,
   censored values at the limit, medians per day), shifted in level (k = 1) or in level and time (k >= 2,
@@ -69,7 +74,8 @@ import pandas as pd
 import torch
 
 from _common import RESULTS, ROOT
-from challenger_folds import CLOSURE, QUANTILES, _from_quantiles, interval_rows, least_squares, locf, route_posterior, score
+from challenger_folds import (CLOSURE, QUANTILES, _from_quantiles, interval_rows, least_squares, locf,
+                              reported_scores, route_posterior, score)
 from hybridtwin.checkpoint import load
 from hybridtwin.data import CohortData, map_observables
 from hybridtwin.datasets import load as load_dataset
@@ -254,6 +260,45 @@ def conformal_rows(twin, cov, pred: pd.DataFrame, train_obs, k, seed) -> pd.Data
     return pred.assign(lower=med - f90 * lo, upper=med + f90 * hi, lower50=med - f50 * lo, upper50=med + f50 * hi)
 
 
+#: the blend weights tried for the MAP route (the library route gets 1 - w)
+BLEND_GRID = np.round(np.linspace(0.0, 1.0, 11), 2)
+BANDS = ("median", "lower50", "upper50", "lower", "upper")
+
+
+def vincentized(a: pd.DataFrame, b: pd.DataFrame, w: float) -> pd.DataFrame:
+    """The quantile average ``w * a + (1 - w) * b`` of two forecasts of the same rows (median and both bands;
+    Vincentization: each quantile of the blend is the weighted mean of the two forecasts' same quantile)."""
+    keys = ["subject_id", "time", "observable"]
+    m = a[keys + list(BANDS)].merge(b[keys + list(BANDS)], on=keys, suffixes=("_a", "_b"), validate="one_to_one")
+    if len(m) != len(a) or len(m) != len(b):
+        raise ValueError(f"the two forecasts cover different rows ({len(a)}, {len(b)}; {len(m)} in common)")
+    return m[keys].assign(**{c: w * m[f"{c}_a"] + (1.0 - w) * m[f"{c}_b"] for c in BANDS})
+
+
+def blend_weight(twin, cov: pd.DataFrame, train_obs: pd.DataFrame, k: int, seed: int) -> tuple[float, dict]:
+    """The weight of the MAP route in a blend with the library route, chosen on the people the twin was fine-tuned
+    on (never the held-out ones): each shows their first ``k`` quantified samples, both routes forecast every later
+    sample, and the weight in ``BLEND_GRID`` whose blend (:func:`vincentized`) has the smallest every-sample RMSE
+    (``challenger_folds.reported_scores``) wins. Returns it and the RMSE at every weight."""
+    early, late = split_quantified(train_obs, k)
+    c = cov[cov["subject_id"].isin(set(early["subject_id"]))]
+    a = twin_rows(twin, c, early, late, "map", seed)
+    b = twin_rows(twin, c, early, late, "library", seed)
+    keys = ["subject_id", "time", "observable"]
+    rmse = {float(w): reported_scores(late.merge(vincentized(a, b, w), on=keys, validate="one_to_one"))["rmse_reported"]
+            for w in BLEND_GRID}
+    return min(rmse, key=rmse.get), rmse
+
+
+def blend_rows(twin, cov, map_rows: pd.DataFrame, library_rows: pd.DataFrame, train_obs, k, seed,
+               info: dict) -> pd.DataFrame:
+    """The held-out people's MAP and library forecasts blended with :func:`blend_weight`'s weight (recorded in
+    ``info``)."""
+    w, curve = blend_weight(twin, cov, train_obs, k, seed)
+    info.update(blend_weight=w, blend_rmse_training=curve)
+    return vincentized(map_rows, library_rows, w)
+
+
 def folds(ids: list[str], n: int, seed: int) -> list[list[str]]:
     rng = np.random.default_rng(seed)
     order = rng.permutation(sorted(ids))
@@ -390,17 +435,21 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
             c = cov[cov["subject_id"].isin(set(early["subject_id"]))]
             tuned_map = {}  # the fine-tuned MAP forecast, computed once for both methods that use it
 
-            def tuned_rows():
-                if not tuned_map:
-                    tuned_map["rows"] = twin_rows(tuned, c, early, late, "map", seed)
-                return tuned_map["rows"]
+            def tuned_rows(route="map"):
+                if route not in tuned_map:
+                    tuned_map[route] = twin_rows(tuned, c, early, late, route, seed)
+                return tuned_map[route]
+
+            blend_info = {}  # the blend's weight and its training-people RMSE curve, recorded with its scores
 
             methods = {"twin external (auto)": lambda: twin_rows(external, c, early, late, "auto", seed),
                        "twin external (MAP)": lambda: twin_rows(external, c, early, late, "map", seed),
                        "twin fine-tuned (MAP)": tuned_rows,
                        "twin fine-tuned (MAP + conformal bands)": lambda: conformal_rows(
                            tuned, cov, tuned_rows(), train_obs, k, seed),
-                       "twin fine-tuned (library posterior)": lambda: twin_rows(tuned, c, early, late, "library", seed),
+                       "twin fine-tuned (library posterior)": lambda: tuned_rows("library"),
+                       BLEND: lambda: blend_rows(tuned, cov, tuned_rows(), tuned_rows("library"), train_obs, k, seed,
+                                                 blend_info),
                        "twin fine-tuned (MAP + importance sampling)": lambda: twin_rows(tuned, c, early, late, "map_is",
                                                                                         seed),
                        "LOCF": lambda: locf(train_obs, early, late, k),
@@ -418,7 +467,8 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
                 t1 = time.perf_counter()
                 pred = method()
                 rows.append({"fold": f, "k": k, "method": name, "n_people": int(early["subject_id"].nunique()),
-                             "seconds": time.perf_counter() - t1, **score(pred, late)})
+                             "seconds": time.perf_counter() - t1, **score(pred, late),
+                             **(blend_info if name == BLEND else {})})
                 print(f"fold {f} k={k} {name}: RMSE {rows[-1]['rmse']:.2f}, 90 % cov {rows[-1]['coverage90']:.2f}",
                       flush=True)
     if fit_only is not None:
@@ -435,10 +485,12 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
 #: the methods in the order the tables list them
 METHODS = ("twin external (auto)", "twin external (MAP)", "twin fine-tuned (MAP)",
            "twin fine-tuned (MAP + conformal bands)", "twin fine-tuned (library posterior)",
-           "twin fine-tuned (MAP + importance sampling)", "LOCF", "population template", "per-patient mechanistic fit",
+           "twin fine-tuned (MAP + importance sampling)", "twin fine-tuned (MAP/library blend)", "LOCF",
+           "population template", "per-patient mechanistic fit",
            "reference: later samples by day", "reference: gradient boosting on the k samples",
            "reference: gradient boosting on the k samples (mean)")
 REFERENCE, BOOSTING, BOOSTING_MEAN = METHODS[-3:]
+BLEND = METHODS[6]
 
 
 def summarise(rows: list[dict], fold_info: list[dict], data: CohortData) -> str:
@@ -470,6 +522,11 @@ def summarise(rows: list[dict], fold_info: list[dict], data: CohortData) -> str:
                          f" {float(np.sum(nr * part['coverage50_reported']) / nr.sum()):.2f} |"
                          f" {float(np.sum(nr * part['coverage90_reported']) / nr.sum()):.2f} |")
             lines.append(line)
+        lines.append("")
+    if "blend_weight" in df:
+        b = df[df["method"] == BLEND]
+        lines += ["Weight of the MAP route in the blend, chosen per fold on the fine-tuning people (folds 0-4):", ""]
+        lines += [f"- k = {k}: " + ", ".join(f"{w:.1f}" for w in g["blend_weight"]) for k, g in b.groupby("k")]
         lines.append("")
     refs = [m for m in (REFERENCE, BOOSTING, BOOSTING_MEAN) if m in set(df["method"])]
     if refs:

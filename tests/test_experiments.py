@@ -390,6 +390,41 @@ def test_fine_tuning_with_a_closure_starts_at_the_shipped_mechanistic_twin(share
     assert (g_faster - g_plain).abs().max() > 0.1
 
 
+def test_blend_weight_is_chosen_on_the_fine_tuning_people_and_averages_quantiles(monkeypatch):
+    """Two routes that miss every later sample by +1 and -1 log10: their equal blend is exact, so the weight
+    chosen is 0.5; the blend averages each quantile; a route that is exact on its own gets the whole weight."""
+    import numpy as np
+    import pandas as pd
+    import kissler_forecast as kf
+
+    rows = []
+    for i in range(4):
+        rows += [(f"t{i}", 0.0, 6.0, False)] + [(f"t{i}", float(d), 7.0 - 0.3 * d, False) for d in range(1, 6)]
+    obs = pd.DataFrame(rows, columns=["subject_id", "time", "value", "censored"]).assign(observable="log10_V",
+                                                                                           lloq=2.0)
+    cov = pd.DataFrame({"subject_id": [f"t{i}" for i in range(4)], "age": np.nan})
+    offsets = {"map": 1.0, "library": -1.0}
+
+    def fake_rows(twin, c, early, late, method, seed):
+        assert set(early["subject_id"]) <= set(c["subject_id"]) and late["time"].min() >= 1.0
+        out = late[["subject_id", "time", "observable"]].copy()
+        centre = late["value"].to_numpy() + offsets[method]
+        return out.assign(median=centre, lower50=centre - 0.5, upper50=centre + 0.5, lower=centre - 2.0,
+                          upper=centre + 2.0 + (method == "map"))
+
+    monkeypatch.setattr(kf, "twin_rows", fake_rows)
+    w, curve = kf.blend_weight(None, cov, obs, 1, seed=0)
+    assert w == 0.5 and curve[0.5] < 1e-12 and abs(curve[0.0] - 1.0) < 1e-12 and abs(curve[1.0] - 1.0) < 1e-12
+    early, late = kf.split_quantified(obs, 1)
+    blend = kf.vincentized(fake_rows(None, cov, early, late, "map", 0), fake_rows(None, cov, early, late, "library", 0),
+                           0.25)
+    assert np.allclose(blend["median"], late["value"] - 0.5) and np.allclose(blend["upper"], late["value"] + 1.75)
+    offsets["map"] = 0.0
+    assert kf.blend_weight(None, cov, obs, 1, seed=0)[0] == 1.0
+    with pytest.raises(ValueError, match="different rows"):
+        kf.vincentized(blend, blend.iloc[1:], 0.5)
+
+
 def test_kissler_diagnosis_curve_matches_the_library_and_shapes_are_measured_right():
     """The diagnosis integrates sarscov2_cd8 by scipy independently of the library: the two agree at the published
     defaults; its shape summary reads rise and decline rates off a curve with known ones; the per-person data shapes
