@@ -438,3 +438,60 @@ def test_pooled_start_leaves_cohort_terms_neutral_unless_asked(cohort_terms):
         assert moved == 0.0
     with pytest.raises(ValueError, match="init_cohort_terms"):
         SAEMConfig(init_cohort_terms="yes")
+
+
+def _nan_above_5_model():
+    """The decay model, except that the vector field is NaN for k > 5 (a subject there fails its solve, and the
+    derivatives through it are NaN)."""
+    name = "test_decay_nan_above_5"
+    if name not in ht.models.available():
+        ht.models.register(ht.Model(
+            name=name, states=["V"],
+            parameters=[ht.Parameter("V0", 1e4, 1.0, 1e9), ht.Parameter("k", 0.5, 1e-3, 10.0),
+                        ht.Parameter("unused", 1.0, 0.1, 10.0, role="population")],
+            initial={"V": "V0"}, rhs=lambda t, s, p: {"V": -p.k * s.V * (5 - p.k).sqrt() / (5 - p.k).sqrt()},
+            observables={"log10_V": log10_observable("V")}, time_unit="day", default_t_end=4.0))
+    return name
+
+
+def test_a_failed_solve_gives_zero_scores_not_nan():
+    """One subject whose solve fails (NaN derivatives inside) must not make any score NaN: its own scores are 0
+    and the others' are what they are without it. (NaN * 0 = NaN: a multiplied mask let one failure turn the
+    Fisher step NaN and every later solve into a failure.)"""
+    from hybridtwin.estimation.fisher import ScoreAccumulator
+    from hybridtwin.estimation.likelihood import design_matrix, solve_observables
+
+    data, _ = decay_cohort(n=6)
+    twin = HybridTwin.from_data(TwinConfig(model=_nan_above_5_model(), fixed=("unused",), population=("V0",),
+                                           covariate_scaling={"age": (50.0, 10.0)}), data)
+    batch = twin.dataset(data).batch()
+    acc = ScoreAccumulator(twin, batch, design_matrix(batch).to(twin.dtype))
+    z = twin.prior(batch.covariates)[0].detach().clone()
+    good, _, _ = acc.scores(z, *solve_observables(twin, z, batch))
+    z[0, twin.patient_names.index("k")] = 2.0  # k = e^2 > 5
+    g, ok = solve_observables(twin, z, batch)
+    assert ok.tolist() == [False] + [True] * 5
+    s, _, ok2 = acc.scores(z, g, ok)
+    assert torch.isfinite(s).all() and (s[0] == 0).all() and not ok2[0]
+    assert torch.equal(s[1:], good[1:]) and (good[1:, [c["kind"] == "population" for c in acc.cols]] != 0).all()
+
+
+def test_saem_skips_a_closure_step_whose_gradient_is_not_finite(monkeypatch):
+    """A non-finite gradient for the closure networks is not applied (Adam would make every weight NaN and every
+    later solve fail): the weights stay finite and the skipped steps are counted in the history."""
+    import hybridtwin.estimation.saem as saem
+
+    data, _ = decay_cohort(n=8)
+    twin = decay_twin(data, fixed=("unused",), covariate_effects=False,
+                      closures=[{"target": "k", "mode": "replace", "inputs": ["t"], "hidden": [4]}])
+    real = saem.solve_observables
+
+    def poisoned(twin_, z, batch, grad=False):
+        g, ok = real(twin_, z, batch, grad=grad)
+        return (g * torch.nan if grad else g), ok  # the networks' gradient pass only
+
+    monkeypatch.setattr(saem, "solve_observables", poisoned)
+    fit = fit_saem(twin, data, SAEMConfig(n_explore=3, n_smooth=2, n_fisher=0, init_steps=0, progress=False))
+    weights = [p for _, p in twin.dynamics.named_parameters()]
+    assert weights and all(torch.isfinite(p).all() for p in weights)
+    assert fit.history["closure_steps_skipped"].tolist() == [1, 2, 3, 4, 5]

@@ -118,9 +118,10 @@ class ScoreAccumulator:
             gg, status = twin.observables_at(twin.model.parameter_space.constrain(zf), batch)
             ll = observation_loglik(twin, gg, batch)
             ok = status == 0
-            dz = torch.autograd.grad(torch.where(ok, ll, torch.zeros_like(ll)).sum(), zf)[0].double()
+            # every subject failed before its first output: nothing depends on zf, the scores are all zero
+            dz = torch.autograd.grad(torch.where(ok, ll, torch.zeros_like(ll)).sum(), zf, allow_unused=True)[0]
+            dz = torch.zeros_like(zf, dtype=torch.float64) if dz is None else dz.double()
             g = gg.detach()
-        okf = ok.to(torch.float64)
         obs = {n: p.detach() for n, p in observation_parameters(twin)}
         jac = {}
         if obs:
@@ -146,7 +147,9 @@ class ScoreAccumulator:
                 col = dz[:, idx[1]] * (batch.cohort == idx[0]).to(dz.dtype)
             else:
                 col = jac[c["tensor"].split(".", 1)[1]][(slice(None), *idx)]
-            out[:, i] = col.double() * okf
+            # a failed solve's gradient can be NaN, and NaN * 0 is NaN: mask, do not multiply (one NaN score
+            # would make the Fisher step NaN and every later solve fail)
+            out[:, i] = torch.where(ok, col.double(), torch.zeros((), dtype=torch.float64))
         return (out, g, ok) if with_g else out
 
     def add(self, z: torch.Tensor, g: torch.Tensor, ok: torch.Tensor, part: int) -> None:

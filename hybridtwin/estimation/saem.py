@@ -392,6 +392,7 @@ def fit_saem(twin, data: CohortData | Batch, config: SAEMConfig | None = None, p
     sbar = None
     rows = []
     total = cfg.n_explore + cfg.n_smooth
+    net_skips = 0  # closure steps skipped for a non-finite gradient
     bar = tqdm(range(total), desc="SAEM", disable=not show)
     for k in bar:
         gamma = _step_size(k, cfg)
@@ -408,12 +409,20 @@ def fit_saem(twin, data: CohortData | Batch, config: SAEMConfig | None = None, p
             for group in opt_nets.param_groups:
                 group["lr"] = cfg.lr * gamma
             opt_nets.zero_grad()
-            g, ok = solve_observables(twin, chains.z, batch, grad=True)
+            # a subject whose solve fails at its chain state would send a NaN gradient through the masked sum
+            # (the mask zeroes its value, not NaN derivatives inside the solver): it enters at its prior mean
+            z_net = torch.where(chains.ok[:, None], chains.z, mean)
+            g, ok = solve_observables(twin, z_net, batch, grad=True)
             ll = observation_loglik(twin, g, batch)
-            (-torch.where(ok, ll, torch.zeros_like(ll)).sum() / N).backward()
-            opt_nets.step()
+            (-torch.where(ok & chains.ok, ll, torch.zeros_like(ll)).sum() / N).backward()
+            if all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in nets):
+                opt_nets.step()
+            else:  # one NaN step would leave every weight NaN and every later solve failing
+                net_skips += 1
         mean, sd = prior()
         rows.append(_record(twin, k, gamma, chains, mean, sd, rates))
+        if opt_nets is not None:
+            rows[-1]["closure_steps_skipped"] = net_skips
         if show and k % 10 == 0:
             bar.set_postfix(ll=f"{rows[-1]['complete_loglik']:.1f}", failed=rows[-1]["n_failed"])
         if callback is not None:
