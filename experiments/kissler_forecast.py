@@ -57,7 +57,11 @@ fine-tuning, 26 min the conformal calibration); results:
 ``experiments/results/kissler_forecast.{md,json}``; fine-tuned fits are cached per fold. ``--methods NAME,...
 --merge`` runs only the named methods and keeps the other methods' rows of the existing results file.
 ``--release r,delta_T,k_T --stem NAME`` fine-tunes with those shipped-fixed parameters estimated too
-(:func:`offset_estimated`), into ``experiments/results/NAME.{md,json}``.
+(:func:`offset_estimated`), into ``experiments/results/NAME.{md,json}``. ``--closure --stem NAME`` fine-tunes a hybrid
+twin instead: the shipped twin plus ``challenger_folds.CLOSURE`` (the clearance rate c replaced by
+``c * exp(net(t, log10 T))``, starting at zero output, trained by SAEM's Adam steps; about 22 min per fold on one
+core, against 5 for the mechanistic one). ``--fit-only 0,2,4`` and ``--fit-only 1,3`` side by side fill the fold
+cache before a plain run scores it.
 """
 
 from __future__ import annotations
