@@ -23,14 +23,13 @@ from hybridtwin.twin import HybridTwin, TwinConfig
 LN10 = math.log(10.0)
 
 
-def _decay_model():
-    name = "test_decay_estimation"
+def _decay_model(name="test_decay_estimation", rhs=lambda t, s, p: {"V": -p.k * s.V}):
     if name not in ht.models.available():
         ht.models.register(ht.Model(
             name=name, states=["V"],
             parameters=[ht.Parameter("V0", 1e4, 1.0, 1e9), ht.Parameter("k", 0.5, 1e-3, 10.0),
                         ht.Parameter("unused", 1.0, 0.1, 10.0, role="population")],
-            initial={"V": "V0"}, rhs=lambda t, s, p: {"V": -p.k * s.V},
+            initial={"V": "V0"}, rhs=rhs,
             observables={"log10_V": log10_observable("V")}, time_unit="day", default_t_end=4.0))
     return name
 
@@ -443,15 +442,7 @@ def test_pooled_start_leaves_cohort_terms_neutral_unless_asked(cohort_terms):
 def _nan_above_5_model():
     """The decay model, except that the vector field is NaN for k > 5 (a subject there fails its solve, and the
     derivatives through it are NaN)."""
-    name = "test_decay_nan_above_5"
-    if name not in ht.models.available():
-        ht.models.register(ht.Model(
-            name=name, states=["V"],
-            parameters=[ht.Parameter("V0", 1e4, 1.0, 1e9), ht.Parameter("k", 0.5, 1e-3, 10.0),
-                        ht.Parameter("unused", 1.0, 0.1, 10.0, role="population")],
-            initial={"V": "V0"}, rhs=lambda t, s, p: {"V": -p.k * s.V * (5 - p.k).sqrt() / (5 - p.k).sqrt()},
-            observables={"log10_V": log10_observable("V")}, time_unit="day", default_t_end=4.0))
-    return name
+    return _decay_model("test_decay_nan_above_5", lambda t, s, p: {"V": -p.k * s.V * (5 - p.k).sqrt() / (5 - p.k).sqrt()})
 
 
 def test_a_failed_solve_gives_zero_scores_not_nan():
