@@ -157,6 +157,20 @@ class TwinModule(L.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "test", batch_idx)
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip a step whose gradient is not finite. A subject whose solve fails with non-finite states is masked
+        out of the loss, but its NaN derivatives inside the solver still reach every parameter (0 * NaN is NaN);
+        one such Adam step would make every weight NaN and every later solve fail. The parameters' gradients are
+        dropped (Adam then leaves them and their moments as they are) and ``train/skipped_steps`` counts it."""
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        if not finite:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+        self.log("train/skipped_steps", torch.tensor(0.0 if finite else 1.0, dtype=torch.float64), on_step=False,
+                 on_epoch=True, reduce_fx="sum", sync_dist=True)
+
     def configure_optimizers(self):
         params = [p for p in self.twin.parameters() if p.requires_grad]
         return torch.optim.Adam(params, lr=self.hparams.lr)
