@@ -262,12 +262,8 @@ def _hessian_blocks(twin, batch: Batch, z: torch.Tensor) -> tuple[torch.Tensor, 
 MAP_TOLERANCE_SD = 0.1
 
 
-def fit_map(twin, batch: Batch, init: torch.Tensor | None = None, max_iter: int = 100) -> Posterior:
-    """Per-patient MAP by L-BFGS (the objective is a sum of independent per-patient terms) + Laplace sd. Warns,
-    naming the patients, where no minimum was reached (indefinite Hessian: prior SDs kept) or where the mode is
-    still more than :data:`MAP_TOLERANCE_SD` posterior SDs away when L-BFGS stops."""
-    with torch.no_grad():
-        z0 = init if init is not None else twin.prior(batch.covariates)[0]
+def _lbfgs(twin, batch: Batch, z0: torch.Tensor, max_iter: int) -> torch.Tensor:
+    """L-BFGS on the sum of the patients' negative log posteriors from ``z0``; the (B, P) end point."""
     z = z0.detach().clone().requires_grad_(True)
     opt = torch.optim.LBFGS([z], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe", tolerance_grad=1e-6,
                             tolerance_change=1e-9)
@@ -276,10 +272,19 @@ def fit_map(twin, batch: Batch, init: torch.Tensor | None = None, max_iter: int 
         opt.zero_grad()
         loss = _neg_log_posterior(twin, z, batch).sum()
         loss.backward()
+        # a patient whose solve fails scores 1e10 (the line search backs off), but NaN derivatives inside the
+        # solver can reach its gradient (0 x NaN), and one NaN entry makes the joint direction NaN: it counts as 0
+        if not bool(torch.isfinite(z.grad).all()):
+            z.grad = torch.nan_to_num(z.grad, nan=0.0, posinf=0.0, neginf=0.0)
         return loss
 
     opt.step(closure)
-    z = z.detach()
+    return z.detach()
+
+
+def _laplace(twin, batch: Batch, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Laplace SDs at ``z`` (the prior's where a Hessian block is not positive definite), whether each block is,
+    and the Newton step that remains to each patient's mode in posterior SDs (B, P)."""
     g, H = _hessian_blocks(twin, batch, z)
     P = z.shape[1]
     H = 0.5 * (H + H.transpose(1, 2)) + 1e-8 * torch.eye(P, dtype=H.dtype)
@@ -291,22 +296,49 @@ def fit_map(twin, batch: Batch, init: torch.Tensor | None = None, max_iter: int 
     safe = torch.where(pd_ok[:, None, None], H, torch.eye(P, dtype=H.dtype))
     sd = torch.sqrt(torch.clamp(torch.diagonal(torch.linalg.inv(safe), dim1=1, dim2=2), min=1e-12))
     sd = torch.where(pd_ok[:, None] & torch.isfinite(sd), sd, prior_sd)
+    step = torch.linalg.solve(safe, g[..., None])[..., 0] / sd
+    return sd, pd_ok, step
+
+
+def fit_map(twin, batch: Batch, init: torch.Tensor | None = None, max_iter: int = 100) -> Posterior:
+    """Per-patient MAP by L-BFGS (the objective is a sum of independent per-patient terms) + Laplace sd.
+
+    One L-BFGS run over every patient at once is fast, but its line search moves all of them by one step length:
+    a patient at a wall (parameters where the solve fails) or far from their mode can stop the others short of
+    theirs. Patients left without a minimum, or more than :data:`MAP_TOLERANCE_SD` posterior SDs from it, are
+    therefore fitted again one at a time from where the joint run left them (kept where that lowers their own
+    objective). Warns, naming the patients, where a fit still has no minimum (indefinite Hessian: prior SDs
+    kept) or is still that far from the mode."""
+    with torch.no_grad():
+        z0 = init if init is not None else twin.prior(batch.covariates)[0]
+    z = _lbfgs(twin, batch, z0, max_iter)
+    sd, pd_ok, step = _laplace(twin, batch, z)
+    retry = ~pd_ok | ~(step.abs().amax(1) <= MAP_TOLERANCE_SD)  # (NaN counts as far)
+    if len(batch) > 1 and bool(retry.any()):
+        idx = torch.nonzero(retry).flatten()
+        with torch.no_grad():
+            before = _neg_log_posterior(twin, z[idx], batch.select(idx))
+        for j, i in enumerate(idx.tolist()):
+            one = batch.select(torch.tensor([i]))
+            zi = _lbfgs(twin, one, z[i:i + 1], max_iter)
+            with torch.no_grad():
+                if float(_neg_log_posterior(twin, zi, one)[0]) < float(before[j]):
+                    z[i] = zi[0]
+        sd, pd_ok, step = _laplace(twin, batch, z)
     if not bool(pd_ok.all()):
         bad = [batch.subject_ids[i] for i in torch.nonzero(~pd_ok).flatten().tolist()]
         warnings.warn(f"MAP: no minimum reached for {len(bad)} patient(s) (e.g. {bad[:5]}; the Hessian there is not "
                       "positive definite), so the Laplace approximation does not apply: their parameter SDs are the "
                       "prior's (wide); raise max_iter or use method='map_is' / 'library'", UserWarning, stacklevel=2)
-    # where L-BFGS stopped short: the Newton step that remains, in posterior SDs, says how far the mode is
-    step = torch.linalg.solve(safe, g[..., None])[..., 0] / sd
     far = pd_ok & ~(step.abs().amax(1) <= MAP_TOLERANCE_SD)  # (NaN counts as far)
     if bool(far.any()):
         bad = [batch.subject_ids[i] for i in torch.nonzero(far).flatten().tolist()]
         warnings.warn(f"MAP: not converged for {len(bad)} patient(s) (e.g. {bad[:5]}): the mode is still more than "
                       f"{MAP_TOLERANCE_SD:g} posterior SD away (a Newton step of up to "
                       f"{float(torch.nan_to_num(step.abs().amax(1)[far], nan=math.inf).max()):.2g} SD) where L-BFGS "
-                      f"stopped (max_iter={max_iter}, or no further progress of the joint objective), so their "
-                      "intervals are centred off the mode: raise max_iter, start elsewhere (init=) or use "
-                      "method='map_is'", UserWarning, stacklevel=2)
+                      f"stopped (max_iter={max_iter}, also when fitted alone), so their intervals are centred off the "
+                      "mode: raise max_iter, start elsewhere (init=) or use method='map_is'", UserWarning,
+                      stacklevel=2)
     return Posterior(batch.subject_ids, z.detach(), sd.detach())
 
 

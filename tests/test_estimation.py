@@ -486,3 +486,34 @@ def test_saem_skips_a_closure_step_whose_gradient_is_not_finite(monkeypatch):
     weights = [p for _, p in twin.dynamics.named_parameters()]
     assert weights and all(torch.isfinite(p).all() for p in weights)
     assert fit.history["closure_steps_skipped"].tolist() == [1, 2, 3, 4, 5]
+
+
+def test_map_patients_are_not_stopped_short_by_another_at_a_wall():
+    """A patient whose data want k > 5, where the NaN-branch model's solves fail, sits at that wall. The joint
+    L-BFGS line search then moved everyone by tiny steps and left the ordinary patient far from their mode (k 4.0
+    instead of 1.9). Each such patient is now refitted alone: the ordinary one's MAP equals the
+    plain decay model's (the two models agree below k = 5), and the one at the wall is named in a warning."""
+    from hybridtwin.personalise import fit_map
+
+    rng = np.random.default_rng(0)
+    ks = [0.5, 8.0]
+    rows = [(f"s{i}", t, "log10_V", (np.log(1e4) - k * t) / LN10 + 0.05 * rng.normal(), "c")
+            for i, k in enumerate(ks) for t in (0.0, 0.5, 1.0, 2.0)]
+    obs = pd.DataFrame(rows, columns=["subject_id", "time", "observable", "value", "cohort"])
+    cov = pd.DataFrame({"subject_id": ["s0", "s1"], "age": 50.0, "noise": 0.0})
+    fits = {}
+    for model in (_nan_above_5_model(), _decay_model()):
+        data = validate(obs, None, cov, model=model)
+        twin = HybridTwin.from_data(TwinConfig(model=model, fixed=("unused",), covariate_scaling={"age": (50.0, 10.0)}),
+                                    data)
+        with torch.no_grad():
+            twin.mu[twin.patient_names.index("k")] = math.log(4.5)  # the prior's typical k near the wall
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fits[model] = fit_map(twin, twin.dataset(data).batch(), max_iter=30)
+        if model == _nan_above_5_model():
+            assert any("s1" in str(w.message) for w in caught)
+    walled, plain = fits[_nan_above_5_model()], fits[_decay_model()]
+    assert torch.allclose(walled.mean[:1], plain.mean[:1], atol=1e-4)
+    assert torch.allclose(walled.sd[:1], plain.sd[:1], rtol=1e-3)
+    assert walled.mean[1, 1] <= math.log(5.0) + 1e-6  # k stays at the wall, not beyond

@@ -78,6 +78,12 @@ class Batch:
     def __len__(self) -> int:
         return len(self.subject_ids)
 
+    def select(self, idx: torch.Tensor) -> "Batch":
+        """The subjects at positions ``idx`` (a 1-D long tensor), in that order."""
+        return Batch([self.subject_ids[i] for i in idx.tolist()], self.times[idx], self.values[idx],
+                     self.observable[idx], self.censored[idx], self.lloq[idx], self.mask[idx], self.covariates[idx],
+                     self.cohort[idx], self.schedule.select(idx), self.observable_names, self.cohort_names)
+
     def to(self, device=None, dtype=None) -> "Batch":
         """Move tensors to ``device`` (and floating tensors to ``dtype``)."""
         out = {}

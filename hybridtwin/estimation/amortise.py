@@ -88,10 +88,7 @@ def simulate_designs(twin, batch: Batch, n: int, generator: torch.Generator) -> 
 
 
 def _select(batch: Batch, idx: torch.Tensor) -> Batch:
-    ids = [batch.subject_ids[i] for i in idx.tolist()]
-    return Batch(ids, batch.times[idx], batch.values[idx], batch.observable[idx], batch.censored[idx],
-                 batch.lloq[idx], batch.mask[idx], batch.covariates[idx], batch.cohort[idx],
-                 batch.schedule.select(idx), batch.observable_names, batch.cohort_names)
+    return batch.select(idx)
 
 
 def _nll(twin, batch: Batch, z: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
