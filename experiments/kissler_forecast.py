@@ -371,8 +371,10 @@ def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: di
             raise ValueError(f"{folder} was fine-tuned with fixed={list(cached.config.fixed)}, this run asks for "
                              f"fixed={want} (release={list(release)}): use another --stem or delete the cache")
         if bool(cached.config.closures) != closure:
-            raise ValueError(f"{folder} was fine-tuned {'with' if cached.config.closures else 'without'} a closure, this "
-                             f"run asks {'with' if closure else 'without'}: use another --stem or delete the cache")
+            was = "with" if cached.config.closures else "without"
+            asks = "with" if closure else "without"
+            raise ValueError(f"{folder} was fine-tuned {was} a closure, this run asks {asks}:"
+                             " use another --stem or delete the cache")
         return cached, json.loads((cache / f"fold{fold}.json").read_text())
     twin = offset_estimated(checkpoint, release, closure)
     # everyone's covariates are the same here (age unknown), so the covariate effects cannot be re-estimated:
@@ -437,7 +439,7 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
             if late.empty:
                 continue
             c = cov[cov["subject_id"].isin(set(early["subject_id"]))]
-            tuned_map = {}  # the fine-tuned MAP forecast, computed once for both methods that use it
+            tuned_map = {}  # the fine-tuned forecasts by route (MAP, library), each computed once for all methods
 
             def tuned_rows(route="map"):
                 if route not in tuned_map:

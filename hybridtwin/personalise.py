@@ -316,15 +316,17 @@ def fit_map(twin, batch: Batch, init: torch.Tensor | None = None, max_iter: int 
     retry = ~pd_ok | ~(step.abs().amax(1) <= MAP_TOLERANCE_SD)  # (NaN counts as far)
     if len(batch) > 1 and bool(retry.any()):
         idx = torch.nonzero(retry).flatten()
+        sub = batch.select(idx)
         with torch.no_grad():
-            before = _neg_log_posterior(twin, z[idx], batch.select(idx))
+            before = _neg_log_posterior(twin, z[idx], sub)
         for j, i in enumerate(idx.tolist()):
             one = batch.select(torch.tensor([i]))
             zi = _lbfgs(twin, one, z[i:i + 1], max_iter)
             with torch.no_grad():
                 if float(_neg_log_posterior(twin, zi, one)[0]) < float(before[j]):
                     z[i] = zi[0]
-        sd, pd_ok, step = _laplace(twin, batch, z)
+        # the Laplace terms are per patient: only the refitted ones change
+        sd[idx], pd_ok[idx], step[idx] = _laplace(twin, sub, z[idx])
     if not bool(pd_ok.all()):
         bad = [batch.subject_ids[i] for i in torch.nonzero(~pd_ok).flatten().tolist()]
         warnings.warn(f"MAP: no minimum reached for {len(bad)} patient(s) (e.g. {bad[:5]}; the Hessian there is not "

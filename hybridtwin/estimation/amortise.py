@@ -74,7 +74,7 @@ def simulate_designs(twin, batch: Batch, n: int, generator: torch.Generator) -> 
     B = len(batch)
     idx = torch.arange(n) % B
     with torch.no_grad():
-        sub = _select(batch, idx)
+        sub = batch.select(idx)
         mean, sd = twin.prior(sub.covariates)
         z = mean + sd * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
         g, status = twin.observables_at(twin.theta(z, sub.cohort), sub)
@@ -84,11 +84,7 @@ def simulate_designs(twin, batch: Batch, n: int, generator: torch.Generator) -> 
         sub.values = torch.where(censored, limit, torch.where(sub.mask, y, torch.zeros_like(y)))
         sub.censored = censored
     keep = status == 0
-    return z[keep], _select(sub, torch.nonzero(keep).flatten())
-
-
-def _select(batch: Batch, idx: torch.Tensor) -> Batch:
-    return batch.select(idx)
+    return z[keep], sub.select(torch.nonzero(keep).flatten())
 
 
 def _nll(twin, batch: Batch, z: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -114,7 +110,7 @@ def amortise(twin, data: CohortData | Batch, config: AmortiseConfig | None = Non
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     if len(train_idx) == 0:
         train_idx = val_idx
-    val = _select(sims, val_idx) if n_val else None
+    val = sims.select(val_idx) if n_val else None
     val_ctx = random_prefix_mask(val, torch.Generator().manual_seed(cfg.seed + 1), cfg.full_context) if n_val else None
     frozen = {name: p.requires_grad for name, p in twin.named_parameters()}
     for name, p in twin.named_parameters():
@@ -129,7 +125,7 @@ def amortise(twin, data: CohortData | Batch, config: AmortiseConfig | None = Non
             total, count = 0.0, 0
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start:start + cfg.batch_size]
-                b = _select(sims, idx)
+                b = sims.select(idx)
                 ctx = random_prefix_mask(b, gen, cfg.full_context)
                 opt.zero_grad()
                 loss = _nll(twin, b, z[idx], ctx)

@@ -25,7 +25,6 @@ import torch
 
 from ..data import CohortData
 from ..data.dataset import Batch
-from .amortise import _select
 from .likelihood import observation_loglik, prior_logpdf, solve_observables
 
 
@@ -74,7 +73,7 @@ def marginal_loglik(twin, data: CohortData | Batch, n_draws: int = 200, n_mcmc: 
             z = center[None] + spread[None] * u
             log_q = (t.log_prob(u) - torch.log(spread)[None]).sum(-1)  # (k, B)
             idx = torch.arange(B).repeat(k)
-            rep = _select(batch, torch.arange(B).repeat(k))  # k copies of every subject
+            rep = batch.select(torch.arange(B).repeat(k))  # k copies of every subject
             g, ok = solve_observables(twin, z.reshape(k * B, -1), rep)
             ll = torch.where(ok, observation_loglik(twin, g, rep), torch.full((k * B,), -math.inf, dtype=g.dtype))
             lp = prior_logpdf(z.reshape(k * B, -1), pm[idx], ps[idx])
