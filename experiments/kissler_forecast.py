@@ -61,7 +61,8 @@ fine-tuning, 26 min the conformal calibration); results:
 twin instead: the shipped twin plus ``challenger_folds.CLOSURE`` (the clearance rate c replaced by
 ``c * exp(net(t, log10 T))``, starting at zero output, trained by SAEM's Adam steps; about 22 min per fold on one
 core, against 5 for the mechanistic one). ``--fit-only 0,2,4`` and ``--fit-only 1,3`` side by side fill the fold
-cache before a plain run scores it.
+cache before a plain run scores it. ``--random K_V --stem NAME`` fine-tunes with the carrying capacity (one value for
+everyone in the shipped twin) estimated per person (:func:`offset_estimated`, ``TwinConfig.per_patient``).
 """
 
 from __future__ import annotations
@@ -309,7 +310,7 @@ def folds(ids: list[str], n: int, seed: int) -> list[list[str]]:
     return [sorted(order[i::n].tolist()) for i in range(n)]
 
 
-def offset_estimated(checkpoint: Path, release: tuple = (), closure: bool = False):
+def offset_estimated(checkpoint: Path, release: tuple = (), closure: bool = False, random: tuple = ()):
     """The shipped twin with its time-offset distribution made estimable (``estimate_population``).
 
     The shipped twin reads day 0 as symptom onset: its offset prior is the incubation period (typical 5.1 days).
@@ -319,6 +320,10 @@ def offset_estimated(checkpoint: Path, release: tuple = (), closure: bool = Fals
 
     ``release``: parameters the shipped twin keeps fixed that fine-tuning estimates as population values (starting
     at the values they were fixed at), e.g. the CD8+ response's ``r``, ``delta_T``, ``k_T``.
+    ``random``: parameters the shipped twin holds at one value for everyone (population or fixed) that become
+    per-person random effects (typical value starting at the shipped one, between-person SD at ``omega_init``,
+    covariate effects and the encoder's outputs for them at zero), e.g. the viral carrying capacity ``K_V``, which
+    sets the peak height.
     """
     from hybridtwin.checkpoint import read_card
     from hybridtwin.twin import HybridTwin
@@ -330,20 +335,22 @@ def offset_estimated(checkpoint: Path, release: tuple = (), closure: bool = Fals
     unknown = set(release) - set(config["fixed"])
     if unknown:
         raise ValueError(f"release: {sorted(unknown)} are not fixed in the shipped twin (fixed: {config['fixed']})")
-    config["fixed"] = [n for n in config["fixed"] if n not in set(release)]
-    config["population"] = list(config["population"]) + [n for n in release if n not in config["population"]]
+    unknown = set(random) - set(shipped.population_names) - set(config["fixed"])
+    if unknown:
+        raise ValueError(f"random: {sorted(unknown)} are not held at one value for everyone in the shipped twin "
+                         f"(population: {shipped.population_names}, fixed: {config['fixed']})")
+    config["fixed"] = [n for n in config["fixed"] if n not in set(release) | set(random)]
+    config["population"] = [n for n in list(config["population"]) + [n for n in release if n not in config["population"]]
+                            if n not in set(random)]
+    config["per_patient"] = list(config.get("per_patient", [])) + list(random)
     if closure:
         if config["closures"]:
             raise ValueError(f"the shipped twin already has closures: {config['closures']}")
         config["closures"] = [CLOSURE]
     twin = HybridTwin.from_card(card["twin"])
     state = shipped.state_dict()
-    if release:  # the population vector grows: shipped values where it had them, the fixed values elsewhere
-        mu = twin.z_default[twin.population_idx].clone()
-        for i, name in enumerate(twin.population_names):
-            if name in shipped.population_names:
-                mu[i] = state["mu_population"][shipped.population_names.index(name)]
-        state = {**state, "mu_population": mu, "population_idx": twin.population_idx}
+    if release or random:
+        state = _regrouped_state(shipped, twin, state)
     if closure:  # the new network keeps its zero-output start; everything else is the shipped twin's
         missing, unexpected = twin.load_state_dict(state, strict=False)
         if unexpected or any("closure" not in key for key in missing):
@@ -354,8 +361,40 @@ def offset_estimated(checkpoint: Path, release: tuple = (), closure: bool = Fals
     return twin
 
 
+def _regrouped_state(shipped, twin, state: dict) -> dict:
+    """``shipped``'s weights for ``twin``, the same model with parameters moved between fixed, population and per
+    person: every parameter keeps its shipped (unconstrained) value as the new typical value; a new random effect
+    gets ``twin``'s initial between-person SD, zero covariate effects and zero encoder outputs."""
+    def value(name):
+        if name in shipped.patient_names:
+            return shipped.mu[shipped.patient_names.index(name)]
+        if name in shipped.population_names:
+            return shipped.mu_population[shipped.population_names.index(name)]
+        return shipped.z_default[shipped.model.parameter_space.names.index(name)]
+
+    state = dict(state)
+    with torch.no_grad():
+        state["mu_population"] = torch.stack([value(n) for n in twin.population_names]) if twin.population_names \
+            else twin.mu_population.detach().clone()
+        state["mu"] = torch.stack([value(n) for n in twin.patient_names])
+        old = {n: i for i, n in enumerate(shipped.patient_names)}
+        omega, beta = twin.log_omega.detach().clone(), torch.zeros_like(twin.beta)
+        head_w, head_b = twin.encoder.head.net[-1].weight.detach().clone(), twin.encoder.head.net[-1].bias.detach().clone()
+        last = [k for k in state if k.startswith("encoder.head.net.") and k.endswith(".weight")][-1][: -len(".weight")]
+        n_old, n_new = len(shipped.patient_names), len(twin.patient_names)
+        for i, n in enumerate(twin.patient_names):
+            if n in old:
+                j = old[n]
+                omega[i], beta[i] = state["log_omega"][j], state["beta"][j]
+                for a, b in ((i, j), (n_new + i, n_old + j)):  # the encoder's mean row and log-SD row
+                    head_w[a], head_b[a] = state[last + ".weight"][b], state[last + ".bias"][b]
+        state.update({"log_omega": omega, "beta": beta, last + ".weight": head_w, last + ".bias": head_b,
+                      "patient_idx": twin.patient_idx, "population_idx": twin.population_idx})
+    return state
+
+
 def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: dict, cache: Path,
-               checkpoint: Path = CHECKPOINT, release: tuple = (), closure: bool = False):
+               checkpoint: Path = CHECKPOINT, release: tuple = (), closure: bool = False, random: tuple = ()):
     """The shipped twin re-estimated on the people not in ``held`` (cached as a checkpoint per fold)."""
     from hybridtwin.checkpoint import save
 
@@ -366,17 +405,21 @@ def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: di
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cached = load(folder)
-        want = [n for n in read_card(checkpoint)["twin"]["config"]["fixed"] if n not in set(release)]
+        want = [n for n in read_card(checkpoint)["twin"]["config"]["fixed"] if n not in set(release) | set(random)]
         if sorted(cached.config.fixed) != sorted(want):  # a cache fine-tuned with another --release
             raise ValueError(f"{folder} was fine-tuned with fixed={list(cached.config.fixed)}, this run asks for "
                              f"fixed={want} (release={list(release)}): use another --stem or delete the cache")
+        per_person = sorted(set(load(checkpoint).patient_names) | set(random))
+        if sorted(cached.patient_names) != per_person:
+            raise ValueError(f"{folder} was fine-tuned with {sorted(cached.patient_names)} per person, this run asks "
+                             f"for {per_person} (random={list(random)}): use another --stem or delete the cache")
         if bool(cached.config.closures) != closure:
             was = "with" if cached.config.closures else "without"
             asks = "with" if closure else "without"
             raise ValueError(f"{folder} was fine-tuned {was} a closure, this run asks {asks}:"
                              " use another --stem or delete the cache")
         return cached, json.loads((cache / f"fold{fold}.json").read_text())
-    twin = offset_estimated(checkpoint, release, closure)
+    twin = offset_estimated(checkpoint, release, closure, random)
     # everyone's covariates are the same here (age unknown), so the covariate effects cannot be re-estimated:
     # a ridge keeps the design solvable; only mu + beta x (the same for everyone) matters for these people
     twin.config = dataclasses.replace(twin.config, covariate_penalty=1.0)
@@ -397,7 +440,7 @@ def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: di
 def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: int = 0, saem: dict | None = None,
          n_people: int | None = None, stem: str = "kissler_forecast", checkpoint: Path | str = CHECKPOINT,
          only: list[str] | None = None, merge: bool = False, release: tuple = (), closure: bool = False,
-         fit_only: list[int] | None = None) -> dict:
+         fit_only: list[int] | None = None, random: tuple = ()) -> dict:
     """Run the forecasts and write the tables (see the module docstring). ``fit_only``: only fine-tune these folds
     into the cache and return (for running folds side by side before a plain run scores them all)."""
     torch.set_num_threads(1)
@@ -423,11 +466,11 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
         if fit_only is not None:
             if f in fit_only:
                 fine_tuned(data, held, f, seed, {**FINE_TUNE_SAEM, **(saem or {})}, cache, Path(checkpoint),
-                           tuple(release), closure)
+                           tuple(release), closure, tuple(random))
             continue
         if tuning:
             tuned, info = fine_tuned(data, held, f, seed, {**FINE_TUNE_SAEM, **(saem or {})}, cache, Path(checkpoint),
-                                      tuple(release), closure)
+                                      tuple(release), closure, tuple(random))
         else:
             tuned, info = None, next(i for i in previous["folds"] if i["fold"] == f) if previous else {}
             info = {k: v for k, v in info.items() if k not in ("fold", "held_out")}
@@ -556,8 +599,11 @@ if __name__ == "__main__":
     ap.add_argument("--stem", default="kissler_forecast", help="results file stem (and cache folder)")
     ap.add_argument("--closure", action="store_true",
                     help="fine-tune with a neural closure for the clearance rate (challenger_folds.CLOSURE)")
+    ap.add_argument("--random", help="comma-separated parameters held at one value for everyone in the shipped twin "
+                    "to estimate as per-person random effects in fine-tuning (e.g. K_V)")
     ap.add_argument("--fit-only", help="comma-separated folds to fine-tune into the cache, then stop (no scores)")
     a = ap.parse_args()
     main(n_folds=a.folds, only=a.methods.split(",") if a.methods else None, merge=a.merge,
          release=tuple(a.release.split(",")) if a.release else (), stem=a.stem, closure=a.closure,
-         fit_only=[int(f) for f in a.fit_only.split(",")] if a.fit_only else None)
+         fit_only=[int(f) for f in a.fit_only.split(",")] if a.fit_only else None,
+         random=tuple(a.random.split(",")) if a.random else ())

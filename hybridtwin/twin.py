@@ -81,6 +81,9 @@ class TwinConfig:
     :class:`~hybridtwin.solve.SolverConfig` or a mapping of its fields (default ``rtol=1e-5, atol=1e-6``).
     dtype: "float64" or "float32". time_scale: divides times fed to the encoder (default: model horizon).
     fixed: extra parameter names to keep fixed; population: patient parameters to treat as population-level.
+    per_patient: parameters the model declares population-level (one value for everyone) to estimate per patient
+        instead, as random effects with a between-patient SD (e.g. a viral carrying capacity that sets each
+        person's peak height); not allowed together with ``fixed``, ``population`` or ``fixed_values``.
     log10_covariates: numeric covariates the preprocessing log10-transforms (e.g. a biomarker concentration).
     covariate_scaling: ``{column: (centre, unit)}`` so a numeric effect is "per ``unit`` above ``centre``"
         (default: per training SD above the training mean; the SD is recorded in the card).
@@ -132,6 +135,7 @@ class TwinConfig:
     noise_sd_init: dict = field(default_factory=dict)
     learn_noise: bool = True
     time_offset: dict | None = None
+    per_patient: tuple = ()
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -180,6 +184,15 @@ class TwinConfig:
         set_("fixed", check_names(self.fixed, params, "fixed", "parameter(s)", of))
         set_("population", check_names(self.population, params, "population", "parameter(s)", of))
         set_("cohort_effects", check_names(self.cohort_effects, params, "cohort_effects", "parameter(s)", of))
+        set_("per_patient", check_names(self.per_patient, params, "per_patient", "parameter(s)", of))
+        clash = [p for p in self.per_patient if p in set(self.fixed) | set(self.population) | set(self.fixed_values)]
+        if clash:
+            raise ValueError(f"per_patient {clash} also listed in fixed, population or fixed_values: a parameter "
+                             "is estimated per patient, for the population, or not at all")
+        declared_fixed = [p.name for p in model.parameter_space if p.role == "fixed" and p.name in self.per_patient]
+        if declared_fixed:
+            raise ValueError(f"per_patient {declared_fixed}: the model {of} declares them fixed constants (structural, "
+                             "not estimated); only population-level parameters can be made per patient")
         fixed_values = check_mapping(self.fixed_values, "fixed_values")
         check_names(list(fixed_values), params, "fixed_values", "parameter(s)", of)
         for name, value in fixed_values.items():
@@ -239,7 +252,8 @@ class TwinConfig:
         """The config from :meth:`to_dict` or a YAML/JSON mapping (also a card written before the sections were
         typed); an unknown key raises ``ValueError`` naming it and the closest field."""
         d = check_keys(d, cls, "the twin config", required=("model",))
-        for k in ("observables", "cohort_calibration", "fixed", "population", "log10_covariates", "cohort_effects"):
+        for k in ("observables", "cohort_calibration", "fixed", "population", "log10_covariates", "cohort_effects",
+                  "per_patient"):
             if k in d and d[k] is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -285,6 +299,8 @@ class HybridTwin(nn.Module):
         for n in config.population:
             if roles[n] == "patient":
                 roles[n] = "population"
+        for n in config.per_patient:
+            roles[n] = "patient"
         self.roles = roles
         names = space.names
         self.patient_names = [n for n in names if roles[n] == "patient"]

@@ -362,6 +362,36 @@ def test_fine_tuning_can_release_parameters_the_shipped_twin_fixed():
         kf.offset_estimated(kf.CHECKPOINT, ("p",))
 
 
+def test_fine_tuning_can_make_a_population_parameter_per_person(shared_data):
+    """``random=("K_V",)`` estimates the shipped twin's population carrying capacity per person: the fine-tune
+    starts at the shipped twin (same encoder outputs for the shipped parameters, the same trajectories at the
+    prior mean), with K_V's typical value at the shipped one and its between-person SD at omega_init."""
+    import math
+
+    import pytest
+    import torch
+    import kissler_forecast as kf
+    from hybridtwin.checkpoint import load
+
+    shipped = load(kf.CHECKPOINT)
+    twin = kf.offset_estimated(kf.CHECKPOINT, random=("K_V",))
+    assert "K_V" in twin.patient_names and "K_V" not in twin.population_names
+    i = twin.patient_names.index("K_V")
+    assert float(twin.mu[i]) == float(shipped.mu_population[shipped.population_names.index("K_V")])
+    assert math.isclose(float(twin.log_omega[i].exp()), twin.config.omega_init, rel_tol=1e-6)
+    data = kf.kissler_data(shared_data / "kissler2021_nba_ct")
+    data = data.subset(list(data.subject_ids)[:4])
+    b_new, b_old = twin.dataset(data).batch(), shipped.dataset(data).batch()
+    keep = [twin.patient_names.index(n) for n in shipped.patient_names]
+    with torch.no_grad():
+        (m1, s1), (m0, s0) = twin.posterior(b_new), shipped.posterior(b_old)
+        assert torch.allclose(m1[:, keep], m0) and torch.allclose(s1[:, keep], s0)
+        assert torch.allclose(m1[:, i], twin.mu[i].expand(4))  # the new output starts at the prior
+        assert torch.equal(twin.theta(m1, b_new.cohort), shipped.theta(m0, b_old.cohort))
+    with pytest.raises(ValueError, match="not held at one value"):
+        kf.offset_estimated(kf.CHECKPOINT, random=("p",))
+
+
 def test_fine_tuning_with_a_closure_starts_at_the_shipped_mechanistic_twin(shared_data):
     """``closure=True`` adds the clearance closure to the shipped twin; its network starts at zero output, so the
     twin's trajectories are the shipped model's until fine-tuning moves it; a network that outputs something else

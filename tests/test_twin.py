@@ -318,6 +318,34 @@ def test_fixed_parameters_stay_fixed_and_population_ones_are_shared(cohort):
     assert float(theta[0, i_pop]) != twin.model.default_parameters()["delta_S"]  # ... and it is learned
 
 
+def test_per_patient_makes_a_population_parameter_a_random_effect(cohort):
+    """``per_patient`` turns a parameter the model declares population-level into a patient parameter: it gets a
+    typical value at the model default, a between-patient SD, and different patients get different values; the
+    config round-trips, and contradictory or structural choices are refused."""
+    import json
+
+    cfg = TwinConfig(model="vaccine_asc", per_patient=("delta_Ag",))
+    twin = HybridTwin.from_data(cfg, cohort)
+    plain = HybridTwin.from_data(TwinConfig(model="vaccine_asc"), cohort)
+    assert "delta_Ag" in plain.population_names and "delta_Ag" not in plain.patient_names
+    assert "delta_Ag" in twin.patient_names and "delta_Ag" not in twin.population_names
+    assert len(twin.patient_names) == len(plain.patient_names) + 1 and len(twin.log_omega) == len(twin.patient_names)
+    i = twin.patient_names.index("delta_Ag")
+    assert math.isclose(math.exp(float(twin.mu[i])), twin.model.default_parameters()["delta_Ag"], rel_tol=1e-12)
+    assert math.isclose(float(twin.log_omega[i].exp()), cfg.omega_init, rel_tol=1e-6)
+    names = twin.model.parameter_names
+    with torch.no_grad():
+        theta = twin.theta(twin.mu + torch.randn(4, len(twin.patient_names), dtype=twin.dtype))
+    assert len(set(theta[:, names.index("delta_Ag")].tolist())) == 4  # one value per patient
+    assert TwinConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="also listed in fixed"):
+        TwinConfig(model="vaccine_asc", per_patient=("delta_Ag",), population=("delta_Ag",))
+    with pytest.raises(ValueError, match="declares them fixed"):
+        TwinConfig(model="vaccine_asc", per_patient=("theta_S",))
+    with pytest.raises(ValueError, match="per_patient"):
+        TwinConfig(model="vaccine_asc", per_patient=("delta_Agg",))
+
+
 def test_encoder_is_corrects_a_biased_proposal(monkeypatch):
     """Importance sampling must undo a proposal that is off by one posterior SD: the weighted mean returns to
     the MAP (the posterior is near-Gaussian here), and the effective sample size reflects the mismatch."""
