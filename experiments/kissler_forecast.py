@@ -310,7 +310,7 @@ def folds(ids: list[str], n: int, seed: int) -> list[list[str]]:
     return [sorted(order[i::n].tolist()) for i in range(n)]
 
 
-def offset_estimated(checkpoint: Path, release: tuple = (), closure: bool = False, random: tuple = ()):
+def offset_estimated(checkpoint: Path, release: tuple = (), closure: bool | dict = False, random: tuple = ()):
     """The shipped twin with its time-offset distribution made estimable (``estimate_population``).
 
     The shipped twin reads day 0 as symptom onset: its offset prior is the incubation period (typical 5.1 days).
@@ -320,6 +320,7 @@ def offset_estimated(checkpoint: Path, release: tuple = (), closure: bool = Fals
 
     ``release``: parameters the shipped twin keeps fixed that fine-tuning estimates as population values (starting
     at the values they were fixed at), e.g. the CD8+ response's ``r``, ``delta_T``, ``k_T``.
+    ``closure``: True adds ``challenger_folds.CLOSURE``; a dict adds that closure config instead.
     ``random``: parameters the shipped twin holds at one value for everyone (population or fixed) that become
     per-person random effects (typical value starting at the shipped one, between-person SD at ``omega_init``,
     covariate effects and the encoder's outputs for them at zero), e.g. the viral carrying capacity ``K_V``, which
@@ -346,7 +347,7 @@ def offset_estimated(checkpoint: Path, release: tuple = (), closure: bool = Fals
     if closure:
         if config["closures"]:
             raise ValueError(f"the shipped twin already has closures: {config['closures']}")
-        config["closures"] = [CLOSURE]
+        config["closures"] = [CLOSURE if closure is True else dict(closure)]
     twin = HybridTwin.from_card(card["twin"])
     state = shipped.state_dict()
     if release or random:
@@ -394,7 +395,7 @@ def _regrouped_state(shipped, twin, state: dict) -> dict:
 
 
 def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: dict, cache: Path,
-               checkpoint: Path = CHECKPOINT, release: tuple = (), closure: bool = False, random: tuple = ()):
+               checkpoint: Path = CHECKPOINT, release: tuple = (), closure: bool | dict = False, random: tuple = ()):
     """The shipped twin re-estimated on the people not in ``held`` (cached as a checkpoint per fold)."""
     from hybridtwin.checkpoint import save
 
@@ -413,11 +414,18 @@ def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: di
         if sorted(cached.patient_names) != per_person:
             raise ValueError(f"{folder} was fine-tuned with {sorted(cached.patient_names)} per person, this run asks "
                              f"for {per_person} (random={list(random)}): use another --stem or delete the cache")
-        if bool(cached.config.closures) != closure:
+        if bool(cached.config.closures) != bool(closure):
             was = "with" if cached.config.closures else "without"
             asks = "with" if closure else "without"
             raise ValueError(f"{folder} was fine-tuned {was} a closure, this run asks {asks}:"
                              " use another --stem or delete the cache")
+        if closure:
+            want_c = (CLOSURE if closure is True else closure)
+            got_c = cached.config.closures[0]
+            if (got_c.constraint, list(got_c.bounds)) != (want_c.get("constraint", "signed"),
+                                                          list(want_c.get("bounds", got_c.bounds))):
+                raise ValueError(f"{folder} was fine-tuned with a {got_c.constraint} closure (bounds "
+                                 f"{list(got_c.bounds)}), this run asks for {want_c}: use another --stem")
         return cached, json.loads((cache / f"fold{fold}.json").read_text())
     twin = offset_estimated(checkpoint, release, closure, random)
     # everyone's covariates are the same here (age unknown), so the covariate effects cannot be re-estimated:
@@ -439,7 +447,7 @@ def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: di
 
 def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: int = 0, saem: dict | None = None,
          n_people: int | None = None, stem: str = "kissler_forecast", checkpoint: Path | str = CHECKPOINT,
-         only: list[str] | None = None, merge: bool = False, release: tuple = (), closure: bool = False,
+         only: list[str] | None = None, merge: bool = False, release: tuple = (), closure: bool | dict = False,
          fit_only: list[int] | None = None, random: tuple = ()) -> dict:
     """Run the forecasts and write the tables (see the module docstring). ``fit_only``: only fine-tune these folds
     into the cache and return (for running folds side by side before a plain run scores them all)."""
@@ -601,9 +609,16 @@ if __name__ == "__main__":
                     help="fine-tune with a neural closure for the clearance rate (challenger_folds.CLOSURE)")
     ap.add_argument("--random", help="comma-separated parameters held at one value for everyone in the shipped twin "
                     "to estimate as per-person random effects in fine-tuning (e.g. K_V)")
+    ap.add_argument("--closure-bound", type=float,
+                    help="with --closure: bound the log of the closure's clearance multiplier to +-B (constraint "
+                         "'bounded'; see experiments/closure_stiffness.py)")
     ap.add_argument("--fit-only", help="comma-separated folds to fine-tune into the cache, then stop (no scores)")
     a = ap.parse_args()
+    if a.closure_bound is not None and not a.closure:
+        ap.error("--closure-bound needs --closure")
+    closure = ({**CLOSURE, "constraint": "bounded", "bounds": [-a.closure_bound, a.closure_bound]}
+               if a.closure_bound is not None else a.closure)
     main(n_folds=a.folds, only=a.methods.split(",") if a.methods else None, merge=a.merge,
-         release=tuple(a.release.split(",")) if a.release else (), stem=a.stem, closure=a.closure,
+         release=tuple(a.release.split(",")) if a.release else (), stem=a.stem, closure=closure,
          fit_only=[int(f) for f in a.fit_only.split(",")] if a.fit_only else None,
          random=tuple(a.random.split(",")) if a.random else ())

@@ -307,7 +307,8 @@ class ClosureConfig(_Section):
 
     target: the state a term is added to (``mode="add"``) or the parameter it replaces (``mode="replace"``);
     inputs: names of states, parameters or ``"t"`` fed to the network; constraint: ``"nonnegative"``,
-    ``"bounded"`` (within ``bounds``) or ``"signed"``; scale: output scale of an added term; hidden: layer
+    ``"bounded"`` (within ``bounds``) or ``"signed"`` (for a replacing closure ``"bounded"`` confines the log of
+    its multiplier to ``bounds``, which must contain 0; ``"signed"`` lets it reach e^+-20); scale: output scale of an added term; hidden: layer
     sizes; log_inputs: inputs fed as ``log10(x + 1)``; input_scale: ``{input: divisor}`` for the others;
     activation: one of :data:`hybridtwin.neural.mlp.ACTIVATIONS`; name: default ``"<mode>_<target>"``.
     Whether the names exist in the model is checked by the :class:`~hybridtwin.twin.TwinConfig` that holds it.
@@ -355,6 +356,12 @@ class ClosureConfig(_Section):
         b = tuple(check_number(v, "bounds entries") for v in b)
         if self.constraint == "bounded" and not b[0] < b[1]:
             raise ValueError(f"bounds must have low < high for a bounded closure, got {b}")
+        if self.mode == "replace" and self.constraint == "nonnegative":
+            raise ValueError("constraint 'nonnegative' does not apply to a replacing closure (its multiplier exp(net) "
+                             "is positive already): use 'signed' or 'bounded' (the log-multiplier within bounds)")
+        if self.mode == "replace" and self.constraint == "bounded" and not b[0] < 0.0 < b[1]:
+            raise ValueError(f"a bounded replacing closure bounds the log of its multiplier, which starts at 0: "
+                             f"bounds must contain 0 strictly inside, got {b}")
         set_("bounds", b)
         set_("hidden", _sizes(self.hidden, "hidden"))
         set_("log_inputs", check_names(self.log_inputs, self.inputs, "log_inputs", "input(s)", of="the closure"))

@@ -31,6 +31,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Iterable, Mapping
@@ -352,6 +353,7 @@ class HybridTwin(nn.Module):
         #: estimation routines (:mod:`hybridtwin.estimation`) and stored in the card
         self.uncertainty: dict | None = None
         self.diagnostics: list = []
+        self._step_tally: dict | None = None  # see count_solver_steps
         self.register_buffer("obs_mean", torch.tensor(obs_mean, dtype=torch.float64))
         self.register_buffer("obs_sd", torch.tensor(obs_sd, dtype=torch.float64))
         self.time_scale = float(config.time_scale or model.default_t_end)
@@ -453,6 +455,32 @@ class HybridTwin(nn.Module):
         return z
 
     # -- simulation and likelihood ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def count_solver_steps(self):
+        """Tally the ODE solver's work inside the block: yields a dict updated by every solve of
+        :meth:`observables_at` -- ``solves`` (subject solves), ``steps`` (attempted steps, summed) and ``max_steps``
+        (the most any one subject took). A fit whose steps per solve grow as it runs has parameters (or a closure)
+        moving into a stiff region.
+
+        >>> from hybridtwin.virtual import make_virtual_cohort
+        >>> data = make_virtual_cohort("vaccine_asc", n_subjects=3, seed=0)
+        >>> twin = HybridTwin.from_data(TwinConfig(model="vaccine_asc"), data)
+        >>> with twin.count_solver_steps() as tally:
+        ...     _ = twin(twin.dataset(data).batch())
+        >>> tally["solves"], tally["steps"] >= tally["max_steps"] > 0
+        (3, True)
+        """
+        outer, tally = self._step_tally, {"solves": 0, "steps": 0, "max_steps": 0}
+        self._step_tally = tally
+        try:
+            yield tally
+        finally:
+            self._step_tally = outer
+            if outer is not None:  # nested blocks count for the enclosing one too
+                outer["solves"] += tally["solves"]
+                outer["steps"] += tally["steps"]
+                outer["max_steps"] = max(outer["max_steps"], tally["max_steps"])
+
     def observables_at(self, theta: torch.Tensor, batch: Batch, repeats: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Model observables at every batch row for parameters ``theta`` ((repeats*B, P), sample-major).
 
@@ -468,6 +496,11 @@ class HybridTwin(nn.Module):
         y0 = self.model.initial_state(theta)
         sol = solve(self.dynamics, y0, times, theta, schedule=schedule, mask=mask,
                     config=self.solver_config, state_names=self.model.all_state_names)
+        if self._step_tally is not None:
+            n = sol.n_steps.detach()
+            self._step_tally["solves"] += int(n.numel())
+            self._step_tally["steps"] += int(n.sum())
+            self._step_tally["max_steps"] = max(self._step_tally["max_steps"], int(n.max()) if n.numel() else 0)
         ys = torch.nan_to_num(sol.ys, nan=0.0)
         obs = self.model.observe(ys, theta[:, None, :])
         names = list(self.config.observables)

@@ -488,6 +488,42 @@ def test_saem_skips_a_closure_step_whose_gradient_is_not_finite(monkeypatch):
     assert fit.history["closure_steps_skipped"].tolist() == [1, 2, 3, 4, 5]
 
 
+def test_saem_history_records_the_solver_effort_and_a_stiffening_fit_is_flagged():
+    """Every SAEM iteration records the ODE solver's steps per subject solve and its wall time; a closure that
+    multiplies the decay rate by e^8 makes the same solves take more steps (the tally measures stiffness, not
+    a constant); a history whose steps grow 6-fold to hundreds raises ``solver_effort_grew``, a flat one or one
+    that stays small does not."""
+    from hybridtwin.estimation.checks import EFFORT_FLOOR, _solver_effort
+    from hybridtwin.estimation.likelihood import solve_observables
+
+    data, _ = decay_cohort(n=8, times=(0.0, 1.0, 2.0, 3.0, 6.0))
+    twin = decay_twin(data, fixed=("unused",), covariate_effects=False, solver={"rtol": 1e-5, "atol": 1e-6},
+                      closures=[{"target": "k", "mode": "replace", "inputs": ["t"], "hidden": [4]}])
+    fit = fit_saem(twin, data, SAEMConfig(n_explore=2, n_smooth=1, n_fisher=0, init_steps=0, progress=False))
+    h = fit.history
+    assert (h["solver_steps_per_solve"] > 0).all() and (h["solver_steps_max"] >= h["solver_steps_per_solve"]).all()
+    assert (h["seconds"] > 0).all()
+    batch = twin.dataset(data).batch()
+    z = twin.prior(batch.covariates)[0].detach()
+    counts = []
+    with torch.no_grad(), twin.count_solver_steps() as outer:
+        for bias in (0.0, 8.0):
+            twin.dynamics.closures[0].net.net[-1].bias.fill_(bias)
+            with twin.count_solver_steps() as inner:
+                solve_observables(twin, z, batch)
+            counts.append(inner)
+    assert counts[0]["solves"] == len(batch) and counts[1]["steps"] > 2 * counts[0]["steps"]
+    assert outer["steps"] == counts[0]["steps"] + counts[1]["steps"] and outer["solves"] == 2 * len(batch)
+    grow = pd.DataFrame({"solver_steps_per_solve": [100.0, 110, 105, 300, 500, 600, 640, 620],
+                         "seconds": [8.0, 8, 9, 15, 20, 24, 26, 25]})
+    found = _solver_effort(grow)
+    assert found["check"] == "solver_effort_grew" and found["steps_first"] == 105 and found["steps_last"] == 620
+    assert "5.9x" in found["message"] and "bounded" in found["message"]
+    assert _solver_effort(grow.assign(solver_steps_per_solve=[100.0, 110, 105, 120, 130, 150, 140, 150])) is None
+    small = [5.0, 5, 5, 30, 30, 40, 40, 40]  # 8x, but a few dozen steps is no stiffness
+    assert max(small) < EFFORT_FLOOR and _solver_effort(grow.assign(solver_steps_per_solve=small)) is None
+
+
 def test_map_patients_are_not_stopped_short_by_another_at_a_wall():
     """A patient whose data want k > 5, where the NaN-branch model's solves fail, sits at that wall. The joint
     L-BFGS line search then moved everyone by tiny steps and left the ordinary patient far from their mode (k 4.0

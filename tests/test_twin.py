@@ -318,6 +318,32 @@ def test_fixed_parameters_stay_fixed_and_population_ones_are_shared(cohort):
     assert float(theta[0, i_pop]) != twin.model.default_parameters()["delta_S"]  # ... and it is learned
 
 
+def test_a_bounded_replacing_closure_keeps_its_multiplier_within_exp_bounds():
+    """``constraint="bounded"`` on a replacing closure confines the log-multiplier to ``bounds``: exactly 1 (the
+    mechanistic parameter) at a zero net, close to exp(high) / exp(low) for a net far out either way, where the
+    unbounded one reaches e^20; bounds that do not contain 0, or 'nonnegative', are refused."""
+    from hybridtwin.config import ClosureConfig
+
+    bounded = NeuralClosure("k", ["t"], mode="replace", constraint="bounded", bounds=(-1.0, 3.0))
+    signed = NeuralClosure("k", ["t"], mode="replace")
+    x = {"t": torch.linspace(0.0, 5.0, 6)}
+    assert torch.equal(bounded.value(x), torch.ones(6))
+    for bias, log_bound in ((50.0, 3.0), (-50.0, -1.0)):
+        with torch.no_grad():
+            bounded.net.net[-1].bias.fill_(bias)
+            signed.net.net[-1].bias.fill_(bias)
+        assert torch.allclose(bounded.value(x).log(), torch.full((6,), log_bound), atol=1e-6)
+        assert torch.allclose(signed.value(x).log(), torch.full((6,), math.copysign(20.0, bias)))
+    with torch.no_grad():
+        bounded.net.net[-1].bias.fill_(0.3)
+    assert 0.0 < float(bounded.value(x)[0].log().detach()) < 3.0
+    for bad in (dict(constraint="bounded", bounds=(0.5, 2.0)), dict(constraint="nonnegative")):
+        with pytest.raises(ValueError, match="replacing closure"):
+            NeuralClosure("k", ["t"], mode="replace", **bad)
+        with pytest.raises(ValueError, match="replacing closure"):
+            ClosureConfig(target="k", inputs=("t",), mode="replace", **bad)
+
+
 def test_per_patient_makes_a_population_parameter_a_random_effect(cohort):
     """``per_patient`` turns a parameter the model declares population-level into a patient parameter: it gets a
     typical value at the model default, a between-patient SD, and different patients get different values; the

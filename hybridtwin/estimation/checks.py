@@ -10,7 +10,11 @@ each reported with its numbers (and raised as a :class:`DegeneracyWarning`):
 - ``flat_population_curve``: the typical patient's predicted course spans less than a quarter of the range of
   the data's binned medians over time;
 - ``failed_subjects``: subjects whose solve fails at the estimate;
-- ``high_shrinkage``: eta-shrinkage above 0.5 (the design says little about that random effect).
+- ``high_shrinkage``: eta-shrinkage above 0.5 (the design says little about that random effect);
+- ``solver_effort_grew``: the ODE solver's mean steps per subject solve grew at least ``EFFORT_GROWTH``-fold from
+  the fit's first iterations to its last (and to at least ``EFFORT_FLOOR`` steps): the estimate moved into stiff
+  dynamics, each iteration got slower, and predictions from the twin will be slow too (a closure replacing a rate
+  can multiply it by up to e^20 unless ``constraint="bounded"``).
 
 :func:`identifiability` asks which model parameters the *design* can inform: the Fisher information of the
 typical values from the sensitivities of every observation (central differences on the unconstrained scale)
@@ -142,6 +146,9 @@ def degeneracy_checks(twin, data: CohortData | Batch, fit=None, emit: bool = Tru
                                   message=f"{row['parameter']}: eta-shrinkage {row['shrinkage']:.0%}: the data say "
                                           "little about this patient's value (individual estimates stay near the "
                                           "population; consider fixing its variability)"))
+        effort = _solver_effort(fit.history)
+        if effort is not None:
+            found.append(effort)
         if fit.failed:
             found.append(dict(check="failed_subjects", subjects=list(map(str, fit.failed[:20])), n=len(fit.failed),
                               message=f"{len(fit.failed)} subject(s) fail to solve at the estimate: "
@@ -150,6 +157,31 @@ def degeneracy_checks(twin, data: CohortData | Batch, fit=None, emit: bool = Tru
         for f in found:
             warnings.warn(f["message"], DegeneracyWarning, stacklevel=2)
     return found
+
+
+#: ``solver_effort_grew`` fires when the mean steps per solve grew this many times over the fit ...
+EFFORT_GROWTH = 4.0
+#: ... and ended at least this high (a few dozen steps more is no stiffness)
+EFFORT_FLOOR = 200.0
+
+
+def _solver_effort(history: pd.DataFrame | None, window: int = 3) -> dict | None:
+    """The ``solver_effort_grew`` finding from a fit's history (medians over its first and last ``window``
+    iterations), or None."""
+    if history is None or "solver_steps_per_solve" not in history or len(history) < 2 * window:
+        return None
+    steps = history["solver_steps_per_solve"].to_numpy(float)
+    first, last = float(np.median(steps[:window])), float(np.median(steps[-window:]))
+    if not (last >= EFFORT_GROWTH * max(first, 1e-12) and last >= EFFORT_FLOOR):
+        return None
+    secs = history["seconds"].to_numpy(float) if "seconds" in history else None
+    timing = (f"; an iteration took {np.median(secs[:window]):.3g} s at first and {np.median(secs[-window:]):.3g} s at "
+              "the end" if secs is not None else "")
+    return dict(check="solver_effort_grew", steps_first=first, steps_last=last,
+                message=f"the ODE solver's mean steps per subject solve grew {last / first:.1f}x during the fit "
+                        f"({first:.0f} -> {last:.0f}{timing}): the estimate moved into stiff dynamics. Try solver "
+                        "method 'auto' (stiff subjects switch to Rodas4), narrower parameter bounds, or for a closure "
+                        "replacing a rate constraint='bounded' (its multiplier within exp(bounds))")
 
 
 def identifiability(twin, data: CohortData | Batch, step: float = 1e-3, threshold: float = 0.5) -> pd.DataFrame:

@@ -126,7 +126,7 @@ class PopulationFit:
     """What :func:`fit_saem` returns besides updating the twin in place.
 
     history: one row per iteration (complete-data log-likelihood, typical values, omegas, noise SDs,
-    acceptance rates). subject_ids, posterior_mean, posterior_sd: each subject's conditional mean / SD of its
+    acceptance rates, the ODE solver's mean and largest steps per subject solve, wall seconds). subject_ids, posterior_mean, posterior_sd: each subject's conditional mean / SD of its
     unconstrained patient parameters at the estimate. scores: (B, Q) per-subject scores of the estimated
     quantities ``score_names`` (for the Fisher information), with ``score_batches`` the means over consecutive
     batches of the chain (Monte Carlo error). failed: subjects whose solve still failed at the end. seconds: wall time.
@@ -395,32 +395,36 @@ def fit_saem(twin, data: CohortData | Batch, config: SAEMConfig | None = None, p
     net_skips = 0  # closure steps skipped for a non-finite gradient
     bar = tqdm(range(total), desc="SAEM", disable=not show)
     for k in bar:
-        gamma = _step_size(k, cfg)
-        if ode_phi or nets:  # the population parameters inside the ODE changed: fresh observables for the chains
-            chains.g, chains.ok = solve_observables(twin, chains.z, batch)
-            chains.refresh()
-        mean, sd = prior()
-        rates = chains.step(mean, sd, cfg.kernels, adapt=k < cfg.n_explore)
-        if cfg.newton_start is not None and k >= cfg.newton_start:
-            sbar = _newton_step(twin, acc, chains, sbar, cfg, 1.0 if k < cfg.n_explore else gamma, ridge, N)
-        else:
-            _em_step(twin, acc, chains, phi, X, XtX, N, D, ridge, cfg, k, gamma, stats)
-        if opt_nets is not None:  # closure networks: Adam along the same gradient
-            for group in opt_nets.param_groups:
-                group["lr"] = cfg.lr * gamma
-            opt_nets.zero_grad()
-            # a subject whose solve fails at its chain state would send a NaN gradient through the masked sum
-            # (the mask zeroes its value, not NaN derivatives inside the solver): it enters at its prior mean
-            z_net = torch.where(chains.ok[:, None], chains.z, mean)
-            g, ok = solve_observables(twin, z_net, batch, grad=True)
-            ll = observation_loglik(twin, g, batch)
-            (-torch.where(ok & chains.ok, ll, torch.zeros_like(ll)).sum() / N).backward()
-            if all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in nets):
-                opt_nets.step()
-            else:  # one NaN step would leave every weight NaN and every later solve failing
-                net_skips += 1
+        t_iter = time.perf_counter()
+        with twin.count_solver_steps() as tally:  # solver effort: does the fit move into stiff dynamics?
+            gamma = _step_size(k, cfg)
+            if ode_phi or nets:  # the population parameters inside the ODE changed: fresh observables for the chains
+                chains.g, chains.ok = solve_observables(twin, chains.z, batch)
+                chains.refresh()
+            mean, sd = prior()
+            rates = chains.step(mean, sd, cfg.kernels, adapt=k < cfg.n_explore)
+            if cfg.newton_start is not None and k >= cfg.newton_start:
+                sbar = _newton_step(twin, acc, chains, sbar, cfg, 1.0 if k < cfg.n_explore else gamma, ridge, N)
+            else:
+                _em_step(twin, acc, chains, phi, X, XtX, N, D, ridge, cfg, k, gamma, stats)
+            if opt_nets is not None:  # closure networks: Adam along the same gradient
+                for group in opt_nets.param_groups:
+                    group["lr"] = cfg.lr * gamma
+                opt_nets.zero_grad()
+                # a subject whose solve fails at its chain state would send a NaN gradient through the masked sum
+                # (the mask zeroes its value, not NaN derivatives inside the solver): it enters at its prior mean
+                z_net = torch.where(chains.ok[:, None], chains.z, mean)
+                g, ok = solve_observables(twin, z_net, batch, grad=True)
+                ll = observation_loglik(twin, g, batch)
+                (-torch.where(ok & chains.ok, ll, torch.zeros_like(ll)).sum() / N).backward()
+                if all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in nets):
+                    opt_nets.step()
+                else:  # one NaN step would leave every weight NaN and every later solve failing
+                    net_skips += 1
         mean, sd = prior()
         rows.append(_record(twin, k, gamma, chains, mean, sd, rates))
+        rows[-1].update(solver_steps_per_solve=tally["steps"] / max(tally["solves"], 1),
+                        solver_steps_max=tally["max_steps"], seconds=time.perf_counter() - t_iter)
         if opt_nets is not None:
             rows[-1]["closure_steps_skipped"] = net_skips
         if show and k % 10 == 0:

@@ -9,6 +9,11 @@ A :class:`NeuralClosure` reads named inputs (states, parameters, ``"t"``) and ei
 Every closure is initialised so that the hybrid model starts *exactly* as the mechanistic one: an added term
 is gated by an amplitude that starts at 0 (clamped to its range in the forward pass, straight-through gradient), a
 replacement starts at ``exp(0) = 1`` times the parameter.
+A replacement's multiplier is ``exp(net)`` with the net clamped to +-20 (``"signed"``, the default: up to e^20 times
+the parameter, which can make the ODE stiff as training moves the net) or, with ``constraint="bounded"``,
+``exp(u)`` with ``u`` confined to ``bounds`` (which must contain 0: ``u = low + (high - low) * sigmoid(net + s0)``,
+``s0`` chosen so a zero net gives u = 0), e.g. ``bounds=(-2.3, 2.3)`` keeps the rate within 0.1-10 times its
+mechanistic value.
 Output constraints for added terms: ``"nonnegative"`` (``amplitude * softplus``, amplitude clamped >= 0),
 ``"bounded"`` (``amplitude * (low + (high - low) * sigmoid)``, amplitude clamped to [0, 1]) or ``"signed"``
 (linear). :meth:`NeuralClosure.penalty` (L1 on the amplitude + L2 on the weights) keeps a closure small
@@ -27,6 +32,8 @@ Example
 """
 
 from __future__ import annotations
+
+import math
 
 from typing import Mapping, Sequence
 
@@ -67,6 +74,12 @@ class NeuralClosure(nn.Module):
             raise ValueError("a closure needs at least one input name")
         if constraint == "bounded" and not bounds[0] < bounds[1]:
             raise ValueError(f"bounded closure needs low < high, got {bounds}")
+        if mode == "replace" and constraint == "nonnegative":
+            raise ValueError("a replacing closure multiplies its parameter by exp(net), which is positive already: "
+                             "use constraint 'signed' (net clamped to +-20) or 'bounded' (log-multiplier in bounds)")
+        if mode == "replace" and constraint == "bounded" and not bounds[0] < 0.0 < bounds[1]:
+            raise ValueError(f"a bounded replacing closure bounds the log of its multiplier, which starts at 0: "
+                             f"bounds must contain 0 strictly inside, got {tuple(bounds)}")
         if not scale > 0:
             raise ValueError(f"closure scale must be > 0, got {scale}")
         self.target, self.inputs, self.mode, self.constraint = target, list(inputs), mode, constraint
@@ -104,6 +117,10 @@ class NeuralClosure(nn.Module):
         w = self.net.net[0].weight
         raw = self.net(feats.to(w.dtype)).squeeze(-1).to(feats.dtype)
         if self.mode == "replace":
+            if self.constraint == "bounded":  # log-multiplier in (low, high), 0 at a zero net
+                low, high = self.bounds
+                s0 = math.log(high / -low)
+                return torch.exp(low + (high - low) * torch.sigmoid(raw - s0))
             return torch.exp(torch.clamp(raw, -20.0, 20.0))
         if self.constraint == "signed":
             return self.scale * raw
