@@ -448,9 +448,10 @@ def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: di
 def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: int = 0, saem: dict | None = None,
          n_people: int | None = None, stem: str = "kissler_forecast", checkpoint: Path | str = CHECKPOINT,
          only: list[str] | None = None, merge: bool = False, release: tuple = (), closure: bool | dict = False,
-         fit_only: list[int] | None = None, random: tuple = ()) -> dict:
+         fit_only: list[int] | None = None, random: tuple = (), score_only: list[int] | None = None) -> dict:
     """Run the forecasts and write the tables (see the module docstring). ``fit_only``: only fine-tune these folds
-    into the cache and return (for running folds side by side before a plain run scores them all)."""
+    into the cache and return (for running folds side by side before a plain run scores them all). ``score_only``:
+    score only these folds (the tables then pool those folds alone, and say so)."""
     torch.set_num_threads(1)
     out = Path(out)
     cache = out / stem
@@ -471,6 +472,8 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
         rows = [r for r in previous["rows"] if r["method"] not in set(only)]
     tuning = only is None or any(m.startswith("twin fine-tuned") for m in only)
     for f, held in enumerate(folds(list(data.subject_ids), n_folds, seed)):
+        if score_only is not None and fit_only is None and f not in score_only:
+            continue
         if fit_only is not None:
             if f in fit_only:
                 fine_tuned(data, held, f, seed, {**FINE_TUNE_SAEM, **(saem or {})}, cache, Path(checkpoint),
@@ -532,7 +535,7 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
         return {"rows": [], "folds": []}
     order = {m: i for i, m in enumerate(METHODS)}
     rows.sort(key=lambda r: (r["fold"], r["k"], order.get(r["method"], len(order))))
-    report = summarise(rows, fold_info, data)
+    report = summarise(rows, fold_info, data, n_folds)
     (out / f"{stem}.md").write_text(report)
     (out / f"{stem}.json").write_text(json.dumps({"rows": rows, "folds": fold_info}, indent=1))
     print(report)
@@ -550,13 +553,14 @@ REFERENCE, BOOSTING, BOOSTING_MEAN = METHODS[-3:]
 BLEND = METHODS[6]
 
 
-def summarise(rows: list[dict], fold_info: list[dict], data: CohortData) -> str:
+def summarise(rows: list[dict], fold_info: list[dict], data: CohortData, n_folds: int = 5) -> str:
     df = pd.DataFrame(rows)
     obs = data.observations
     lines = ["# Forecasting people from their first samples: kissler2021 (SARS-CoV-2, daily tests)", "",
              f"{len(data.subject_ids)} people, {len(obs)} rows from each person's first positive test on "
              f"({int(obs['censored'].sum())} negative). Later rows forecast from the first k quantified samples; "
-             f"pooled over a {len(fold_info)}-fold split of the people. See the script's docstring for the methods.", ""]
+             f"pooled over {'folds ' + ', '.join(str(f['fold']) for f in fold_info) + ' of ' if len(fold_info) < n_folds else ''}"
+             f"a {n_folds}-fold split of the people. See the script's docstring for the methods.", ""]
     for k, g in df.groupby("k"):
         reported = "rmse_reported" in g and g["rmse_reported"].notna().any()
         head = "| method | people | RMSE quantified | 50 % cov. | 90 % cov. | log-lik / row |"
@@ -612,6 +616,7 @@ if __name__ == "__main__":
     ap.add_argument("--closure-bound", type=float,
                     help="with --closure: bound the log of the closure's clearance multiplier to +-B (constraint "
                          "'bounded'; see experiments/closure_stiffness.py)")
+    ap.add_argument("--score-only", help="comma-separated folds to score (default: all)")
     ap.add_argument("--fit-only", help="comma-separated folds to fine-tune into the cache, then stop (no scores)")
     a = ap.parse_args()
     if a.closure_bound is not None and not a.closure:
@@ -621,4 +626,5 @@ if __name__ == "__main__":
     main(n_folds=a.folds, only=a.methods.split(",") if a.methods else None, merge=a.merge,
          release=tuple(a.release.split(",")) if a.release else (), stem=a.stem, closure=closure,
          fit_only=[int(f) for f in a.fit_only.split(",")] if a.fit_only else None,
-         random=tuple(a.random.split(",")) if a.random else ())
+         random=tuple(a.random.split(",")) if a.random else (),
+         score_only=[int(f) for f in a.score_only.split(",")] if a.score_only else None)

@@ -518,7 +518,13 @@ def test_saem_history_records_the_solver_effort_and_a_stiffening_fit_is_flagged(
                          "seconds": [8.0, 8, 9, 15, 20, 24, 26, 25]})
     found = _solver_effort(grow)
     assert found["check"] == "solver_effort_grew" and found["steps_first"] == 105 and found["steps_last"] == 620
-    assert "5.9x" in found["message"] and "bounded" in found["message"]
+    assert "5.9x" in found["message"] and "closure" not in found["message"]  # no closure, no closure advice
+    from hybridtwin.config import ClosureConfig
+
+    signed = ClosureConfig(target="k", inputs=("t",), mode="replace")
+    bounded = ClosureConfig(target="k", inputs=("t",), mode="replace", constraint="bounded", bounds=(-2.0, 2.0))
+    assert "constraint='bounded'" in _solver_effort(grow, closures=(signed,))["message"]
+    assert "bounded already" in _solver_effort(grow, closures=(bounded,))["message"]
     assert _solver_effort(grow.assign(solver_steps_per_solve=[100.0, 110, 105, 120, 130, 150, 140, 150])) is None
     small = [5.0, 5, 5, 30, 30, 40, 40, 40]  # 8x, but a few dozen steps is no stiffness
     assert max(small) < EFFORT_FLOOR and _solver_effort(grow.assign(solver_steps_per_solve=small)) is None

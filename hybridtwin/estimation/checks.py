@@ -146,7 +146,7 @@ def degeneracy_checks(twin, data: CohortData | Batch, fit=None, emit: bool = Tru
                                   message=f"{row['parameter']}: eta-shrinkage {row['shrinkage']:.0%}: the data say "
                                           "little about this patient's value (individual estimates stay near the "
                                           "population; consider fixing its variability)"))
-        effort = _solver_effort(fit.history)
+        effort = _solver_effort(fit.history, closures=tuple(getattr(twin.config, "closures", ())))
         if effort is not None:
             found.append(effort)
         if fit.failed:
@@ -165,9 +165,9 @@ EFFORT_GROWTH = 4.0
 EFFORT_FLOOR = 200.0
 
 
-def _solver_effort(history: pd.DataFrame | None, window: int = 3) -> dict | None:
+def _solver_effort(history: pd.DataFrame | None, window: int = 3, closures: tuple = ()) -> dict | None:
     """The ``solver_effort_grew`` finding from a fit's history (medians over its first and last ``window``
-    iterations), or None."""
+    iterations), or None. ``closures``: the twin's closure configs, for the advice."""
     if history is None or "solver_steps_per_solve" not in history or len(history) < 2 * window:
         return None
     steps = history["solver_steps_per_solve"].to_numpy(float)
@@ -175,13 +175,21 @@ def _solver_effort(history: pd.DataFrame | None, window: int = 3) -> dict | None
     if not (last >= EFFORT_GROWTH * max(first, 1e-12) and last >= EFFORT_FLOOR):
         return None
     secs = history["seconds"].to_numpy(float) if "seconds" in history else None
+    replacing = [c for c in closures if c.mode == "replace"]
+    advice = ""
+    if any(c.constraint != "bounded" for c in replacing):
+        advice = ("; a closure replacing a rate multiplies it by up to e^20: bound it (constraint='bounded', "
+                  "its multiplier within exp(bounds))")
+    elif replacing:
+        advice = ("; the replacing closures are bounded already: narrow their bounds, or look in the history for a "
+                  "typical rate that keeps growing")
+
     timing = (f"; an iteration took {np.median(secs[:window]):.3g} s at first and {np.median(secs[-window:]):.3g} s at "
               "the end" if secs is not None else "")
     return dict(check="solver_effort_grew", steps_first=first, steps_last=last,
                 message=f"the ODE solver's mean steps per subject solve grew {last / first:.1f}x during the fit "
                         f"({first:.0f} -> {last:.0f}{timing}): the estimate moved into stiff dynamics. Try solver "
-                        "method 'auto' (stiff subjects switch to Rodas4), narrower parameter bounds, or for a closure "
-                        "replacing a rate constraint='bounded' (its multiplier within exp(bounds))")
+                        f"method 'auto' (stiff subjects switch to Rodas4) or narrower parameter bounds{advice}")
 
 
 def identifiability(twin, data: CohortData | Batch, step: float = 1e-3, threshold: float = 0.5) -> pd.DataFrame:
