@@ -63,6 +63,8 @@ twin instead: the shipped twin plus ``challenger_folds.CLOSURE`` (the clearance 
 core, against 5 for the mechanistic one). ``--fit-only 0,2,4`` and ``--fit-only 1,3`` side by side fill the fold
 cache before a plain run scores it. ``--random K_V --stem NAME`` fine-tunes with the carrying capacity (one value for
 everyone in the shipped twin) estimated per person (:func:`offset_estimated`, ``TwinConfig.per_patient``).
+``--closure --closure-bound B`` bounds the closure's log-multiplier to +-B (``constraint: bounded``; see
+``closure_stiffness.py``); ``--score-only 0,1`` scores only those folds (the tables say which).
 """
 
 from __future__ import annotations
