@@ -343,8 +343,8 @@ def offset_estimated(checkpoint: Path, release: tuple = (), closure: bool | dict
         raise ValueError(f"random: {sorted(unknown)} are not held at one value for everyone in the shipped twin "
                          f"(population: {shipped.population_names}, fixed: {config['fixed']})")
     config["fixed"] = [n for n in config["fixed"] if n not in set(release) | set(random)]
-    config["population"] = [n for n in list(config["population"]) + [n for n in release if n not in config["population"]]
-                            if n not in set(random)]
+    population = list(config["population"]) + [n for n in release if n not in config["population"]]
+    config["population"] = [n for n in population if n not in set(random)]
     config["per_patient"] = list(config.get("per_patient", [])) + list(random)
     if closure:
         if config["closures"]:
@@ -382,7 +382,8 @@ def _regrouped_state(shipped, twin, state: dict) -> dict:
         state["mu"] = torch.stack([value(n) for n in twin.patient_names])
         old = {n: i for i, n in enumerate(shipped.patient_names)}
         omega, beta = twin.log_omega.detach().clone(), torch.zeros_like(twin.beta)
-        head_w, head_b = twin.encoder.head.net[-1].weight.detach().clone(), twin.encoder.head.net[-1].bias.detach().clone()
+        head = twin.encoder.head.net[-1]
+        head_w, head_b = head.weight.detach().clone(), head.bias.detach().clone()
         last = [k for k in state if k.startswith("encoder.head.net.") and k.endswith(".weight")][-1][: -len(".weight")]
         n_old, n_new = len(shipped.patient_names), len(twin.patient_names)
         for i, n in enumerate(twin.patient_names):
@@ -555,14 +556,20 @@ REFERENCE, BOOSTING, BOOSTING_MEAN = METHODS[-3:]
 BLEND = METHODS[6]
 
 
+def _which_folds(fold_info: list[dict], n_folds: int) -> str:
+    """'folds 0, 1 of ' when only some folds were scored, else ''."""
+    if len(fold_info) >= n_folds:
+        return ""
+    return "folds " + ", ".join(str(f["fold"]) for f in fold_info) + " of "
+
+
 def summarise(rows: list[dict], fold_info: list[dict], data: CohortData, n_folds: int = 5) -> str:
     df = pd.DataFrame(rows)
     obs = data.observations
     lines = ["# Forecasting people from their first samples: kissler2021 (SARS-CoV-2, daily tests)", "",
              f"{len(data.subject_ids)} people, {len(obs)} rows from each person's first positive test on "
              f"({int(obs['censored'].sum())} negative). Later rows forecast from the first k quantified samples; "
-             f"pooled over {'folds ' + ', '.join(str(f['fold']) for f in fold_info) + ' of ' if len(fold_info) < n_folds else ''}"
-             f"a {n_folds}-fold split of the people. See the script's docstring for the methods.", ""]
+             f"pooled over {_which_folds(fold_info, n_folds)}a {n_folds}-fold split of the people. See the script's docstring for the methods.", ""]
     for k, g in df.groupby("k"):
         reported = "rmse_reported" in g and g["rmse_reported"].notna().any()
         head = "| method | people | RMSE quantified | 50 % cov. | 90 % cov. | log-lik / row |"

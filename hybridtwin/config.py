@@ -308,7 +308,8 @@ class ClosureConfig(_Section):
     target: the state a term is added to (``mode="add"``) or the parameter it replaces (``mode="replace"``);
     inputs: names of states, parameters or ``"t"`` fed to the network; constraint: ``"nonnegative"``,
     ``"bounded"`` (within ``bounds``) or ``"signed"`` (for a replacing closure ``"bounded"`` confines the log of
-    its multiplier to ``bounds``, which must contain 0; ``"signed"`` lets it reach e^+-20); scale: output scale of an added term; hidden: layer
+    its multiplier to ``bounds``, which must contain 0; ``"signed"`` lets it reach e^+-20); scale: output scale
+    of an added term; hidden: layer
     sizes; log_inputs: inputs fed as ``log10(x + 1)``; input_scale: ``{input: divisor}`` for the others;
     activation: one of :data:`hybridtwin.neural.mlp.ACTIVATIONS`; name: default ``"<mode>_<target>"``.
     Whether the names exist in the model is checked by the :class:`~hybridtwin.twin.TwinConfig` that holds it.
