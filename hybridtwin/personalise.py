@@ -556,7 +556,8 @@ def predict(twin, covariates: pd.DataFrame, observations: pd.DataFrame | None = 
     knows several cohorts refuses them; see :func:`_tables`).
     trajectories: ``subject_id, time, observable, median, lower, upper`` (posterior predictive, noise included)
     and ``model_median`` (the noise-free observable). parameters: ``subject_id, parameter, median, lower, upper``
-    (constrained scale).
+    (constrained scale). For a twin with missed samples (``TwinConfig.miss``) the measurement's quantiles include
+    them: one that falls on a missed sample is ``-inf`` ("not detected", below any limit of quantification).
     """
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
@@ -594,7 +595,10 @@ def predict(twin, covariates: pd.DataFrame, observations: pd.DataFrame | None = 
         nan = torch.tensor(float("nan"), dtype=g.dtype)
         y = torch.where(ok[..., None], y, nan)
         mu = torch.where(ok[..., None], mu, nan)
-        q = torch.nanquantile(y, torch.tensor([0.5, lo_q, hi_q], dtype=y.dtype), dim=0)  # (3, B, T)
+        # a missed sample (twin with ``miss``) is drawn as -inf, "not detected"; linear interpolation next to it
+        # would give NaN, so such twins take the nearest draw's value
+        q = torch.nanquantile(y, torch.tensor([0.5, lo_q, hi_q], dtype=y.dtype), dim=0,
+                              interpolation="nearest" if twin.observation.has_miss else "linear")  # (3, B, T)
         med_model = torch.nanquantile(mu, 0.5, dim=0)
         params = theta.reshape(S, B, -1)
         pq = torch.quantile(params, torch.tensor([0.5, lo_q, hi_q], dtype=params.dtype), dim=0)

@@ -205,7 +205,7 @@ def run_quickstart(out="quickstart_output", n_subjects: int = 240, held_fraction
     twin, fit, findings = _fit_twin(train, seed, iterations, amortise_epochs, n_simulations)
     save(twin, out / "twin", data_summary={"source": "virtual vaccine_asc cohort", "n_train": len(train.subject_ids)})
     table = twin.population_table()
-    pop_rows = table[table["kind"].isin(["typical", "omega", "noise", "assay_scale", "assay_offset"])]
+    pop_rows = table[table["kind"].isin(["typical", "omega", "noise", "miss", "assay_scale", "assay_offset"])]
     pop_rows = pop_rows[["kind", "quantity", "estimate", "se", "lower", "upper"]].reset_index(drop=True)
     truth_noise = float(assay["noise_sd"].iloc[0]) if "noise_sd" in assay.columns else math.nan
     closure = _closure_effect(twin)

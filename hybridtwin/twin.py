@@ -99,6 +99,10 @@ class TwinConfig:
     noise_sd_init: ``{observable: initial noise SD}`` (additive SD, or the proportional coefficient for
         ``proportional`` noise); learn_noise: whether the noise SDs are estimated (False keeps them at the
         initial values).
+    miss: ``{observable: initial probability}`` of a **missed sample**, one that reads "not detected" whatever the
+        load (a swab without virus; see :mod:`hybridtwin.observation`), estimated with the noise unless
+        ``learn_miss`` is False. For data where negatives interleave with positives (daily RT-PCR screening),
+        without it the fit can only explain such a negative by a low curve or a large noise SD.
     time_offset: ``None`` (data on the model's clock, t = 0 at infection), or a mapping (``{}`` for the defaults)
         that adds the patient parameter ``t_offset`` -- the time from infection to the data's day 0 -- with
         ``typical`` (default 5.1 days), ``omega`` (between-patient SD on the log scale, default 0.418) and bounds
@@ -137,6 +141,8 @@ class TwinConfig:
     learn_noise: bool = True
     time_offset: dict | None = None
     per_patient: tuple = ()
+    miss: dict = field(default_factory=dict)
+    learn_miss: bool = True
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -212,6 +218,14 @@ class TwinConfig:
                                                     and value > 0):
                 raise ValueError(f"noise_sd_init[{name!r}] must name a fitted observable and be a positive number, got {value!r}")
         set_("noise_sd_init", {k: float(v) for k, v in noise_sd_init.items()})
+        check_bool(self.learn_miss, "learn_miss")
+        miss = check_mapping(self.miss, "miss")
+        for name, value in miss.items():
+            if name not in self.observables or isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0.0 < float(value) < 1.0:
+                raise ValueError(f"miss[{name!r}] must name a fitted observable and be a probability strictly "
+                                 f"between 0 and 1, got {value!r}")
+        set_("miss", {k: float(v) for k, v in miss.items()})
         for i, c in enumerate(self.closures):
             check_names(c.inputs, states + params + ["t"], f"closures[{i}].inputs", "input(s)", of,
                         note="a closure reads states, parameters and 't'")
@@ -342,7 +356,8 @@ class HybridTwin(nn.Module):
         n_coh = max(1, len(self.cohort_names))
         self.observation = ObservationModel(config.observables, config.noise, sigma=config.noise_sd_init or None,
                                             n_cohorts=n_coh, cohort_calibration=config.cohort_calibration,
-                                            learn_noise=config.learn_noise, calibration=config.calibration)
+                                            learn_noise=config.learn_noise, calibration=config.calibration,
+                                            miss=config.miss or None, learn_miss=config.learn_miss)
         shift_mask = torch.zeros(n_coh, len(names), dtype=torch.bool)
         for n in config.cohort_effects:
             shift_mask[1:, names.index(n)] = True

@@ -108,7 +108,8 @@ def _draws(twin, pbatch, b, slot, z: torch.Tensor, gen: torch.Generator, max_sol
             k, c = pbatch.observable.expand(K, -1, -1), pbatch.cohort.expand(K, -1)
             bad = (status != 0).reshape(K, B, 1)
             nan = torch.tensor(float("nan"), dtype=g.dtype)
-            ys.append(torch.where(bad, nan, twin.observation.sample(g, k, c, generator=gen))[:, b, slot])
+            y = twin.observation.sample(g, k, c, generator=gen, lloq=pbatch.lloq.expand(K, -1, -1))
+            ys.append(torch.where(bad, nan, y)[:, b, slot])
             mus.append(torch.where(bad, nan, twin.observation.calibrate(g, k, c))[:, b, slot])
     return torch.cat(ys).double().numpy(), torch.cat(mus).double().numpy()
 
@@ -116,7 +117,9 @@ def _draws(twin, pbatch, b, slot, z: torch.Tensor, gen: torch.Generator, max_sol
 def _nanquantile(x: np.ndarray, q, axis: int) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices (failed solves) stay NaN
-        return np.nanquantile(x, q, axis=axis)
+        # missed samples are drawn as -inf ("not detected"): interpolating next to one gives NaN, so take the
+        # nearest draw there
+        return np.nanquantile(x, q, axis=axis, method="nearest" if np.isneginf(x).any() else "linear")
 
 
 def _bins(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

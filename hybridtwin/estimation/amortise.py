@@ -78,7 +78,7 @@ def simulate_designs(twin, batch: Batch, n: int, generator: torch.Generator) -> 
         mean, sd = twin.prior(sub.covariates)
         z = mean + sd * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
         g, status = twin.observables_at(twin.theta(z, sub.cohort), sub)
-        y = twin.observation.sample(g, sub.observable, sub.cohort, generator=generator)
+        y = twin.observation.sample(g, sub.observable, sub.cohort, generator=generator, lloq=sub.lloq)
         limit = torch.nan_to_num(sub.lloq, nan=-math.inf)
         censored = (y < limit) & sub.mask
         sub.values = torch.where(censored, limit, torch.where(sub.mask, y, torch.zeros_like(y)))

@@ -64,6 +64,9 @@ def population_columns(twin) -> list[dict]:
         if "log_sigma_prop" in learnable and bool(om.uses_prop[k]):
             cols.append(dict(name=f"log_sigma_prop[{o}]", kind="noise", parameter=o,
                              tensor="observation.log_sigma_prop", index=(k,)))
+        if "logit_miss" in learnable and bool(om.uses_miss[k]):
+            cols.append(dict(name=f"logit_miss[{o}]", kind="miss", parameter=o, tensor="observation.logit_miss",
+                             index=(k,)))
         for c in range(1, om.n_cohorts):
             if bool(om.calibrated[c, k]):
                 for t, kind in (("log_scale", "assay_scale"), ("offset", "assay_offset")):

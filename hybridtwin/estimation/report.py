@@ -30,6 +30,10 @@ import torch
 from scipy.stats import norm
 
 
+def _expit(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
+
+
 def _unit_of(twin, covariate: str) -> str:
     pre = twin.preprocessor
     units = getattr(pre, "units_", None) if pre is not None else None
@@ -114,13 +118,15 @@ def population_table(twin, level: float = 0.90) -> pd.DataFrame:
         describe = twin.observation.describe()
         for col in population_columns(twin):
             kind, o = col["kind"], col["parameter"]
-            if kind not in ("noise", "assay_scale", "assay_offset"):
+            if kind not in ("noise", "miss", "assay_scale", "assay_offset"):
                 continue
             tensor = getattr(twin.observation, col["tensor"].split(".", 1)[1])
             z = float(tensor[col["index"]])
             if kind == "noise":
                 label = "sigma_additive" if "add" in col["tensor"] else "sigma_proportional"
                 add("noise", f"{label}({o})", o, z, var(col["name"]), math.exp, noise=describe[o]["noise"])
+            elif kind == "miss":
+                add("miss", f"miss_probability({o})", o, z, var(col["name"]), _expit)
             elif kind == "assay_scale":
                 add(kind, f"assay_scale({o}) [{col['cohort']}]", o, z, var(col["name"]), math.exp, cohort=col["cohort"])
             elif kind == "assay_offset":
@@ -130,6 +136,9 @@ def population_table(twin, level: float = 0.90) -> pd.DataFrame:
             if not twin.observation.log_sigma_add.requires_grad and bool(twin.observation.uses_add[k]):
                 rows.append(dict(quantity=f"sigma_additive({o})", kind="noise", parameter=o, role="fixed",
                                  estimate=float(twin.observation.log_sigma_add[k].exp())))
+            if "miss_probability" in describe[o] and not twin.observation.logit_miss.requires_grad:
+                rows.append(dict(quantity=f"miss_probability({o})", kind="miss", parameter=o, role="fixed",
+                                 estimate=describe[o]["miss_probability"]))
     cols = ["quantity", "kind", "parameter", "role", "estimate", "se", "rse_percent", "lower", "upper", "covariate",
             "unit", "cohort", "transform", "noise"]
     table = pd.DataFrame(rows)

@@ -51,7 +51,7 @@ from .likelihood import (closure_parameters, design_matrix, observation_loglik, 
                          ode_population_parameters, prior_logpdf, solve_observables)
 
 #: quantities without random effects, updated by Fisher scoring (see :class:`SAEMConfig`)
-PHI_KINDS = ("population", "cohort", "noise", "assay_scale", "assay_offset")
+PHI_KINDS = ("population", "cohort", "noise", "miss", "assay_scale", "assay_offset")
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,7 @@ def _record(twin, k: int, gamma: float, chains: _Chains, prior_mean, sd, rates: 
     for n in twin.population_names:
         row[f"typical[{n}]"] = float(typical[twin.model.parameter_names.index(n)])
     for k_obs, (name, d) in enumerate(twin.observation.describe().items()):
-        for key in ("sigma_additive", "sigma_proportional"):
+        for key in ("sigma_additive", "sigma_proportional", "miss_probability"):
             if key in d:
                 row[f"{key}[{name}]"] = d[key]
     from .fisher import estimate_vector, population_columns
