@@ -64,7 +64,9 @@ core, against 5 for the mechanistic one). ``--fit-only 0,2,4`` and ``--fit-only 
 cache before a plain run scores it. ``--random K_V --stem NAME`` fine-tunes with the carrying capacity (one value for
 everyone in the shipped twin) estimated per person (:func:`offset_estimated`, ``TwinConfig.per_patient``).
 ``--closure --closure-bound B`` bounds the closure's log-multiplier to +-B (``constraint: bounded``; see
-``closure_stiffness.py``); ``--score-only 0,1`` scores only those folds (the tables say which).
+``closure_stiffness.py``); ``--score-only 0,1`` scores only those folds (the tables say which). ``--miss 0.2 --stem
+NAME`` fine-tunes with a missed-sample probability (``TwinConfig.miss``, started at 0.2, estimated); ``--hold 0.8``
+fine-tunes in two stages, the noise SD held at 0.8 (and the miss probability at its start) in the first.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -312,7 +315,8 @@ def folds(ids: list[str], n: int, seed: int) -> list[list[str]]:
     return [sorted(order[i::n].tolist()) for i in range(n)]
 
 
-def offset_estimated(checkpoint: Path, release: tuple = (), closure: bool | dict = False, random: tuple = ()):
+def offset_estimated(checkpoint: Path, release: tuple = (), closure: bool | dict = False, random: tuple = (),
+                     miss: float | None = None):
     """The shipped twin with its time-offset distribution made estimable (``estimate_population``).
 
     The shipped twin reads day 0 as symptom onset: its offset prior is the incubation period (typical 5.1 days).
@@ -327,6 +331,9 @@ def offset_estimated(checkpoint: Path, release: tuple = (), closure: bool | dict
     per-person random effects (typical value starting at the shipped one, between-person SD at ``omega_init``,
     covariate effects and the encoder's outputs for them at zero), e.g. the viral carrying capacity ``K_V``, which
     sets the peak height.
+    ``miss``: adds a missed-sample probability to ``log10_V`` (``TwinConfig.miss``), starting at this value and
+    estimated with the noise: daily screening interleaves negative tests with positives for two weeks, which an
+    M3 likelihood can only read as a low curve or a large noise SD.
     """
     from hybridtwin.checkpoint import read_card
     from hybridtwin.twin import HybridTwin
@@ -350,14 +357,19 @@ def offset_estimated(checkpoint: Path, release: tuple = (), closure: bool | dict
         if config["closures"]:
             raise ValueError(f"the shipped twin already has closures: {config['closures']}")
         config["closures"] = [CLOSURE if closure is True else dict(closure)]
+    if miss is not None:
+        if config.get("miss"):
+            raise ValueError(f"the shipped twin already has missed samples: {config['miss']}")
+        config["miss"] = {"log10_V": float(miss)}
     twin = HybridTwin.from_card(card["twin"])
     state = shipped.state_dict()
     if release or random:
         state = _regrouped_state(shipped, twin, state)
-    if closure:  # the new network keeps its zero-output start; everything else is the shipped twin's
+    if closure or miss is not None:  # new terms keep their start; everything else is the shipped twin's
         missing, unexpected = twin.load_state_dict(state, strict=False)
-        if unexpected or any("closure" not in key for key in missing):
-            raise RuntimeError(f"shipped weights do not fit the twin with a closure: missing {missing}, "
+        new_terms = ("observation.logit_miss", "observation.uses_miss")
+        if unexpected or any("closure" not in key and key not in new_terms for key in missing):
+            raise RuntimeError(f"shipped weights do not fit the twin with new terms: missing {missing}, "
                                f"unexpected {unexpected}")
     else:
         twin.load_state_dict(state, strict=True)
@@ -397,9 +409,22 @@ def _regrouped_state(shipped, twin, state: dict) -> dict:
     return state
 
 
+def _observation_summary(twin) -> dict:
+    """The fitted noise SD (and missed-sample probability) of ``log10_V`` and the typical time offset."""
+    d = twin.observation.describe()["log10_V"]
+    out = {"noise_sd": d["sigma_additive"]}
+    if "miss_probability" in d:
+        out["miss_probability"] = d["miss_probability"]
+    return out
+
+
 def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: dict, cache: Path,
-               checkpoint: Path = CHECKPOINT, release: tuple = (), closure: bool | dict = False, random: tuple = ()):
-    """The shipped twin re-estimated on the people not in ``held`` (cached as a checkpoint per fold)."""
+               checkpoint: Path = CHECKPOINT, release: tuple = (), closure: bool | dict = False, random: tuple = (),
+               miss: float | None = None, hold: float | None = None):
+    """The shipped twin re-estimated on the people not in ``held`` (cached as a checkpoint per fold).
+
+    ``hold``: first run SAEM with the noise SD held at this value (and the missed-sample probability at its
+    start), then SAEM again from there with both estimated; both stages are recorded (``stages``)."""
     from hybridtwin.checkpoint import save
 
     from hybridtwin.checkpoint import read_card
@@ -422,6 +447,9 @@ def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: di
             asks = "with" if closure else "without"
             raise ValueError(f"{folder} was fine-tuned {was} a closure, this run asks {asks}:"
                              " use another --stem or delete the cache")
+        if bool(cached.config.miss) != (miss is not None):
+            raise ValueError(f"{folder} was fine-tuned with miss={cached.config.miss}, this run asks for "
+                             f"miss={miss}: use another --stem or delete the cache")
         if closure:
             want_c = (CLOSURE if closure is True else closure)
             got_c = cached.config.closures[0]
@@ -430,18 +458,33 @@ def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: di
                 raise ValueError(f"{folder} was fine-tuned with a {got_c.constraint} closure (bounds "
                                  f"{list(got_c.bounds)}), this run asks for {want_c}: use another --stem")
         return cached, json.loads((cache / f"fold{fold}.json").read_text())
-    twin = offset_estimated(checkpoint, release, closure, random)
+    twin = offset_estimated(checkpoint, release, closure, random, miss)
     # everyone's covariates are the same here (age unknown), so the covariate effects cannot be re-estimated:
     # a ridge keeps the design solvable; only mu + beta x (the same for everyone) matters for these people
     twin.config = dataclasses.replace(twin.config, covariate_penalty=1.0)
     train = data.subset([s for s in data.subject_ids if s not in set(held)])
     t0 = time.perf_counter()
+    stages = {}
+    if hold is not None:  # stage 1: noise SD (and the miss probability) held, the rest estimated
+        om = twin.observation
+        with torch.no_grad():
+            om.log_sigma_add.fill_(math.log(hold))
+        held_params = [om.log_sigma_add] + ([om.logit_miss] if om.has_miss else [])
+        for par in held_params:
+            par.requires_grad_(False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            estimate(twin, train, SAEMConfig(seed=seed, progress=False, **saem), amortisation=False)
+        stages["held"] = {"seconds": time.perf_counter() - t0, **_observation_summary(twin)}
+        for par in held_params:
+            par.requires_grad_(True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit = estimate(twin, train, SAEMConfig(seed=seed, progress=False, **saem), amortisation=False)
     info = {"fit_seconds": time.perf_counter() - t0, "n_train": len(train.subject_ids),
-            "noise_sd": float(twin.observation.log_sigma_add.detach().exp()[0]),
-            "diagnostics": [d["message"] for d in fit.diagnostics]}
+            **_observation_summary(twin), "diagnostics": [d["message"] for d in fit.diagnostics]}
+    if stages:
+        info["stages"] = stages
     save(twin, folder, metrics=info)
     (cache / f"fold{fold}.json").write_text(json.dumps(info, indent=1))
     print(f"fold {fold}: fine-tuned on {info['n_train']} people in {info['fit_seconds'] / 60:.1f} min", flush=True)
@@ -451,7 +494,8 @@ def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: di
 def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: int = 0, saem: dict | None = None,
          n_people: int | None = None, stem: str = "kissler_forecast", checkpoint: Path | str = CHECKPOINT,
          only: list[str] | None = None, merge: bool = False, release: tuple = (), closure: bool | dict = False,
-         fit_only: list[int] | None = None, random: tuple = (), score_only: list[int] | None = None) -> dict:
+         fit_only: list[int] | None = None, random: tuple = (), score_only: list[int] | None = None,
+         miss: float | None = None, hold: float | None = None) -> dict:
     """Run the forecasts and write the tables (see the module docstring). ``fit_only``: only fine-tune these folds
     into the cache and return (for running folds side by side before a plain run scores them all). ``score_only``:
     score only these folds (the tables then pool those folds alone, and say so)."""
@@ -480,11 +524,11 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
         if fit_only is not None:
             if f in fit_only:
                 fine_tuned(data, held, f, seed, {**FINE_TUNE_SAEM, **(saem or {})}, cache, Path(checkpoint),
-                           tuple(release), closure, tuple(random))
+                           tuple(release), closure, tuple(random), miss, hold)
             continue
         if tuning:
             tuned, info = fine_tuned(data, held, f, seed, {**FINE_TUNE_SAEM, **(saem or {})}, cache, Path(checkpoint),
-                                      tuple(release), closure, tuple(random))
+                                      tuple(release), closure, tuple(random), miss, hold)
         else:
             tuned, info = None, next(i for i in previous["folds"] if i["fold"] == f) if previous else {}
             info = {k: v for k, v in info.items() if k not in ("fold", "held_out")}
@@ -605,9 +649,12 @@ def summarise(rows: list[dict], fold_info: list[dict], data: CohortData, n_folds
                   "90 % band, floored at 1e-3) says nothing; compare them by RMSE and coverage.", ""]
     if fold_info and "fit_seconds" not in fold_info[0]:
         return "\n".join(lines) + "\n"
-    lines += ["## Fine-tuning fits", "", "| fold | people held out | trained on | min | noise SD |", "|---|---|---|---|---|"]
+    miss = any("miss_probability" in f for f in fold_info)
+    lines += ["## Fine-tuning fits", "", "| fold | people held out | trained on | min | noise SD |"
+              + (" missed-sample probability |" if miss else ""), "|---|---|---|---|---|" + ("---|" if miss else "")]
     for f in fold_info:
-        lines.append(f"| {f['fold']} | {f['held_out']} | {f['n_train']} | {f['fit_seconds'] / 60:.1f} | {f['noise_sd']:.2f} |")
+        lines.append(f"| {f['fold']} | {f['held_out']} | {f['n_train']} | {f['fit_seconds'] / 60:.1f} | {f['noise_sd']:.2f} |"
+                     + (f" {f.get('miss_probability', float('nan')):.2f} |" if miss else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -627,7 +674,15 @@ if __name__ == "__main__":
                          "'bounded'; see experiments/closure_stiffness.py)")
     ap.add_argument("--score-only", help="comma-separated folds to score (default: all)")
     ap.add_argument("--fit-only", help="comma-separated folds to fine-tune into the cache, then stop (no scores)")
+    ap.add_argument("--miss", type=float, help="fine-tune with a missed-sample probability on log10_V starting at "
+                    "this value (TwinConfig.miss), estimated with the noise")
+    ap.add_argument("--hold", type=float, help="fine-tune in two stages: SAEM with the noise SD held at this value "
+                    "(and the missed-sample probability at its start), then SAEM with both estimated")
     a = ap.parse_args()
+    if a.hold is not None and not a.hold > 0:
+        ap.error("--hold must be a positive noise SD")
+    if a.miss is not None and not 0 < a.miss < 1:
+        ap.error("--miss must be a probability strictly between 0 and 1")
     if a.closure_bound is not None and not a.closure:
         ap.error("--closure-bound needs --closure")
     closure = ({**CLOSURE, "constraint": "bounded", "bounds": [-a.closure_bound, a.closure_bound]}
@@ -636,4 +691,4 @@ if __name__ == "__main__":
          release=tuple(a.release.split(",")) if a.release else (), stem=a.stem, closure=closure,
          fit_only=[int(f) for f in a.fit_only.split(",")] if a.fit_only else None,
          random=tuple(a.random.split(",")) if a.random else (),
-         score_only=[int(f) for f in a.score_only.split(",")] if a.score_only else None)
+         score_only=[int(f) for f in a.score_only.split(",")] if a.score_only else None, miss=a.miss, hold=a.hold)

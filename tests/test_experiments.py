@@ -420,6 +420,34 @@ def test_fine_tuning_with_a_closure_starts_at_the_shipped_mechanistic_twin(share
     assert (g_faster - g_plain).abs().max() > 0.1
 
 
+def test_fine_tuning_with_missed_samples_starts_at_the_shipped_twin_plus_the_new_term(shared_data):
+    """``miss=0.25`` adds a missed-sample probability to the shipped twin: every shipped weight is kept, the new
+    term starts at 0.25, a quantified row's log-likelihood drops by exactly log(1 - 0.25) and a negative row's
+    rises (it may now be a miss)."""
+    import math
+
+    import torch
+    import kissler_forecast as kf
+    from hybridtwin.estimation.likelihood import solve_observables
+
+    plain = kf.offset_estimated(kf.CHECKPOINT)
+    missed = kf.offset_estimated(kf.CHECKPOINT, miss=0.25)
+    assert missed.config.miss == {"log10_V": 0.25} and not plain.config.miss
+    for key, value in plain.state_dict().items():
+        assert torch.equal(missed.state_dict()[key], value), key
+    data = kf.kissler_data(shared_data / "kissler2021_nba_ct")
+    data = data.subset(list(data.subject_ids)[:3])
+    batch = missed.dataset(data).batch()
+    with torch.no_grad():
+        g, ok = solve_observables(missed, missed.prior(batch.covariates)[0], batch)
+        args = (g, batch.values, batch.observable, batch.cohort, batch.censored, batch.lloq, batch.mask)
+        diff = missed.observation.log_likelihood(*args) - plain.observation.log_likelihood(*args)
+    assert bool(ok.all())
+    quantified = batch.mask & ~batch.censored
+    assert torch.allclose(diff[quantified], torch.tensor(math.log(0.75), dtype=diff.dtype))
+    assert bool((diff[batch.mask & batch.censored] > 0).all())
+
+
 def test_blend_weight_is_chosen_on_the_fine_tuning_people_and_averages_quantiles(monkeypatch):
     """Two routes that miss every later sample by +1 and -1 log10: their equal blend is exact, so the weight
     chosen is 0.5; the blend averages each quantile; a route that is exact on its own gets the whole weight."""
