@@ -132,7 +132,9 @@ def test_sweep_is_the_same_table_on_either_engine_and_independent_of_chunking(su
     check = verify(one, ExactEngine("vaccine_asc"), pop, grid, ep, top_k=2)
     assert len(check["scenarios"]) == 2 and check["abs_error"]["max"] < 0.15
     self_check = verify(exact, ExactEngine("vaccine_asc"), pop, grid, n_scenarios=2)
-    assert self_check["abs_error"]["max"] == 0.0
+    # the same engine on a subset of the pairs: equal up to rounding (a smaller batch may take other SIMD paths in
+    # the vectorised arithmetic; one ulp, 4e-16, was seen), far below any surrogate error
+    assert self_check["abs_error"]["max"] < 1e-12
 
 
 def test_endpoints_against_hand_computation():
