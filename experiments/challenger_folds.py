@@ -134,10 +134,12 @@ def locf(train_obs: pd.DataFrame, early: pd.DataFrame, late: pd.DataFrame, k: in
     return _from_quantiles(out)
 
 
-def route_posterior(twin: HybridTwin, cov: pd.DataFrame, shown: pd.DataFrame | None, method: str) -> Posterior:
-    """The patients' posterior by one personalisation route, computed once (then reused for every level)."""
+def route_posterior(twin: HybridTwin, cov: pd.DataFrame, shown: pd.DataFrame | None, method: str,
+                    **options) -> Posterior:
+    """The patients' posterior by one personalisation route, computed once (then reused for every level);
+    ``options`` go to the route (e.g. ``min_ess`` for ``"library"``)."""
     ds, _ = _tables(twin, cov, shown, None)
-    return posterior(twin, ds.batch(), method)
+    return posterior(twin, ds.batch(), method, **options)
 
 
 def interval_rows(twin: HybridTwin, cov: pd.DataFrame, shown: pd.DataFrame | None, rows: pd.DataFrame, post: Posterior,

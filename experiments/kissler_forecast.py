@@ -71,6 +71,8 @@ everyone in the shipped twin) estimated per person (:func:`offset_estimated`, ``
 ``closure_stiffness.py``); ``--score-only 0,1`` scores only those folds (the tables say which). ``--miss 0.2 --stem
 NAME`` fine-tunes with a missed-sample probability (``TwinConfig.miss``, started at 0.2, estimated); ``--hold 0.8``
 fine-tunes in two stages, the noise SD held at 0.8 (and the miss probability at its start) in the first.
+``--library-ess 200 --stem NAME`` grows the library route's library until every person's effective sample size is
+200 (``library_posterior(min_ess=...)``; copy the fold caches of another stem into ``NAME/`` to reuse its fits).
 """
 
 from __future__ import annotations
@@ -241,10 +243,16 @@ def early_sample_boosting(train: pd.DataFrame, early: pd.DataFrame, late: pd.Dat
     return out
 
 
+#: options of the library route (``--library-ess N``: ``{"min_ess": N}``, the library grown until every held-out
+#: person's effective sample size reaches N)
+LIBRARY_OPTIONS: dict = {}
+
+
 def twin_rows(twin, cov: pd.DataFrame, early: pd.DataFrame, late: pd.DataFrame, method: str, seed: int) -> pd.DataFrame:
+    options = LIBRARY_OPTIONS if method == "library" else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # age missing for everyone is reported once in the results
-        return interval_rows(twin, cov, early, late, route_posterior(twin, cov, early, method), seed)
+        return interval_rows(twin, cov, early, late, route_posterior(twin, cov, early, method, **options), seed)
 
 
 def conformal_factors(twin, cov: pd.DataFrame, train_obs: pd.DataFrame, k: int, seed: int) -> tuple[float, float]:
@@ -688,9 +696,13 @@ if __name__ == "__main__":
     ap.add_argument("--fit-only", help="comma-separated folds to fine-tune into the cache, then stop (no scores)")
     ap.add_argument("--miss", type=float, help="fine-tune with a missed-sample probability on log10_V starting at "
                     "this value (TwinConfig.miss), estimated with the noise")
+    ap.add_argument("--library-ess", type=float, help="grow the library route's library (from 2000 members, doubling, "
+                    "up to 64000) until every person's effective sample size reaches this")
     ap.add_argument("--hold", type=float, help="fine-tune in two stages: SAEM with the noise SD held at this value "
                     "(and the missed-sample probability at its start), then SAEM with both estimated")
     a = ap.parse_args()
+    if a.library_ess is not None:
+        LIBRARY_OPTIONS["min_ess"] = a.library_ess
     if a.hold is not None and not a.hold > 0:
         ap.error("--hold must be a positive noise SD")
     if a.miss is not None and not 0 < a.miss < 1:

@@ -345,63 +345,90 @@ def fit_map(twin, batch: Batch, init: torch.Tensor | None = None, max_iter: int 
 
 
 def library_posterior(twin, batch: Batch, size: int = 2000, grid_points: int = 400, inflate: float = 1.5,
-                      seed: int = 0) -> Posterior:
-    """Importance-weighted library of virtual patients (one library simulation per distinct dosing regimen)."""
+                      seed: int = 0, min_ess: float = 0.0, max_size: int = 64_000) -> Posterior:
+    """Importance-weighted library of virtual patients (one library simulation per distinct dosing regimen).
+
+    ``min_ess``: grow the library (doubling it, new draws from the same proposal) until every patient's effective
+    sample size reaches ``min_ess`` or the library has ``max_size`` members. A patient with several informative
+    samples concentrates their weight on a few members, and the Monte Carlo error of their forecast grows with it;
+    the default 0 keeps ``size`` members whatever the ESS (``Posterior.ess`` reports it).
+    """
+    if not isinstance(size, int) or size < 2:
+        raise ValueError(f"size must be an integer >= 2, got {size!r}")
+    if not (isinstance(min_ess, (int, float)) and min_ess >= 0) or isinstance(min_ess, bool):
+        raise ValueError(f"min_ess must be a number >= 0, got {min_ess!r}")
+    if not isinstance(max_size, int) or max_size < size:
+        raise ValueError(f"max_size must be an integer >= size ({size}), got {max_size!r}")
     gen = torch.Generator().manual_seed(seed)
-    B = len(batch)
     with torch.no_grad():
         pm, ps = twin.prior(batch.covariates)
         center = pm.mean(0)
         spread = torch.sqrt(ps.mean(0) ** 2 + pm.var(0, unbiased=False)) * inflate
         lib = center + spread * torch.randn((size, center.shape[0]), generator=gen, dtype=center.dtype)
-        log_q = normal_log_prob(lib, center, spread)  # (L,)
-        horizon = float(batch.times[batch.mask].max()) if bool(batch.mask.any()) else twin.time_scale
-        # from the earliest row: a twin with a time offset reads data from before day 0 (to -upper), and rows
-        # outside the grid would be extrapolated from its first segment
-        start = min(0.0, float(batch.times[batch.mask].min())) if bool(batch.mask.any()) else 0.0
-        grid = torch.linspace(start, max(horizon, start + 1e-6), grid_points, dtype=batch.times.dtype)
-        s = batch.schedule
-        # one library simulation per (regimen, cohort): cohorts may differ in typical values (cohort_effects)
-        keys = [tuple(torch.cat([s.bolus_time[b], s.bolus_amount[b], s.bolus_target[b].to(s.bolus_time.dtype),
-                                 s.inf_start[b], s.inf_rate[b]]).tolist()) + (int(batch.cohort[b]),) for b in range(B)]
-        groups: dict = {}
-        for b, k in enumerate(keys):
-            groups.setdefault(k, []).append(b)
-        loglik = torch.zeros(B, size, dtype=center.dtype)
-        K = len(twin.config.observables)
-        for members in groups.values():
-            b0 = members[0]
-            theta = twin.theta(lib, batch.cohort[[b0] * size])
-            one = Batch([None] * size, grid.expand(size, -1), torch.zeros(size, grid_points, dtype=grid.dtype),
-                        torch.zeros(size, grid_points, dtype=torch.long), torch.zeros(size, grid_points, dtype=torch.bool),
-                        torch.zeros(size, grid_points, dtype=grid.dtype), torch.ones(size, grid_points, dtype=torch.bool),
-                        batch.covariates[[b0] * size], batch.cohort[[b0] * size], s.select(torch.full((size,), b0)),
-                        batch.observable_names, batch.cohort_names)
-            curves = []
-            failed = torch.zeros(size, dtype=torch.bool)
-            for k in range(K):
-                one.observable = torch.full_like(one.observable, k)
-                g_k, status = twin.observables_at(theta, one)  # (L, G); 0 where the member's solve failed
-                curves.append(g_k)
-                failed |= status != 0
-            curves = torch.stack(curves, dim=-1)  # (L, G, K)
-            for b in members:
-                m = batch.mask[b]
-                t, k = batch.times[b][m], batch.observable[b][m]
-                pos = torch.clamp(torch.searchsorted(grid, t.contiguous()), 1, grid_points - 1)
-                w = ((t - grid[pos - 1]) / (grid[pos] - grid[pos - 1]))[None, :]
-                g = curves[:, pos - 1, k] * (1 - w) + curves[:, pos, k] * w  # (L, n)
-                n = g.shape[1]
-                ll = twin.observation.log_likelihood(
-                    g, batch.values[b][m].expand(size, n), k.expand(size, n), batch.cohort[[b] * size],
-                    batch.censored[b][m].expand(size, n), batch.lloq[b][m].expand(size, n), torch.ones(size, n, dtype=torch.bool))
-                # a member whose solve failed has no curve (its zeros would read as "below every limit")
-                loglik[b] = torch.where(failed, torch.full((size,), -math.inf, dtype=ll.dtype), ll.sum(1))
-        log_prior = normal_log_prob(lib[None], pm[:, None], ps[:, None])
-        weights, ess = _normalise(loglik + log_prior - log_q[None], batch.subject_ids, "library member")
+        loglik = _library_loglik(twin, batch, lib, grid_points)
+        while True:
+            log_q = normal_log_prob(lib, center, spread)  # (L,)
+            log_prior = normal_log_prob(lib[None], pm[:, None], ps[:, None])
+            weights, ess = _normalise(loglik + log_prior - log_q[None], batch.subject_ids, "library member")
+            if not min_ess or float(ess.min()) >= min_ess or len(lib) >= max_size:
+                break
+            more = center + spread * torch.randn((min(len(lib), max_size - len(lib)), center.shape[0]),
+                                                 generator=gen, dtype=center.dtype)
+            lib = torch.cat([lib, more])
+            loglik = torch.cat([loglik, _library_loglik(twin, batch, more, grid_points)], dim=1)
         mean = weights @ lib
         sd = torch.sqrt(torch.clamp(weights @ lib**2 - mean**2, min=1e-12))
-    return Posterior(batch.subject_ids, mean, sd, lib[None].expand(B, -1, -1), weights, ess)
+    return Posterior(batch.subject_ids, mean, sd, lib[None].expand(len(batch), -1, -1), weights, ess)
+
+
+def _library_loglik(twin, batch: Batch, lib: torch.Tensor, grid_points: int) -> torch.Tensor:
+    """(B, L) log-likelihood of each patient's data under each library member (``-inf`` where its solve
+    failed): each member simulated once per (regimen, cohort) on a grid, interpolated to the patients' rows."""
+    size = lib.shape[0]
+    B = len(batch)
+    horizon = float(batch.times[batch.mask].max()) if bool(batch.mask.any()) else twin.time_scale
+    # from the earliest row: a twin with a time offset reads data from before day 0 (to -upper), and rows
+    # outside the grid would be extrapolated from its first segment
+    start = min(0.0, float(batch.times[batch.mask].min())) if bool(batch.mask.any()) else 0.0
+    grid = torch.linspace(start, max(horizon, start + 1e-6), grid_points, dtype=batch.times.dtype)
+    s = batch.schedule
+    # one library simulation per (regimen, cohort): cohorts may differ in typical values (cohort_effects)
+    keys = [tuple(torch.cat([s.bolus_time[b], s.bolus_amount[b], s.bolus_target[b].to(s.bolus_time.dtype),
+                             s.inf_start[b], s.inf_rate[b]]).tolist()) + (int(batch.cohort[b]),) for b in range(B)]
+    groups: dict = {}
+    for b, k in enumerate(keys):
+        groups.setdefault(k, []).append(b)
+    loglik = torch.zeros(B, size, dtype=lib.dtype)
+    K = len(twin.config.observables)
+    for members in groups.values():
+        b0 = members[0]
+        theta = twin.theta(lib, batch.cohort[[b0] * size])
+        one = Batch([None] * size, grid.expand(size, -1), torch.zeros(size, grid_points, dtype=grid.dtype),
+                    torch.zeros(size, grid_points, dtype=torch.long), torch.zeros(size, grid_points, dtype=torch.bool),
+                    torch.zeros(size, grid_points, dtype=grid.dtype), torch.ones(size, grid_points, dtype=torch.bool),
+                    batch.covariates[[b0] * size], batch.cohort[[b0] * size], s.select(torch.full((size,), b0)),
+                    batch.observable_names, batch.cohort_names)
+        curves = []
+        failed = torch.zeros(size, dtype=torch.bool)
+        for k in range(K):
+            one.observable = torch.full_like(one.observable, k)
+            g_k, status = twin.observables_at(theta, one)  # (L, G); 0 where the member's solve failed
+            curves.append(g_k)
+            failed |= status != 0
+        curves = torch.stack(curves, dim=-1)  # (L, G, K)
+        for b in members:
+            m = batch.mask[b]
+            t, k = batch.times[b][m], batch.observable[b][m]
+            pos = torch.clamp(torch.searchsorted(grid, t.contiguous()), 1, grid_points - 1)
+            w = ((t - grid[pos - 1]) / (grid[pos] - grid[pos - 1]))[None, :]
+            g = curves[:, pos - 1, k] * (1 - w) + curves[:, pos, k] * w  # (L, n)
+            n = g.shape[1]
+            ll = twin.observation.log_likelihood(
+                g, batch.values[b][m].expand(size, n), k.expand(size, n), batch.cohort[[b] * size],
+                batch.censored[b][m].expand(size, n), batch.lloq[b][m].expand(size, n), torch.ones(size, n, dtype=torch.bool))
+            # a member whose solve failed has no curve (its zeros would read as "below every limit")
+            loglik[b] = torch.where(failed, torch.full((size,), -math.inf, dtype=ll.dtype), ll.sum(1))
+    return loglik
 
 
 def _normalise(logw: torch.Tensor, ids: list, what: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -212,6 +212,25 @@ def test_map_recovers_known_parameters_and_routes_agree():
     assert float((lib.mean - post.mean).abs().sum()) < float(prior_err)  # matching moves toward the MAP
 
 
+def test_a_library_grows_until_every_patient_has_the_effective_sample_size_asked_for():
+    """13 precise samples put a 300-member library's weight on one member (ESS 1); ``min_ess`` doubles it with new
+    draws from the same proposal (the first members unchanged) until the ESS is reached, or up to ``max_size``."""
+    _, twin, batch, _ = _one_subject_map()
+    small = library_posterior(twin, batch, size=300, seed=0)
+    assert small.samples.shape[1] == 300 and float(small.ess[0]) < 1.5
+    grown = library_posterior(twin, batch, size=300, seed=0, min_ess=2.0, max_size=4800)
+    L = grown.samples.shape[1]
+    assert L in (600, 1200, 2400, 4800) and float(grown.ess[0]) >= 2.0
+    assert L < 4800  # stopped by the ESS, not the cap
+    assert torch.equal(grown.samples[0, :300], small.samples[0])
+    assert math.isclose(float(grown.weights.sum()), 1.0, rel_tol=1e-9)
+    capped = library_posterior(twin, batch, size=300, seed=0, min_ess=1e6, max_size=1200)
+    assert capped.samples.shape[1] == 1200  # never beyond the cap
+    for bad in (dict(min_ess=-1.0), dict(max_size=100), dict(size=1)):
+        with pytest.raises(ValueError):
+            library_posterior(twin, batch, **{"size": 300, **bad})
+
+
 @pytest.mark.slow
 def test_update_and_predict_schema():
     truth, obs, doses = _one_subject()
