@@ -48,6 +48,9 @@ Methods, on the same rows:
   and the boosting reference's ``(mean)`` forecast averaged quantile by quantile (:func:`vincentized`) with equal
   weights, fixed in advance (nothing is fitted to choose them): does the mechanism add anything to a flexible
   learner that sees the same samples?
+- **boosting with the library twin's forecast as features** (not the twin alone either): the boosting reference's
+  features plus the library twin's forecast of the row (:func:`twin_informed_boosting`), fitted on the training
+  people: the learner decides from the training data how far to trust the twin.
 
 Scores per k (pooled over folds; see ``challenger_folds.score``): RMSE of the median on quantified rows, 50 / 90 %
 coverage on quantified rows, censoring-aware log-likelihood per row; and the same RMSE and coverages for the
@@ -246,6 +249,38 @@ def early_sample_boosting(train: pd.DataFrame, early: pd.DataFrame, late: pd.Dat
 #: options of the library route (``--library-ess N``: ``{"min_ess": N}``, the library grown until every held-out
 #: person's effective sample size reaches N)
 LIBRARY_OPTIONS: dict = {}
+
+
+def twin_informed_boosting(twin, cov: pd.DataFrame, train: pd.DataFrame, early: pd.DataFrame, late: pd.DataFrame,
+                           k: int, seed: int, held_rows: pd.DataFrame) -> pd.DataFrame:
+    """A learner that sees the twin: :func:`early_sample_boosting`'s features plus the library twin's forecast of
+    the same row (median and the 50 / 90 % band edges), a squared-error gradient boosting for the point forecast and
+    quantile ones for the bands, fitted to the training people (their twin forecasts from their own first ``k``
+    samples). ``held_rows``: the twin's forecast of the held-out rows (``late``), computed once elsewhere.
+
+    The twin's population model was fine-tuned on these same training people, so its forecasts of them are a
+    little better than of new people and the learner may lean on them a little too much; the held-out people's
+    scores are unaffected by that (they are never used to fit either part)."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    keys = ["subject_id", "time", "observable"]
+    tr_early, tr_late = split_quantified(train, k)
+    c = cov[cov["subject_id"].isin(set(tr_early["subject_id"]))]
+    tr_twin = tr_late[keys].merge(twin_rows(twin, c, tr_early, tr_late, "library", seed), on=keys, how="left")
+    te_twin = late[keys].merge(held_rows, on=keys, how="left")
+
+    def features(e, rows, tw):
+        return np.column_stack([_early_features(e, rows), tw[list(BANDS)].to_numpy(float)])
+
+    X, Xt = features(tr_early, tr_late, tr_twin), features(early, late, te_twin)
+    y = np.where(tr_late["censored"], tr_late["lloq"], tr_late["value"]).astype(float)
+    out = late[keys].copy()
+    for q in QUANTILES:
+        out[f"q{q}"] = HistGradientBoostingRegressor(loss="quantile", quantile=q, max_iter=200,
+                                                     random_state=seed).fit(X, y).predict(Xt)
+    out = _from_quantiles(out)
+    out["median"] = HistGradientBoostingRegressor(max_iter=200, random_state=seed).fit(X, y).predict(Xt)
+    return out
 
 
 def twin_rows(twin, cov: pd.DataFrame, early: pd.DataFrame, late: pd.DataFrame, method: str, seed: int) -> pd.DataFrame:
@@ -529,7 +564,7 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
         if not only:
             raise ValueError("merge=True needs the methods to run (only=[...])")
         rows = [r for r in previous["rows"] if r["method"] not in set(only)]
-    tuning = only is None or any(m.startswith("twin fine-tuned") for m in only)
+    tuning = only is None or any(m.startswith("twin fine-tuned") or m == INFORMED for m in only)
     for f, held in enumerate(folds(list(data.subject_ids), n_folds, seed)):
         if score_only is not None and fit_only is None and f not in score_only:
             continue
@@ -583,7 +618,9 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
                        REFERENCE: lambda: later_sample_reference(train_obs, early, late, k),
                        BOOSTING: lambda: early_sample_boosting(train_obs, early, late, k, seed),
                        BOOSTING_MEAN: boosting_mean,
-                       STACK: lambda: vincentized(tuned_rows("library"), boosting_mean(), 0.5)}
+                       STACK: lambda: vincentized(tuned_rows("library"), boosting_mean(), 0.5),
+                       INFORMED: lambda: twin_informed_boosting(tuned, cov, train_obs, early, late, k, seed,
+                                                                tuned_rows("library"))}
             unknown = set(only or ()) - set(methods)
             if unknown:
                 raise ValueError(f"unknown method(s) {sorted(unknown)}; known: {sorted(methods)}")
@@ -615,8 +652,9 @@ METHODS = ("twin external (auto)", "twin external (MAP)", "twin fine-tuned (MAP)
            "population template", "per-patient mechanistic fit",
            "reference: later samples by day", "reference: gradient boosting on the k samples",
            "reference: gradient boosting on the k samples (mean)",
-           "twin fine-tuned (library) + boosting (mean): equal average")
-REFERENCE, BOOSTING, BOOSTING_MEAN, STACK = METHODS[-4:]
+           "twin fine-tuned (library) + boosting (mean): equal average",
+           "boosting with the library twin's forecast as features")
+REFERENCE, BOOSTING, BOOSTING_MEAN, STACK, INFORMED = METHODS[-5:]
 BLEND = METHODS[6]
 
 
@@ -662,7 +700,7 @@ def summarise(rows: list[dict], fold_info: list[dict], data: CohortData, n_folds
         lines += ["Weight of the MAP route in the blend, chosen per fold on the fine-tuning people (folds 0-4):", ""]
         lines += [f"- k = {k}: " + ", ".join(f"{w:.1f}" for w in g["blend_weight"]) for k, g in b.groupby("k")]
         lines.append("")
-    refs = [m for m in (REFERENCE, BOOSTING, BOOSTING_MEAN) if m in set(df["method"])]
+    refs = [m for m in (REFERENCE, BOOSTING, BOOSTING_MEAN, INFORMED) if m in set(df["method"])]
     if refs:
         lines += [f"The bands of {', '.join(repr(m) for m in refs)} collapse onto the limit on most days (nearly "
                   "every later sample there is negative), so their log-likelihood (normal with the SD implied by the "

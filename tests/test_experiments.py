@@ -448,6 +448,39 @@ def test_fine_tuning_with_missed_samples_starts_at_the_shipped_twin_plus_the_new
     assert bool((diff[batch.mask & batch.censored] > 0).all())
 
 
+def test_twin_informed_boosting_uses_a_twin_forecast_that_knows_the_answer(monkeypatch):
+    """Later values that the early samples cannot predict (random per person) but a twin forecasts exactly: the
+    boosting that sees the twin's forecast recovers them; the plain boosting cannot."""
+    import numpy as np
+    import pandas as pd
+    import kissler_forecast as kf
+
+    rng = np.random.default_rng(0)
+
+    def people(prefix, n):
+        rows = []
+        for i in range(n):
+            rows.append((f"{prefix}{i}", 0.0, 5.0, False))
+            rows += [(f"{prefix}{i}", float(d), float(rng.uniform(3.0, 8.0)), False) for d in range(1, 11)]
+        return pd.DataFrame(rows, columns=["subject_id", "time", "value", "censored"]).assign(
+            observable="log10_V", lloq=2.0)
+
+    train, test = people("t", 40), people("h", 10)
+    cov = pd.DataFrame({"subject_id": sorted(set(train["subject_id"]) | set(test["subject_id"])), "age": np.nan})
+
+    def oracle(twin, c, early, late, method, seed):
+        out = late[["subject_id", "time", "observable"]].copy()
+        v = late["value"].to_numpy()
+        return out.assign(median=v, lower50=v - 0.5, upper50=v + 0.5, lower=v - 1.0, upper=v + 1.0)
+
+    monkeypatch.setattr(kf, "twin_rows", oracle)
+    early, late = kf.split_quantified(test, 1)
+    informed = kf.twin_informed_boosting(None, cov, train, early, late, 1, 0, oracle(None, cov, early, late, "", 0))
+    plain = kf.early_sample_boosting(train, early, late, 1, 0, point="mean")
+    rmse = lambda pred: float(np.sqrt(np.mean((pred["median"].to_numpy() - late["value"].to_numpy()) ** 2)))  # noqa: E731
+    assert rmse(informed) < 0.3 < 1.0 < rmse(plain), (rmse(informed), rmse(plain))
+
+
 def test_blend_weight_is_chosen_on_the_fine_tuning_people_and_averages_quantiles(monkeypatch):
     """Two routes that miss every later sample by +1 and -1 log10: their equal blend is exact, so the weight
     chosen is 0.5; the blend averages each quantile; a route that is exact on its own gets the whole weight."""
