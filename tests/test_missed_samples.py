@@ -133,3 +133,18 @@ def test_predicted_measurements_count_missed_samples_as_not_detected():
     assert (traj["upper"] > traj["median"]).all()
     traj50, _ = twin.predict(data.covariates, first, None, times=[1.0], method="map", n_samples=400, level=0.2)
     assert np.isfinite(traj50["lower"]).all()  # the 40 % quantile is above the 30 % of misses
+
+
+def test_the_credibility_report_simulates_missed_samples_below_the_limit(tmp_path):
+    """The VPC's simulated share below the limit counts the misses: about pi where the curve is far above it."""
+    from hybridtwin.diagnostics.credibility import credibility_report
+
+    data = missed_cohort(n=20, pi=0.4, lloq=1.0)  # no value comes near a limit of 1 log10: every negative is a miss
+    shares = {}
+    for pi in (None, 0.4):
+        twin = decay_twin(data, fixed=("unused",), covariate_effects=False,
+                          **({"miss": {"log10_V": pi}, "learn_miss": False} if pi else {})).eval()
+        credibility_report(twin, data, tmp_path / str(pi), n_samples=50, n_replicates=40)
+        shares[pi] = pd.read_csv(tmp_path / str(pi) / "vpc.csv")["sim_blq"].to_numpy()
+    assert (shares[None] < 0.02).all()
+    assert np.abs(shares[0.4] - 0.4).max() < 0.1, shares[0.4]

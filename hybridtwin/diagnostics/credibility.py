@@ -108,7 +108,8 @@ def _draws(twin, pbatch, b, slot, z: torch.Tensor, gen: torch.Generator, max_sol
             k, c = pbatch.observable.expand(K, -1, -1), pbatch.cohort.expand(K, -1)
             bad = (status != 0).reshape(K, B, 1)
             nan = torch.tensor(float("nan"), dtype=g.dtype)
-            y = twin.observation.sample(g, k, c, generator=gen, lloq=pbatch.lloq.expand(K, -1, -1))
+            # a twin with missed samples draws them as -inf: the VPC counts them below the limit, as the data's
+            y = twin.observation.sample(g, k, c, generator=gen)
             ys.append(torch.where(bad, nan, y)[:, b, slot])
             mus.append(torch.where(bad, nan, twin.observation.calibrate(g, k, c))[:, b, slot])
     return torch.cat(ys).double().numpy(), torch.cat(mus).double().numpy()
