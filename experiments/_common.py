@@ -4,6 +4,7 @@ error metrics."""
 
 from __future__ import annotations
 
+import json
 import math
 import resource
 import sys
@@ -22,6 +23,13 @@ from hybridtwin.data import CohortData, split_subjects  # noqa: E402
 from hybridtwin.twin import HybridTwin  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results"
+
+
+def write_results(out: Path, stem: str, text: str, payload) -> None:
+    """Write an experiment's report ``out/stem.md`` and its numbers ``out/stem.json``, and print the report."""
+    (Path(out) / f"{stem}.md").write_text(text)
+    (Path(out) / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+    print(text)
 
 
 def peak_rss_mb() -> float:

@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 from scipy.stats import norm
 
-from _common import RESULTS
+from _common import RESULTS, write_results
 from estimation_real import DATA, TWIN_OFFSET, challenger_data
 from hybridtwin.data import CohortData
 from hybridtwin.estimation import AmortiseConfig, SAEMConfig, estimate
@@ -369,10 +369,7 @@ def main(n_folds: int = 5, ks=(1, 2, LS_K), seed: int = 0, saem: dict | None = N
             rows += run_fold(data, studies, i, ks, seed, {**FOLD_SAEM, **(saem or {})}, cache, amortise)
     if only is not None:
         return {"rows": rows}
-    text = summarise(rows)
-    (out / f"{stem}.md").write_text(text)
-    (out / f"{stem}.json").write_text(json.dumps(rows, indent=1))
-    print(text)
+    write_results(out, stem, summarise(rows), rows)
     return {"rows": rows}
 
 

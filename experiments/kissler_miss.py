@@ -22,12 +22,11 @@ three ``kissler_forecast`` stems, fitting what is missing); results ``experiment
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 
 import torch
 
-from _common import RESULTS
+from _common import RESULTS, write_results
 from kissler_forecast import FINE_TUNE_SAEM, fine_tuned, folds, kissler_data, offset_estimated, CHECKPOINT
 from hybridtwin.checkpoint import load, save
 from hybridtwin.estimation import SAEMConfig, estimate, marginal_loglik
@@ -94,9 +93,7 @@ def main(fold: int = 0, seed: int = 0, n_folds: int = 5) -> dict:
         lines.append(f"| {r['twin']} | {r['noise_sd']:.2f} | {r['miss_probability']:.3g} | {om} | {r['loglik']:.1f} | "
                      f"{r['se']:.1f} |")
     text = "\n".join(lines) + "\n"
-    (RESULTS / f"kissler_miss_fold{fold}.md").write_text(text)
-    (RESULTS / f"kissler_miss_fold{fold}.json").write_text(json.dumps(rows, indent=1))
-    print(text)
+    write_results(RESULTS, f"kissler_miss_fold{fold}", text, rows)
     return {"rows": rows}
 
 
