@@ -12,8 +12,9 @@ from .api import estimate
 from .checks import DegeneracyWarning, degeneracy_checks, identifiability
 from .fisher import correlation_table, population_columns, set_uncertainty
 from .marginal import marginal_loglik
+from .multistart import MultiStartResult, multistart
 from .saem import PopulationFit, SAEMConfig, conditional_summary, fit_saem
 
-__all__ = ["AmortiseConfig", "DegeneracyWarning", "PopulationFit", "SAEMConfig", "amortise", "conditional_summary",
+__all__ = ["AmortiseConfig", "DegeneracyWarning", "MultiStartResult", "PopulationFit", "SAEMConfig", "amortise", "conditional_summary",
            "correlation_table", "degeneracy_checks", "estimate", "fit_saem", "identifiability", "marginal_loglik",
-           "population_columns", "set_uncertainty"]
+           "multistart", "population_columns", "set_uncertainty"]
