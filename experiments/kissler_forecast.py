@@ -456,6 +456,21 @@ def _regrouped_state(shipped, twin, state: dict) -> dict:
     return state
 
 
+def held_stage(twin, train: CohortData, seed: int, saem: dict, hold: float) -> list:
+    """SAEM on ``train`` with the noise SD held at ``hold`` (and a missed-sample probability at its value);
+    returns the held parameters (still frozen: set ``requires_grad_(True)`` to estimate them again)."""
+    om = twin.observation
+    with torch.no_grad():
+        om.log_sigma_add.fill_(math.log(hold))
+    held = [om.log_sigma_add] + ([om.logit_miss] if om.has_miss else [])
+    for par in held:
+        par.requires_grad_(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        estimate(twin, train, SAEMConfig(seed=seed, progress=False, **saem), amortisation=False)
+    return held
+
+
 def _observation_summary(twin) -> dict:
     """The fitted noise SD (and missed-sample probability) of ``log10_V`` and the typical time offset."""
     d = twin.observation.describe()["log10_V"]
@@ -513,15 +528,7 @@ def fine_tuned(data: CohortData, held: list[str], fold: int, seed: int, saem: di
     t0 = time.perf_counter()
     stages = {}
     if hold is not None:  # stage 1: noise SD (and the miss probability) held, the rest estimated
-        om = twin.observation
-        with torch.no_grad():
-            om.log_sigma_add.fill_(math.log(hold))
-        held_params = [om.log_sigma_add] + ([om.logit_miss] if om.has_miss else [])
-        for par in held_params:
-            par.requires_grad_(False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            estimate(twin, train, SAEMConfig(seed=seed, progress=False, **saem), amortisation=False)
+        held_params = held_stage(twin, train, seed, saem, hold)
         stages["held"] = {"seconds": time.perf_counter() - t0, **_observation_summary(twin)}
         for par in held_params:
             par.requires_grad_(True)

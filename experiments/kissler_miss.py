@@ -27,9 +27,10 @@ import warnings
 import torch
 
 from _common import RESULTS, write_results
-from kissler_forecast import FINE_TUNE_SAEM, fine_tuned, folds, kissler_data, offset_estimated, CHECKPOINT
+from kissler_forecast import (CHECKPOINT, FINE_TUNE_SAEM, fine_tuned, folds, held_stage, kissler_data,
+                              offset_estimated)
 from hybridtwin.checkpoint import load, save
-from hybridtwin.estimation import SAEMConfig, estimate, marginal_loglik
+from hybridtwin.estimation import marginal_loglik
 
 HOLD_SD, HOLD_MISS, FREE_MISS = 0.8, 0.25, 0.2
 
@@ -41,18 +42,10 @@ def held_fit(train, seed: int, folder):
             warnings.simplefilter("ignore")
             return load(folder)
     import dataclasses
-    import math
 
     twin = offset_estimated(CHECKPOINT, miss=HOLD_MISS)
     twin.config = dataclasses.replace(twin.config, covariate_penalty=1.0)
-    om = twin.observation
-    with torch.no_grad():
-        om.log_sigma_add.fill_(math.log(HOLD_SD))
-    om.log_sigma_add.requires_grad_(False)
-    om.logit_miss.requires_grad_(False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        estimate(twin, train, SAEMConfig(seed=seed, progress=False, **FINE_TUNE_SAEM), amortisation=False)
+    held_stage(twin, train, seed, FINE_TUNE_SAEM, HOLD_SD)
     save(twin, folder)
     return twin
 
