@@ -223,13 +223,37 @@ def reported_scores(m: pd.DataFrame) -> dict:
     for it. Scoring only the quantified rows instead selects rows on the outcome (it keeps late low positives and
     drops the negatives around them), which favours methods that never predict clearance.
     """
-    lim = m["lloq"].to_numpy(float)
-    obs = np.where(m["censored"].to_numpy(bool), lim, m["value"].to_numpy(float))
-    med, lo, hi, lo50, hi50 = (np.maximum(m[c].to_numpy(float), lim)
-                               for c in ("median", "lower", "upper", "lower50", "upper50"))
+    obs, med, lo, hi, lo50, hi50 = _reported(m)
     return {"rmse_reported": float(np.sqrt(np.mean((med - obs) ** 2))),
             "coverage50_reported": float(np.mean((obs >= lo50) & (obs <= hi50))),
             "coverage90_reported": float(np.mean((obs >= lo) & (obs <= hi)))}
+
+
+def _reported(m: pd.DataFrame) -> tuple:
+    """The reported samples (negatives at their limit) and the forecast's median and 90 / 50 % bounds clipped at
+    the limit (see :func:`reported_scores`)."""
+    lim = m["lloq"].to_numpy(float)
+    obs = np.where(m["censored"].to_numpy(bool), lim, m["value"].to_numpy(float))
+    return (obs, *(np.maximum(m[c].to_numpy(float), lim) for c in ("median", "lower", "upper", "lower50", "upper50")))
+
+
+def person_scores(pred: pd.DataFrame, late: pd.DataFrame) -> pd.DataFrame:
+    """Per-person sums behind :func:`score`'s RMSEs, for resampling people (``experiments/kissler_uncertainty.py``).
+
+    One row per subject: ``n_rows`` and ``sse_reported`` (every later sample as reported, see
+    :func:`reported_scores`), ``in90_reported`` (rows inside the clipped 90 % band), ``n_quantified`` and
+    ``sse_quantified`` (quantified rows only). ``sqrt(sum sse / sum n)`` over any set of people is their pooled
+    RMSE."""
+    m = late.merge(pred, on=["subject_id", "time", "observable"], how="left", validate="one_to_one")
+    if m["median"].isna().any():
+        raise RuntimeError(f"{int(m['median'].isna().sum())} rows without a prediction")
+    obs, med, lo, hi, _, _ = _reported(m)
+    q = ~m["censored"].to_numpy(bool)
+    per = pd.DataFrame({"subject_id": m["subject_id"].to_numpy(), "n_rows": 1, "sse_reported": (med - obs) ** 2,
+                        "in90_reported": ((obs >= lo) & (obs <= hi)).astype(int), "n_quantified": q.astype(int),
+                        "sse_quantified": np.where(q, (m["median"].to_numpy(float) - m["value"].to_numpy(float)) ** 2,
+                                                   0.0)})
+    return per.groupby("subject_id", sort=True).sum().reset_index()
 
 
 #: the hybrid twin's closure: the clearance rate as a learned function of time since infection and the CD8+ pool

@@ -94,7 +94,7 @@ import torch
 
 from _common import RESULTS, ROOT
 from challenger_folds import (CLOSURE, QUANTILES, _from_quantiles, interval_rows, least_squares, locf,
-                              reported_scores, route_posterior, score)
+                              person_scores, reported_scores, route_posterior, score)
 from hybridtwin.checkpoint import load
 from hybridtwin.data import CohortData, map_observables
 from hybridtwin.datasets import load as load_dataset
@@ -565,12 +565,17 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
         external = load(checkpoint)
     obs, cov = data.observations, data.covariates
     rows = []
+    people = []  # per-person sums behind the scores (person_scores), for resampling people
     fold_info = []
     previous = json.loads((out / f"{stem}.json").read_text()) if merge else None
+    people_file = out / f"{stem}_people.csv"
     if merge:
         if not only:
             raise ValueError("merge=True needs the methods to run (only=[...])")
         rows = [r for r in previous["rows"] if r["method"] not in set(only)]
+        if people_file.is_file():
+            kept = pd.read_csv(people_file, dtype={"subject_id": str})
+            people = kept[~kept["method"].isin(set(only))].to_dict("records")
     tuning = only is None or any(m.startswith("twin fine-tuned") or m == INFORMED for m in only)
     for f, held in enumerate(folds(list(data.subject_ids), n_folds, seed)):
         if score_only is not None and fit_only is None and f not in score_only:
@@ -639,6 +644,7 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
                 rows.append({"fold": f, "k": k, "method": name, "n_people": int(early["subject_id"].nunique()),
                              "seconds": time.perf_counter() - t1, **score(pred, late),
                              **(blend_info if name == BLEND else {})})
+                people += person_scores(pred, late).assign(fold=f, k=k, method=name).to_dict("records")
                 print(f"fold {f} k={k} {name}: RMSE {rows[-1]['rmse']:.2f}, 90 % cov {rows[-1]['coverage90']:.2f}",
                       flush=True)
     if fit_only is not None:
@@ -648,6 +654,9 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
     report = summarise(rows, fold_info, data, n_folds)
     (out / f"{stem}.md").write_text(report)
     (out / f"{stem}.json").write_text(json.dumps({"rows": rows, "folds": fold_info}, indent=1))
+    cols = ["fold", "k", "method", "subject_id", "n_rows", "sse_reported", "in90_reported", "n_quantified",
+            "sse_quantified"]
+    pd.DataFrame(people, columns=cols).to_csv(people_file, index=False)
     print(report)
     return {"rows": rows, "folds": fold_info}
 
@@ -738,6 +747,7 @@ if __name__ == "__main__":
                     help="with --closure: bound the log of the closure's clearance multiplier to +-B (constraint "
                          "'bounded'; see experiments/closure_stiffness.py)")
     ap.add_argument("--score-only", help="comma-separated folds to score (default: all)")
+    ap.add_argument("--ks", help="comma-separated numbers of samples shown (default: 1,2,3,5)")
     ap.add_argument("--fit-only", help="comma-separated folds to fine-tune into the cache, then stop (no scores)")
     ap.add_argument("--miss", type=float, help="fine-tune with a missed-sample probability on log10_V starting at "
                     "this value (TwinConfig.miss), estimated with the noise")
@@ -756,7 +766,7 @@ if __name__ == "__main__":
         ap.error("--closure-bound needs --closure")
     closure = ({**CLOSURE, "constraint": "bounded", "bounds": [-a.closure_bound, a.closure_bound]}
                if a.closure_bound is not None else a.closure)
-    main(n_folds=a.folds, only=a.methods.split(",") if a.methods else None, merge=a.merge,
+    main(n_folds=a.folds, ks=tuple(int(k) for k in a.ks.split(",")) if a.ks else KS, only=a.methods.split(",") if a.methods else None, merge=a.merge,
          release=tuple(a.release.split(",")) if a.release else (), stem=a.stem, closure=closure,
          fit_only=[int(f) for f in a.fit_only.split(",")] if a.fit_only else None,
          random=tuple(a.random.split(",")) if a.random else (),

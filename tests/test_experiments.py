@@ -574,3 +574,26 @@ def test_kissler_floor_scores_every_later_sample_as_reported(shared_data, monkey
         assert len(late) > 20 and (d > 0).any()
         assert table.loc["below", k] == pytest.approx(float(np.sqrt(np.mean(d ** 2))), rel=1e-12)
     assert "| 1 | 0.50 |" in kfl.report(table)
+
+
+def test_kissler_forecast_writes_person_scores(tmp_path, shared_data):
+    """The per-person sums pool back to each (fold, k, method)'s scores, and --merge keeps other methods' people."""
+    import numpy as np
+    import pandas as pd
+
+    import kissler_forecast as kf
+
+    path = shared_data / "kissler2021_nba_ct"
+    r = kf.main(path=path, out=tmp_path, n_people=12, n_folds=2, ks=(1, 2), only=["LOCF", "population template"])
+    people = pd.read_csv(tmp_path / "kissler_forecast_people.csv", dtype={"subject_id": str})
+    assert len(r["rows"]) == 8
+    for row in r["rows"]:
+        g = people[(people["fold"] == row["fold"]) & (people["k"] == row["k"]) & (people["method"] == row["method"])]
+        assert len(g) == row["n_people"] and g["n_rows"].sum() == row["n_rows"]
+        assert np.sqrt(g["sse_reported"].sum() / g["n_rows"].sum()) == pytest.approx(row["rmse_reported"], rel=1e-12)
+        assert np.sqrt(g["sse_quantified"].sum() / g["n_quantified"].sum()) == pytest.approx(row["rmse"], rel=1e-12)
+    kf.main(path=path, out=tmp_path, n_people=12, n_folds=2, ks=(1,), only=["LOCF"], merge=True)
+    again = pd.read_csv(tmp_path / "kissler_forecast_people.csv", dtype={"subject_id": str})
+    kept = again[again["method"] == "population template"]
+    assert len(kept) == len(people[people["method"] == "population template"])
+    assert set(again.loc[again["method"] == "LOCF", "k"]) == {1}
