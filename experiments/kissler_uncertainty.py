@@ -33,7 +33,6 @@ Example
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
