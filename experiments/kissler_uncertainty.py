@@ -50,7 +50,8 @@ OTHERS = ("reference: later samples by day", "reference: gradient boosting on th
           "twin fine-tuned (library) + boosting (mean): equal average")
 LEARNER = "reference: gradient boosting on the k samples (mean)"
 TARGET = 0.8
-DEFAULT_PEOPLE = ("kissler_forecast_people_people.csv", "kissler_forecast_people_ls_people.csv")
+DEFAULT_PEOPLE = ("kissler_forecast_people_people.csv", "kissler_forecast_people_ls_people.csv",
+                  "kissler_forecast_ess_people_people.csv@ESS 200")
 
 
 def _table(people: pd.DataFrame, k: int, methods: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -112,10 +113,20 @@ def bootstrap(people: pd.DataFrame, twins: list[str], baselines: list[str], k: i
     return out
 
 
+def read_people(spec: str, out: Path) -> pd.DataFrame:
+    """One per-person score file; ``"FILE@TAG"`` appends ``" [TAG]"`` to its methods (a variant of the same
+    methods, e.g. another library size). Relative names are under ``out``."""
+    name, _, tag = spec.partition("@")
+    path = Path(name) if Path(name).is_absolute() else out / name
+    people = pd.read_csv(path, dtype={"subject_id": str})
+    if tag:
+        people["method"] = people["method"] + f" [{tag}]"
+    return people
+
+
 def run(files=DEFAULT_PEOPLE, out: Path | str = RESULTS, n_boot: int = 10000, seed: int = 0) -> list[dict]:
     out = Path(out)
-    people = pd.concat([pd.read_csv(out / f if not Path(f).is_absolute() else f, dtype={"subject_id": str})
-                        for f in files], ignore_index=True)
+    people = pd.concat([read_people(f, out) for f in files], ignore_index=True)
     dup = people.duplicated(["k", "method", "subject_id"])
     if dup.any():
         raise ValueError(f"{int(dup.sum())} (k, method, person) rows appear twice across {list(files)}")
@@ -123,8 +134,9 @@ def run(files=DEFAULT_PEOPLE, out: Path | str = RESULTS, n_boot: int = 10000, se
     for k in sorted(people["k"].unique()):
         have = set(people.loc[people["k"] == k, "method"])
         baselines = [b for b in LISTED if b in have]
-        twins = [m for m in TWIN if m in have]
-        others = [m for m in OTHERS if m in have]
+        # each known method, then its tagged variants ("NAME [TAG]", see read_people)
+        twins = [m for name in TWIN for m in sorted(have) if m == name or m.startswith(name + " [")]
+        others = [m for name in OTHERS for m in sorted(have) if m == name or m.startswith(name + " [")]
         results.append(bootstrap(people, twins, baselines, int(k), n_boot, seed, others,
                                  LEARNER if LEARNER in have else None))
     write_results(out, "kissler_uncertainty", summarise(results), results)
@@ -159,7 +171,8 @@ def summarise(results: list[dict]) -> str:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--people", nargs="+", default=list(DEFAULT_PEOPLE),
-                    help="per-person score files (names under experiments/results/ or absolute paths)")
+                    help="per-person score files (names under experiments/results/ or absolute paths); "
+                         "FILE@TAG tags its methods ' [TAG]'")
     ap.add_argument("--n-boot", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()

@@ -112,6 +112,11 @@ def test_run_writes_tables(tmp_path):
     assert res[0]["n_people"] == 12 and set(res[0]["ratio"]) == {ku.TWIN[0], ku.LEARNER}
     text = (tmp_path / "kissler_uncertainty.md").read_text()
     assert "## k = 1 (12 people" in text and ku.TWIN[0] in text
+    # a tagged file: the same methods as a variant, side by side with the untagged ones
+    frames[0].assign(sse_reported=frames[0]["sse_reported"] / 4).to_csv(tmp_path / "v.csv", index=False)
+    res = ku.run([str(tmp_path / "p.csv"), str(tmp_path / "v.csv") + "@half"], out=tmp_path, n_boot=300)
+    tagged = res[0]["rmse"][ku.TWIN[0] + " [half]"]["observed"]
+    assert tagged == pytest.approx(res[0]["rmse"][ku.TWIN[0]]["observed"] / 2, rel=1e-12)
     pd.concat(frames + frames[:1]).to_csv(tmp_path / "dup.csv", index=False)
     with pytest.raises(ValueError, match="appear twice"):
         ku.run([str(tmp_path / "dup.csv")], out=tmp_path, n_boot=300)
