@@ -76,6 +76,9 @@ NAME`` fine-tunes with a missed-sample probability (``TwinConfig.miss``, started
 fine-tunes in two stages, the noise SD held at 0.8 (and the miss probability at its start) in the first.
 ``--library-ess 200 --stem NAME`` grows the library route's library until every person's effective sample size is
 200 (``library_posterior(min_ess=...)``; copy the fold caches of another stem into ``NAME/`` to reuse its fits).
+``--ks 1,2`` scores only those numbers of samples shown. Every run also writes ``NAME_people.csv``: each person's
+squared errors and row counts per fold, k and method (``challenger_folds.person_scores``), which
+``kissler_uncertainty.py`` resamples.
 """
 
 from __future__ import annotations
