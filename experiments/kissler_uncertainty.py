@@ -176,4 +176,11 @@ if __name__ == "__main__":
     ap.add_argument("--n-boot", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    if a.n_boot < 100:
+        ap.error(f"--n-boot must be at least 100, got {a.n_boot}")
+    for spec in a.people:
+        name = spec.partition("@")[0]
+        if not (Path(name) if Path(name).is_absolute() else RESULTS / name).is_file():
+            ap.error(f"no per-person score file {name!r} (under {RESULTS} unless absolute); kissler_forecast.py "
+                     "writes STEM_people.csv")
     run(a.people, n_boot=a.n_boot, seed=a.seed)
