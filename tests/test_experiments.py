@@ -597,3 +597,31 @@ def test_kissler_forecast_writes_person_scores(tmp_path, shared_data):
     kept = again[again["method"] == "population template"]
     assert len(kept) == len(people[people["method"] == "population template"])
     assert set(again.loc[again["method"] == "LOCF", "k"]) == {1}
+
+
+def test_kissler_noise_check_needs_the_fold_twins(tmp_path, shared_data):
+    import kissler_noise_check as nc
+
+    with pytest.raises(SystemExit, match="fold twins missing"):
+        nc.run(cache=tmp_path, out=tmp_path)
+    text = nc.summarise([{"route": "map", "noise_sd": None, "fitted_noise_sd": [1.4, 1.7], "k": 5, "n_people": 14,
+                          "rmse_reported": 0.5, "coverage90_reported": 1.0},
+                         {"route": "map", "noise_sd": 0.7, "fitted_noise_sd": [1.4, 1.7], "k": 5, "n_people": 14,
+                          "rmse_reported": 0.6, "coverage90_reported": 1.0}], 200)
+    assert "| map | fitted | 5 | 14 | 0.500 |" in text and "| map | 0.7 | 5 |" in text and "1.40-1.70" in text
+
+
+@pytest.mark.slow  # ~1 min; needs the fold twins kissler_forecast.py caches (gitignored)
+def test_kissler_noise_check_fitted_noise_reproduces_the_forecast(tmp_path, shared_data):
+    import kissler_noise_check as nc
+    from _common import RESULTS
+
+    cache = RESULTS / "kissler_forecast"
+    if not (cache / "fold4_twin" / "weights.pt").is_file():
+        pytest.skip("kissler_forecast fold twins not cached here")
+    rows = nc.run(noise=(None,), ks=(5,), routes=("map",), cache=cache, out=tmp_path)
+    people = json.loads((RESULTS / "kissler_forecast_people.json").read_text())["rows"]
+    ref = [r for r in people if r["k"] == 5 and r["method"] == "twin fine-tuned (MAP)"]
+    n = sum(r["n_rows"] for r in ref)
+    pooled = math.sqrt(sum(r["n_rows"] * r["rmse_reported"] ** 2 for r in ref) / n)
+    assert rows[0]["rmse_reported"] == pytest.approx(pooled, abs=0.02)
