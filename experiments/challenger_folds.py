@@ -198,10 +198,16 @@ def least_squares(twin: HybridTwin, cov: pd.DataFrame, early: pd.DataFrame, late
                       how="left")
 
 
-def score(pred: pd.DataFrame, late: pd.DataFrame) -> dict:
+def _forecast_rows(pred: pd.DataFrame, late: pd.DataFrame) -> pd.DataFrame:
+    """``late``'s rows with their forecast from ``pred``; every row must have one."""
     m = late.merge(pred, on=["subject_id", "time", "observable"], how="left", validate="one_to_one")
     if m["median"].isna().any():
         raise RuntimeError(f"{int(m['median'].isna().sum())} rows without a prediction")
+    return m
+
+
+def score(pred: pd.DataFrame, late: pd.DataFrame) -> dict:
+    m = _forecast_rows(pred, late)
     sd = np.maximum((m["upper"] - m["lower"]) / (2 * Z90), 1e-3)
     cens = m["censored"].to_numpy()
     ll = np.where(cens, norm.logcdf((m["lloq"] - m["median"]) / sd), norm.logpdf(m["value"], m["median"], sd))
@@ -244,9 +250,7 @@ def person_scores(pred: pd.DataFrame, late: pd.DataFrame) -> pd.DataFrame:
     :func:`reported_scores`), ``in90_reported`` (rows inside the clipped 90 % band), ``n_quantified`` and
     ``sse_quantified`` (quantified rows only). ``sqrt(sum sse / sum n)`` over any set of people is their pooled
     RMSE."""
-    m = late.merge(pred, on=["subject_id", "time", "observable"], how="left", validate="one_to_one")
-    if m["median"].isna().any():
-        raise RuntimeError(f"{int(m['median'].isna().sum())} rows without a prediction")
+    m = _forecast_rows(pred, late)
     obs, med, lo, hi, _, _ = _reported(m)
     q = ~m["censored"].to_numpy(bool)
     per = pd.DataFrame({"subject_id": m["subject_id"].to_numpy(), "n_rows": 1, "sse_reported": (med - obs) ** 2,

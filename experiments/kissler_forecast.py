@@ -769,7 +769,8 @@ if __name__ == "__main__":
         ap.error("--closure-bound needs --closure")
     closure = ({**CLOSURE, "constraint": "bounded", "bounds": [-a.closure_bound, a.closure_bound]}
                if a.closure_bound is not None else a.closure)
-    main(n_folds=a.folds, ks=tuple(int(k) for k in a.ks.split(",")) if a.ks else KS, only=a.methods.split(",") if a.methods else None, merge=a.merge,
+    main(n_folds=a.folds, ks=tuple(int(k) for k in a.ks.split(",")) if a.ks else KS,
+         only=a.methods.split(",") if a.methods else None, merge=a.merge,
          release=tuple(a.release.split(",")) if a.release else (), stem=a.stem, closure=closure,
          fit_only=[int(f) for f in a.fit_only.split(",")] if a.fit_only else None,
          random=tuple(a.random.split(",")) if a.random else (),

@@ -54,18 +54,22 @@ def _scores(cache: Path, noise, ks, routes, seed: int, n_folds: int) -> list[dic
     data = kf.kissler_data()
     obs, cov = data.observations, data.covariates
     held_out = kf.folds(list(data.subject_ids), n_folds, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        twins = [load(cache / f"fold{f}_twin").eval() for f in range(n_folds)]
+    own = [t.observation.log_sigma_add.detach().clone() for t in twins]
+    fitted = [float(o.exp()[0]) for o in own]
     rows = []
     for route in routes:
         for sd in noise:
             for k in ks:
-                parts, fitted = [], []
+                parts = []
                 for f, held in enumerate(held_out):
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        twin = load(cache / f"fold{f}_twin").eval()
-                    fitted.append(float(twin.observation.log_sigma_add.detach().exp()[0]))
-                    if sd is not None:
-                        with torch.no_grad():
+                    twin = twins[f]
+                    with torch.no_grad():  # the fold's own SD, or the one asked for (each run sets it afresh)
+                        if sd is None:
+                            twin.observation.log_sigma_add.copy_(own[f])
+                        else:
                             twin.observation.log_sigma_add.fill_(math.log(sd))
                     early, late = kf.split_quantified(obs[obs["subject_id"].isin(set(held))], k)
                     if late.empty:
