@@ -27,6 +27,9 @@ Methods, on the same rows:
   later sample best on the fold's *fine-tuning* people, each shown their own first k samples (:func:`blend_weight`;
   the held-out people never choose it). One branch or the other suits different k: this lets the training data say
   which, instead of the test folds;
+- **twin, fine-tuned, MAP/library blend + conformal bands**: the blend's median with its bands rescaled by split
+  conformal prediction on the same fine-tuning people (the blend at the chosen weight forecasts their later
+  quantified samples; :func:`blend_conformal_rows`): the blend's bands from the broad fitted noise are too wide;
 - **LOCF**: the last of the k values carried forward; intervals from the training folds' changes by gap;
 - **population template**: the training folds' mean curve on the same axis (days since first positive,
   censored values at the limit, medians per day), shifted in level (k = 1) or in level and time (k >= 2,
@@ -294,16 +297,24 @@ def twin_rows(twin, cov: pd.DataFrame, early: pd.DataFrame, late: pd.DataFrame, 
 
 
 def conformal_factors(twin, cov: pd.DataFrame, train_obs: pd.DataFrame, k: int, seed: int) -> tuple[float, float]:
-    """Split-conformal widths of the twin's bands, from the people it was fine-tuned on: each shows their first
-    ``k`` quantified samples, and on their later quantified samples the score is the distance of the value from
-    the predicted median in units of the 90 % band's half-width on that side (a normalised, asymmetric
-    conformity score, as in conformalised quantile regression: Romano, Patterson & Candes 2019). Returns the
-    scores' 90 % and 50 % quantiles (with the finite-sample correction): the factors that stretch or shrink the
-    twin's 90 % band into a 90 % and a 50 % band. The held-out people are not used."""
+    """Split-conformal widths of the twin's MAP bands, from the people it was fine-tuned on: each shows their first
+    ``k`` quantified samples and the MAP route forecasts their later samples (:func:`conformal_scale`). The held-out
+    people are not used."""
     early, late = split_quantified(train_obs, k)
     late = late[~late["censored"]]
     c = cov[cov["subject_id"].isin(set(early["subject_id"]))]
-    pred = late.merge(twin_rows(twin, c, early, late, "map", seed), on=["subject_id", "time", "observable"])
+    return conformal_scale(twin_rows(twin, c, early, late, "map", seed), late)
+
+
+def conformal_scale(pred: pd.DataFrame, late: pd.DataFrame) -> tuple[float, float]:
+    """Split-conformal factors from a forecast ``pred`` of calibration rows ``late``: on the quantified rows the score
+    is the distance of the value from the predicted median in units of the 90 % band's half-width on that side (a
+    normalised, asymmetric conformity score, as in conformalised quantile regression: Romano, Patterson & Candes
+    2019). Returns the scores' 90 % and 50 % quantiles (with the finite-sample correction): the factors that
+    stretch or shrink the 90 % band into a 90 % and a 50 % band (:func:`rescaled`)."""
+    pred = late[~late["censored"]].merge(pred, on=["subject_id", "time", "observable"], validate="one_to_one")
+    if pred.empty:
+        raise ValueError("no quantified calibration rows to calibrate the bands on")
     above = pred["value"] >= pred["median"]
     half = np.where(above, pred["upper"] - pred["median"], pred["median"] - pred["lower"])
     score = np.abs(pred["value"] - pred["median"]).to_numpy() / np.maximum(half, 1e-9)
@@ -312,12 +323,17 @@ def conformal_factors(twin, cov: pd.DataFrame, train_obs: pd.DataFrame, k: int, 
     return q[0], q[1]
 
 
+def rescaled(pred: pd.DataFrame, f90: float, f50: float) -> pd.DataFrame:
+    """``pred`` with its 90 % band's half-widths (each side) multiplied by ``f90`` and turned into a 50 % band by
+    ``f50``; the median unchanged."""
+    med, lo, hi = pred["median"], pred["median"] - pred["lower"], pred["upper"] - pred["median"]
+    return pred.assign(lower=med - f90 * lo, upper=med + f90 * hi, lower50=med - f50 * lo, upper50=med + f50 * hi)
+
+
 def conformal_rows(twin, cov, pred: pd.DataFrame, train_obs, k, seed) -> pd.DataFrame:
     """The fine-tuned twin's MAP forecast ``pred`` (from :func:`twin_rows`) with its bands rescaled by
     :func:`conformal_factors` (median unchanged)."""
-    f90, f50 = conformal_factors(twin, cov, train_obs, k, seed)
-    med, lo, hi = pred["median"], pred["median"] - pred["lower"], pred["upper"] - pred["median"]
-    return pred.assign(lower=med - f90 * lo, upper=med + f90 * hi, lower50=med - f50 * lo, upper50=med + f50 * hi)
+    return rescaled(pred, *conformal_factors(twin, cov, train_obs, k, seed))
 
 
 #: the blend weights tried for the MAP route (the library route gets 1 - w)
@@ -335,28 +351,50 @@ def vincentized(a: pd.DataFrame, b: pd.DataFrame, w: float) -> pd.DataFrame:
     return m[keys].assign(**{c: w * m[f"{c}_a"] + (1.0 - w) * m[f"{c}_b"] for c in BANDS})
 
 
-def blend_weight(twin, cov: pd.DataFrame, train_obs: pd.DataFrame, k: int, seed: int) -> tuple[float, dict]:
+def blend_training(twin, cov: pd.DataFrame, train_obs: pd.DataFrame, k: int, seed: int) -> dict:
+    """Both routes' forecasts of the fine-tuning people's later samples, each shown their own first ``k``
+    quantified samples: ``{"map": ..., "library": ..., "late": ...}`` (what :func:`blend_weight` chooses on and
+    :func:`blend_conformal_rows` calibrates on; compute once per fold and k)."""
+    early, late = split_quantified(train_obs, k)
+    c = cov[cov["subject_id"].isin(set(early["subject_id"]))]
+    return {"map": twin_rows(twin, c, early, late, "map", seed), "library": twin_rows(twin, c, early, late, "library", seed),
+            "late": late}
+
+
+def blend_weight(twin, cov: pd.DataFrame, train_obs: pd.DataFrame, k: int, seed: int,
+                 training: dict | None = None) -> tuple[float, dict]:
     """The weight of the MAP route in a blend with the library route, chosen on the people the twin was fine-tuned
     on (never the held-out ones): each shows their first ``k`` quantified samples, both routes forecast every later
     sample, and the weight in ``BLEND_GRID`` whose blend (:func:`vincentized`) has the smallest every-sample RMSE
-    (``challenger_folds.reported_scores``) wins. Returns it and the RMSE at every weight."""
-    early, late = split_quantified(train_obs, k)
-    c = cov[cov["subject_id"].isin(set(early["subject_id"]))]
-    a = twin_rows(twin, c, early, late, "map", seed)
-    b = twin_rows(twin, c, early, late, "library", seed)
+    (``challenger_folds.reported_scores``) wins. Returns it and the RMSE at every weight. ``training``: the routes'
+    forecasts from :func:`blend_training`, if already computed."""
+    t = training if training is not None else blend_training(twin, cov, train_obs, k, seed)
     keys = ["subject_id", "time", "observable"]
-    rmse = {float(w): reported_scores(late.merge(vincentized(a, b, w), on=keys, validate="one_to_one"))["rmse_reported"]
+    rmse = {float(w): reported_scores(t["late"].merge(vincentized(t["map"], t["library"], w), on=keys,
+                                                      validate="one_to_one"))["rmse_reported"]
             for w in BLEND_GRID}
     return min(rmse, key=rmse.get), rmse
 
 
 def blend_rows(twin, cov, map_rows: pd.DataFrame, library_rows: pd.DataFrame, train_obs, k, seed,
-               info: dict) -> pd.DataFrame:
+               info: dict, training: dict | None = None) -> pd.DataFrame:
     """The held-out people's MAP and library forecasts blended with :func:`blend_weight`'s weight (recorded in
     ``info``)."""
-    w, curve = blend_weight(twin, cov, train_obs, k, seed)
+    w, curve = blend_weight(twin, cov, train_obs, k, seed, training)
     info.update(blend_weight=w, blend_rmse_training=curve)
     return vincentized(map_rows, library_rows, w)
+
+
+def blend_conformal_rows(twin, cov, map_rows: pd.DataFrame, library_rows: pd.DataFrame, train_obs, k, seed,
+                         info: dict, training: dict | None = None) -> pd.DataFrame:
+    """:func:`blend_rows`' forecast with split-conformal bands: the fine-tuning people's blend (the same weight) is
+    the calibration forecast (:func:`conformal_scale`); the median is the blend's. ``info`` gets the weight and the
+    two factors."""
+    t = training if training is not None else blend_training(twin, cov, train_obs, k, seed)
+    w, _ = blend_weight(twin, cov, train_obs, k, seed, t)
+    f90, f50 = conformal_scale(vincentized(t["map"], t["library"], w), t["late"])
+    info.update(blend_weight=w, conformal_f90=f90, conformal_f50=f50)
+    return rescaled(vincentized(map_rows, library_rows, w), f90, f50)
 
 
 def folds(ids: list[str], n: int, seed: int) -> list[list[str]]:
@@ -610,6 +648,13 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
                 return tuned_map[route]
 
             blend_info = {}  # the blend's weight and its training-people RMSE curve, recorded with its scores
+            conformal_info = {}  # the conformal blend's weight and factors
+            training = {}  # both routes' forecasts of the fine-tuning people, shared by the two blends
+
+            def blend_training_rows():
+                if not training:
+                    training.update(blend_training(tuned, cov, train_obs, k, seed))
+                return training
             boosted = {}
 
             def boosting_mean():
@@ -624,7 +669,10 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
                            tuned, cov, tuned_rows(), train_obs, k, seed),
                        "twin fine-tuned (library posterior)": lambda: tuned_rows("library"),
                        BLEND: lambda: blend_rows(tuned, cov, tuned_rows(), tuned_rows("library"), train_obs, k, seed,
-                                                 blend_info),
+                                                 blend_info, blend_training_rows()),
+                       BLEND_CONFORMAL: lambda: blend_conformal_rows(tuned, cov, tuned_rows(), tuned_rows("library"),
+                                                                     train_obs, k, seed, conformal_info,
+                                                                     blend_training_rows()),
                        "twin fine-tuned (MAP + importance sampling)": lambda: twin_rows(tuned, c, early, late, "map_is",
                                                                                         seed),
                        "LOCF": lambda: locf(train_obs, early, late, k),
@@ -646,7 +694,8 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
                 pred = method()
                 rows.append({"fold": f, "k": k, "method": name, "n_people": int(early["subject_id"].nunique()),
                              "seconds": time.perf_counter() - t1, **score(pred, late),
-                             **(blend_info if name == BLEND else {})})
+                             **(blend_info if name == BLEND else {}),
+                             **(conformal_info if name == BLEND_CONFORMAL else {})})
                 people += person_scores(pred, late).assign(fold=f, k=k, method=name).to_dict("records")
                 print(f"fold {f} k={k} {name}: RMSE {rows[-1]['rmse']:.2f}, 90 % cov {rows[-1]['coverage90']:.2f}",
                       flush=True)
@@ -667,14 +716,15 @@ def main(path=DATA, out: Path | str = RESULTS, ks=KS, n_folds: int = 5, seed: in
 #: the methods in the order the tables list them
 METHODS = ("twin external (auto)", "twin external (MAP)", "twin fine-tuned (MAP)",
            "twin fine-tuned (MAP + conformal bands)", "twin fine-tuned (library posterior)",
-           "twin fine-tuned (MAP + importance sampling)", "twin fine-tuned (MAP/library blend)", "LOCF",
+           "twin fine-tuned (MAP + importance sampling)", "twin fine-tuned (MAP/library blend)",
+           "twin fine-tuned (MAP/library blend + conformal bands)", "LOCF",
            "population template", "per-patient mechanistic fit",
            "reference: later samples by day", "reference: gradient boosting on the k samples",
            "reference: gradient boosting on the k samples (mean)",
            "twin fine-tuned (library) + boosting (mean): equal average",
            "boosting with the library twin's forecast as features")
 REFERENCE, BOOSTING, BOOSTING_MEAN, STACK, INFORMED = METHODS[-5:]
-BLEND = METHODS[6]
+BLEND, BLEND_CONFORMAL = METHODS[6:8]
 
 
 def _which_folds(fold_info: list[dict], n_folds: int) -> str:
@@ -715,9 +765,16 @@ def summarise(rows: list[dict], fold_info: list[dict], data: CohortData, n_folds
             lines.append(line)
         lines.append("")
     if "blend_weight" in df:
-        b = df[df["method"] == BLEND]
+        b = df[df["method"] == (BLEND if (df["method"] == BLEND).any() else BLEND_CONFORMAL)]
         lines += ["Weight of the MAP route in the blend, chosen per fold on the fine-tuning people (folds 0-4):", ""]
         lines += [f"- k = {k}: " + ", ".join(f"{w:.1f}" for w in g["blend_weight"]) for k, g in b.groupby("k")]
+        lines.append("")
+    if "conformal_f90" in df:
+        b = df[df["method"] == BLEND_CONFORMAL]
+        lines += ["Split-conformal factors of the blend's 90 % band (90 % / 50 %), per fold, from the fine-tuning "
+                  "people:", ""]
+        lines += [f"- k = {k}: " + ", ".join(f"{a:.2f}/{c:.2f}" for a, c in zip(g["conformal_f90"], g["conformal_f50"]))
+                  for k, g in b.groupby("k")]
         lines.append("")
     refs = [m for m in (REFERENCE, BOOSTING, BOOSTING_MEAN, INFORMED) if m in set(df["method"])]
     if refs:

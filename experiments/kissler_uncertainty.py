@@ -17,7 +17,8 @@ the twin's routes and the best flexible learner (gradient boosting's conditional
 twin's shortfall, where it falls short, larger than what resampling people moves?
 
 Run ``python experiments/kissler_uncertainty.py`` after ``kissler_forecast.py --stem kissler_forecast_people``
-(and ``--methods "per-patient mechanistic fit" --ks 1,2 --stem kissler_forecast_people_ls``); seconds. Results:
+(and ``--methods "per-patient mechanistic fit" --ks 1,2 --stem kissler_forecast_people_ls``; the variants in
+``DEFAULT_PEOPLE`` come from the ``--library-ess 200`` and ``--random c`` / ``--random r`` runs); seconds. Results:
 ``experiments/results/kissler_uncertainty.{md,json}``.
 
 Example
@@ -51,7 +52,9 @@ OTHERS = ("reference: later samples by day", "reference: gradient boosting on th
 LEARNER = "reference: gradient boosting on the k samples (mean)"
 TARGET = 0.8
 DEFAULT_PEOPLE = ("kissler_forecast_people_people.csv", "kissler_forecast_people_ls_people.csv",
-                  "kissler_forecast_ess_people_people.csv@ESS 200")
+                  "kissler_forecast_ess_people_people.csv@ESS 200",
+                  # the fine-tune with the clearance rate c, or the CD8+ expansion rate r, per person (--random)
+                  "kissler_forecast_rc_people.csv@c per person", "kissler_forecast_rr_people.csv@r per person")
 
 
 def _table(people: pd.DataFrame, k: int, methods: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:

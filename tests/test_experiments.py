@@ -362,22 +362,25 @@ def test_fine_tuning_can_release_parameters_the_shipped_twin_fixed():
         kf.offset_estimated(kf.CHECKPOINT, ("p",))
 
 
-def test_fine_tuning_can_make_a_population_parameter_per_person(shared_data):
-    """``random=("K_V",)`` estimates the shipped twin's population carrying capacity per person: the fine-tune
-    starts at the shipped twin (same encoder outputs for the shipped parameters, the same trajectories at the
-    prior mean), with K_V's typical value at the shipped one and its between-person SD at omega_init."""
+@pytest.mark.parametrize("name", ["K_V", "r"])
+def test_fine_tuning_can_make_a_population_parameter_per_person(shared_data, name):
+    """``random=("K_V",)`` estimates the shipped twin's population carrying capacity per person (``("r",)``: the
+    CD8+ expansion rate, fixed in the shipped twin): the fine-tune starts at the shipped twin (same encoder outputs
+    for the shipped parameters, the same trajectories at the prior mean), with the new random effect's typical
+    value at the shipped one and its between-person SD at omega_init."""
     import math
 
-    import pytest
     import torch
     import kissler_forecast as kf
     from hybridtwin.checkpoint import load
 
     shipped = load(kf.CHECKPOINT)
-    twin = kf.offset_estimated(kf.CHECKPOINT, random=("K_V",))
-    assert "K_V" in twin.patient_names and "K_V" not in twin.population_names
-    i = twin.patient_names.index("K_V")
-    assert float(twin.mu[i]) == float(shipped.mu_population[shipped.population_names.index("K_V")])
+    twin = kf.offset_estimated(kf.CHECKPOINT, random=(name,))
+    assert name in twin.patient_names and name not in twin.population_names and name not in twin.config.fixed
+    i = twin.patient_names.index(name)
+    was = (shipped.mu_population[shipped.population_names.index(name)] if name in shipped.population_names
+           else shipped.z_default[shipped.model.parameter_space.names.index(name)])
+    assert float(twin.mu[i]) == float(was)
     assert math.isclose(float(twin.log_omega[i].exp()), twin.config.omega_init, rel_tol=1e-6)
     data = kf.kissler_data(shared_data / "kissler2021_nba_ct")
     data = data.subset(list(data.subject_ids)[:4])
@@ -514,6 +517,58 @@ def test_blend_weight_is_chosen_on_the_fine_tuning_people_and_averages_quantiles
     assert kf.blend_weight(None, cov, obs, 1, seed=0)[0] == 1.0
     with pytest.raises(ValueError, match="different rows"):
         kf.vincentized(blend, blend.iloc[1:], 0.5)
+
+
+def test_conformal_blend_bands_reach_their_nominal_coverage_on_new_people(monkeypatch):
+    """Routes whose 90 % bands are far too wide (+-3 SD of normal scatter about a median that is right on average):
+    calibrated on 300 fine-tuning people, the conformal blend's bands cover 90 % and 50 % of 300 new people's later
+    samples (to sampling error) where the raw bands cover nearly all; the median is the blend's; the factors follow
+    their definition on the calibration rows."""
+    import numpy as np
+    import pandas as pd
+    import kissler_forecast as kf
+
+    rng = np.random.default_rng(3)
+
+    def people(prefix, n):
+        rows = []
+        for i in range(n):
+            rows += [(f"{prefix}{i}", 0.0, 6.0, False)]
+            rows += [(f"{prefix}{i}", float(d), 7.0 - 0.3 * d + rng.normal(), False) for d in range(1, 6)]
+        return pd.DataFrame(rows, columns=["subject_id", "time", "value", "censored"]).assign(observable="log10_V",
+                                                                                                lloq=-10.0)
+
+    train, test = people("t", 300), people("h", 300)
+    cov = pd.DataFrame({"subject_id": sorted(set(train["subject_id"]) | set(test["subject_id"])), "age": np.nan})
+
+    def fake_rows(twin, c, early, late, method, seed):
+        out = late[["subject_id", "time", "observable"]].copy()
+        centre = 7.0 - 0.3 * late["time"].to_numpy() + (0.2 if method == "map" else -0.2)
+        return out.assign(median=centre, lower50=centre - 1.0, upper50=centre + 1.0, lower=centre - 3.0,
+                          upper=centre + 3.0)
+
+    monkeypatch.setattr(kf, "twin_rows", fake_rows)
+    early, late = kf.split_quantified(test, 1)
+    a, b = fake_rows(None, cov, early, late, "map", 0), fake_rows(None, cov, early, late, "library", 0)
+    info = {}
+    pred = late.merge(kf.blend_conformal_rows(None, cov, a, b, train, 1, 0, info), on=["subject_id", "time",
+                                                                                         "observable"])
+    w = info["blend_weight"]
+    assert abs(w - 0.5) <= 0.1 + 1e-12  # the two routes' biases cancel (up to the scatter of the calibration rows)
+    assert np.allclose(pred["median"], 7.0 - 0.3 * pred["time"] + 0.4 * w - 0.2)
+    v = pred["value"]
+    cover = lambda lo, hi: float(np.mean((v >= pred[lo]) & (v <= pred[hi])))  # noqa: E731
+    assert abs(cover("lower", "upper") - 0.90) < 0.03 and abs(cover("lower50", "upper50") - 0.50) < 0.04
+    raw = kf.vincentized(a, b, w).merge(late, on=["subject_id", "time", "observable"])
+    assert float(np.mean(np.abs(raw["value"] - raw["median"]) <= 3.0)) > 0.99
+    # the factors: the 90 % / 50 % quantiles of |value - median| / 3 on the calibration rows
+    t_early, t_late = kf.split_quantified(train, 1)
+    score = np.abs(t_late["value"] - (7.0 - 0.3 * t_late["time"] + 0.4 * w - 0.2)).to_numpy() / 3.0
+    n = len(score)
+    assert info["conformal_f90"] == pytest.approx(np.quantile(score, np.ceil(0.9 * (n + 1)) / n))
+    assert info["conformal_f50"] == pytest.approx(np.quantile(score, np.ceil(0.5 * (n + 1)) / n))
+    with pytest.raises(ValueError, match="no quantified calibration rows"):
+        kf.conformal_scale(a, late.assign(censored=True))
 
 
 def test_kissler_diagnosis_curve_matches_the_library_and_shapes_are_measured_right():
