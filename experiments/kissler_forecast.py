@@ -102,6 +102,7 @@ from _common import RESULTS, ROOT
 from challenger_folds import (CLOSURE, QUANTILES, _from_quantiles, interval_rows, least_squares, locf,
                               person_scores, reported_scores, route_posterior, score)
 from hybridtwin.checkpoint import load
+from hybridtwin.conformal import conformal_bands
 from hybridtwin.data import CohortData, map_observables
 from hybridtwin.datasets import load as load_dataset
 from hybridtwin.estimation import SAEMConfig, estimate
@@ -307,20 +308,10 @@ def conformal_factors(twin, cov: pd.DataFrame, train_obs: pd.DataFrame, k: int, 
 
 
 def conformal_scale(pred: pd.DataFrame, late: pd.DataFrame) -> tuple[float, float]:
-    """Split-conformal factors from a forecast ``pred`` of calibration rows ``late``: on the quantified rows the score
-    is the distance of the value from the predicted median in units of the 90 % band's half-width on that side (a
-    normalised, asymmetric conformity score, as in conformalised quantile regression: Romano, Patterson & Candes
-    2019). Returns the scores' 90 % and 50 % quantiles (with the finite-sample correction): the factors that
-    stretch or shrink the 90 % band into a 90 % and a 50 % band (:func:`rescaled`)."""
-    pred = late[~late["censored"]].merge(pred, on=["subject_id", "time", "observable"], validate="one_to_one")
-    if pred.empty:
-        raise ValueError("no quantified calibration rows to calibrate the bands on")
-    above = pred["value"] >= pred["median"]
-    half = np.where(above, pred["upper"] - pred["median"], pred["median"] - pred["lower"])
-    score = np.abs(pred["value"] - pred["median"]).to_numpy() / np.maximum(half, 1e-9)
-    n = len(score)
-    q = [float(np.quantile(score, min(1.0, np.ceil((n + 1) * a) / n))) for a in (0.90, 0.50)]
-    return q[0], q[1]
+    """Split-conformal factors from a forecast ``pred`` of calibration rows ``late`` (quantified rows only;
+    :func:`hybridtwin.conformal.conformal_bands`): the factors that stretch or shrink the 90 % band into a 90 % and
+    a 50 % band (:func:`rescaled`)."""
+    return tuple(conformal_bands(pred, late, level).factors["log10_V"] for level in (0.90, 0.50))
 
 
 def rescaled(pred: pd.DataFrame, f90: float, f50: float) -> pd.DataFrame:

@@ -7,7 +7,7 @@
 """
 
 from ._version import __version__
-from . import data, datasets, estimation, models, personalise, virtual
+from . import conformal, data, datasets, estimation, models, personalise, virtual
 from .checkpoint import load
 from .config import BlackBoxConfig, ClosureConfig, EncoderConfig, NoiseConfig
 from .dosing import BatchSchedule, Dose
@@ -17,7 +17,7 @@ from .simulation import simulate
 from .solve import Solution, SolverConfig, Status, solve
 
 __all__ = [
-    "__version__", "data", "datasets", "estimation", "models", "personalise", "virtual", "Model", "Parameter", "ParameterSpace", "Dose", "BatchSchedule",
+    "__version__", "conformal", "data", "datasets", "estimation", "models", "personalise", "virtual", "Model", "Parameter", "ParameterSpace", "Dose", "BatchSchedule",
     "simulate", "load", "solve", "SolverConfig", "Solution", "Status",
     "ClosureConfig", "BlackBoxConfig", "EncoderConfig", "NoiseConfig",
 ]
