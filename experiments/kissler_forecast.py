@@ -72,7 +72,9 @@ twin instead: the shipped twin plus ``challenger_folds.CLOSURE`` (the clearance 
 ``c * exp(net(t, log10 T))``, starting at zero output, trained by SAEM's Adam steps; about 22 min per fold on one
 core, against 5 for the mechanistic one). ``--fit-only 0,2,4`` and ``--fit-only 1,3`` side by side fill the fold
 cache before a plain run scores it. ``--random K_V --stem NAME`` fine-tunes with the carrying capacity (one value for
-everyone in the shipped twin) estimated per person (:func:`offset_estimated`, ``TwinConfig.per_patient``).
+everyone in the shipped twin) estimated per person (:func:`offset_estimated`, ``TwinConfig.per_patient``);
+``--random c --stem kissler_forecast_rc`` the viral clearance rate (the variant whose blend closes the k = 5 gap to
+the learner, see the README), ``--random r`` the CD8+ expansion rate.
 ``--closure --closure-bound B`` bounds the closure's log-multiplier to +-B (``constraint: bounded``; see
 ``closure_stiffness.py``); ``--score-only 0,1`` scores only those folds (the tables say which). ``--miss 0.2 --stem
 NAME`` fine-tunes with a missed-sample probability (``TwinConfig.miss``, started at 0.2, estimated); ``--hold 0.8``
