@@ -104,7 +104,7 @@ from _common import RESULTS, ROOT
 from challenger_folds import (CLOSURE, QUANTILES, _from_quantiles, interval_rows, least_squares, locf,
                               person_scores, reported_scores, route_posterior, score)
 from hybridtwin.checkpoint import load
-from hybridtwin.conformal import conformal_bands
+from hybridtwin.conformal import ConformalBands, conformal_bands
 from hybridtwin.data import CohortData, map_observables
 from hybridtwin.datasets import load as load_dataset
 from hybridtwin.estimation import SAEMConfig, estimate
@@ -319,8 +319,8 @@ def conformal_scale(pred: pd.DataFrame, late: pd.DataFrame) -> tuple[float, floa
 def rescaled(pred: pd.DataFrame, f90: float, f50: float) -> pd.DataFrame:
     """``pred`` with its 90 % band's half-widths (each side) multiplied by ``f90`` and turned into a 50 % band by
     ``f50``; the median unchanged."""
-    med, lo, hi = pred["median"], pred["median"] - pred["lower"], pred["upper"] - pred["median"]
-    return pred.assign(lower=med - f90 * lo, upper=med + f90 * hi, lower50=med - f50 * lo, upper50=med + f50 * hi)
+    narrow = ConformalBands({"log10_V": f50}, 0.50).apply(pred)
+    return ConformalBands({"log10_V": f90}, 0.90).apply(pred).assign(lower50=narrow["lower"], upper50=narrow["upper"])
 
 
 def conformal_rows(twin, cov, pred: pd.DataFrame, train_obs, k, seed) -> pd.DataFrame:

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .data.schema import _require
+
 __all__ = ["ConformalBands", "conformal_bands"]
 
 _KEYS = ["subject_id", "time", "observable"]
@@ -62,14 +64,6 @@ class ConformalBands:
         out[upper] = med + f * (pred[upper].to_numpy(float) - med)
         out.attrs = dict(pred.attrs, conformal={"level": self.level, "factors": dict(self.factors)})
         return out
-
-
-def _require(df, columns, name):
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"{name} must be a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{name} lacks column(s) {missing}; it has {list(df.columns)}")
 
 
 def conformal_bands(pred: pd.DataFrame, observations: pd.DataFrame, level: float = 0.90,
