@@ -462,3 +462,28 @@ def test_timed_surrogate_round_trips_and_is_more_accurate_than_the_grid_at_equal
     pop = pd.DataFrame({"delta_Ab": [0.02, 0.03]})
     scen = [dom.scenarios.scenario([80.0]), dom.scenarios.scenario([200.0])]
     np.testing.assert_array_equal(back.run(pop, scen).frame["value"], timed.run(pop, scen).frame["value"])
+
+
+@pytest.mark.parametrize("arch", ["grid", "separable", "timed"])
+def test_predictions_do_not_depend_on_the_chunk_and_a_grid_network_on_the_cpu_takes_small_ones(arch):
+    """A prediction is split into network calls of ``chunk`` pairs (on the CPU a ``grid`` network takes small
+    ones, which keep its activations in cache); the split must not change a single pair's numbers."""
+    from hybridtwin.surrogate.emulator import CHUNK, GRID_CPU_CHUNK, Surrogate, _network
+
+    dom = Domain.from_dict(DOMAIN)
+    K = len(dom.times)
+    torch.manual_seed(0)
+    s = Surrogate(dom, _network(arch, dom, K, (16, 16), 2, "silu", 4), torch.zeros(K), torch.ones(K))
+    assert s.default_chunk() == (GRID_CPU_CHUNK if arch == "grid" else CHUNK)
+    rng = np.random.default_rng(0)
+    up, us = rng.random((700, 1)), rng.random((7, 1))  # 4,900 pairs: more than one default grid call
+    whole_mean, whole_sd = s.predict_product(up, us, chunk=10 ** 6)
+    assert whole_mean.shape == (700, 7, 1, K)
+    for chunk in (None, 50, 7, 1):
+        mean, sd = s.predict_product(up, us, chunk=chunk)
+        np.testing.assert_allclose(mean, whole_mean, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(sd, whole_sd, rtol=1e-5, atol=1e-6)
+    u = np.concatenate([np.repeat(up, 7, 0), np.tile(us, (700, 1))], 1)  # the same pairs, one row each
+    for chunk in (None, 333):
+        mean, sd = s.predict_unit(u, chunk=chunk)
+        np.testing.assert_allclose(mean, whole_mean.reshape(4900, 1, K), rtol=1e-5, atol=1e-5)

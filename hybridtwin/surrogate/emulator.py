@@ -101,6 +101,15 @@ def _kind(net) -> str:
     return "timed" if isinstance(net, TimedEnsemble) else "separable" if isinstance(net, SeparableEnsemble) else "grid"
 
 
+#: pairs per network call of a ``separable`` or ``timed`` network, or of any network on a GPU: these networks
+#: rerun the scenario network for every call, so fewer, larger calls are faster
+CHUNK = 65536
+#: pairs per call of a ``grid`` network on the CPU: its (members, pairs, hidden) activations then fit in the
+#: processor's cache. Measured on 2 cores (5 members, 20,000 pairs, mean only): 40-wide layers 13 ms at 4,096 pairs a
+#: call against 38 ms at 65,536; 256-wide layers (10^5 pairs) 0.84 s against 2.2 s
+GRID_CPU_CHUNK = 4096
+
+
 class Surrogate:
     """A trained emulator of ``domain`` (see the module docstring). ``certificate``: the dict of
     :func:`certify`, once run. ``info``: how it was trained."""
@@ -150,9 +159,18 @@ class Surrogate:
             spread = torch.zeros_like(mean)
         return mean.reshape(-1, *self.shape).cpu().numpy(), spread.reshape(-1, *self.shape).cpu().numpy()
 
+    def default_chunk(self) -> int:
+        """Pairs per network call when a prediction does not say (:data:`GRID_CPU_CHUNK` for a ``grid`` network on
+        the CPU, else :data:`CHUNK`)."""
+        if isinstance(self.net, SeparableEnsemble) or self.device.type != "cpu":
+            return CHUNK
+        return GRID_CPU_CHUNK
+
     @torch.no_grad()
-    def predict_unit(self, u: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-        """Ensemble mean and SD, each (N, outputs, times), at unit-scaled inputs ``u`` (N, parameters + factors)."""
+    def predict_unit(self, u: np.ndarray, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Ensemble mean and SD, each (N, outputs, times), at unit-scaled inputs ``u`` (N, parameters + factors).
+        ``chunk``: rows per network call (default :meth:`default_chunk`)."""
+        chunk = chunk or self.default_chunk()
         means, sds = [], []
         x = torch.as_tensor(np.asarray(u, dtype=np.float32), device=self.device) * 2 - 1
         for i in range(0, len(x), chunk):
@@ -162,11 +180,13 @@ class Surrogate:
         return np.concatenate(means), np.concatenate(sds)
 
     @torch.no_grad()
-    def predict_product(self, up: np.ndarray, us: np.ndarray, chunk: int = 65536,
+    def predict_product(self, up: np.ndarray, us: np.ndarray, chunk: int | None = None,
                         sd: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean and SD (patients, scenarios, outputs, times) for every patient (unit inputs ``up``) under every
         scenario (unit factors ``us``), sharing the patient and scenario work across pairs. ``sd=False``: the
-        mean only (SD None), which a separable network computes in one matrix product."""
+        mean only (SD None), which a separable network computes in one matrix product. ``chunk``: pairs per
+        network call (default :meth:`default_chunk`)."""
+        chunk = chunk or self.default_chunk()
         a = torch.as_tensor(np.asarray(up, dtype=np.float32), device=self.device) * 2 - 1
         b = torch.as_tensor(np.asarray(us, dtype=np.float32), device=self.device) * 2 - 1
         if not sd and isinstance(self.net, SeparableEnsemble) and self.z_floor is None:
