@@ -142,11 +142,11 @@ class OracleTwin(HybridTwin):
 
 
 def surrogate_recipes(domain, train: dict, held: dict, specs, stem: str, out: Path = RESULTS, engine=None,
-                      timing=None) -> list:
+                      timing=None, extra: dict | None = None) -> list:
     """Train and certify one surrogate per recipe ``ARCH:HIDDEN:BATCH:EPOCHS[:WEIGHT_DECAY[:MEMBERS]]`` (e.g.
     ``grid:128,128,128:64:1000:1e-6:5``) on the same data; each row is printed and appended to
     ``out/<stem>.jsonl``. ``timing``: a function of the trained surrogate returning a dict of throughput
-    figures, merged into its row."""
+    figures, merged into its row; ``extra``: fields recorded in every row (e.g. which held-out pairs)."""
     import json
 
     from hybridtwin.surrogate import certify, fit_surrogate
@@ -161,7 +161,7 @@ def surrogate_recipes(domain, train: dict, held: dict, specs, stem: str, out: Pa
                           engine=engine)
         cert = certify(s, data=held)
         row = {"recipe": spec, "n_train": int(train["ok"].sum()), "train_seconds": time.perf_counter() - t,
-               **cert["overall"], "coverage90": cert["calibration"]["coverage90"]}
+               **cert["overall"], "coverage90": cert["calibration"]["coverage90"], **(extra or {})}
         if timing is not None:
             row.update(timing(s))
         rows.append(row)

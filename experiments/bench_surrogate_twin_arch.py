@@ -11,6 +11,10 @@ arrays of ``simulate_pairs``) once, then each trained surrogate (``run``'s long 
 ``--gp``: the scikit-learn Gaussian process of ``bench_surrogate.py`` fitted and certified on the same
 simulations and held-out pairs in the same process (the equal-data comparison for a twin).
 
+``--held-seed S``: draw the 2,000 held-out pairs with seed S instead of 99, the seed of ``bench_surrogate.py``'s
+certificate. Choosing a recipe on pairs of another seed keeps the choice off the pairs that the benchmark then
+reports (each row records its ``held_seed``).
+
 Usage: ``python experiments/bench_surrogate_twin_arch.py [--gp] [--n-patients N] [N_TRAIN] [ARCH:HIDDEN:BATCH:EPOCHS ...]``
 (default: 10000 simulations; ``separable:256,256,256:256:150`` and ``grid:256,256,256:256:150``); results appended to
 ``experiments/results/bench_surrogate_twin_arch.jsonl``. Needs the fold twin (run ``challenger_folds.py`` first).
@@ -31,15 +35,16 @@ DEFAULT = ("separable:256,256,256:256:150", "grid:256,256,256:256:150")
 
 
 def main(n_train: int = 10000, configs=DEFAULT, twin=TWIN, out=RESULTS, stem: str = "bench_surrogate_twin_arch",
-         n_patients: int = 20000, with_gp: bool = False) -> list:
+         n_patients: int = 20000, with_gp: bool = False, held_seed: int = 99) -> list:
     engine = TwinEngine.from_checkpoint(twin)
     domain = twin_domain(engine.twin, ScenarioSpace([]), np.linspace(0, 28, 15), width=2.5, floor={"log10_V": 0.0})
     t = time.perf_counter()
     train = simulate_domain(domain, n_train, seed=0, engine=engine)
     print(f"{n_train} training simulations of the twin: {time.perf_counter() - t:.1f} s", flush=True)
-    held = simulate_domain(domain, 2000, seed=99, method="random", engine=engine)
+    held = simulate_domain(domain, 2000, seed=held_seed, method="random", engine=engine)
     measure = twin_throughput(engine, domain, n_patients) if n_patients else None
-    rows = surrogate_recipes(domain, train, held, configs, stem, out, engine=engine, timing=measure)
+    rows = surrogate_recipes(domain, train, held, configs, stem, out, engine=engine, timing=measure,
+                             extra={"held_seed": held_seed})
     if with_gp:  # the Gaussian process on the same pairs, in the same process
         rows.append(gp_recipe(train, held, stem, out))
     return rows
@@ -51,5 +56,7 @@ if __name__ == "__main__":
     ap.add_argument("recipes", nargs="*", default=list(DEFAULT))
     ap.add_argument("--gp", action="store_true", help="also the Gaussian process on the same simulations")
     ap.add_argument("--n-patients", type=int, default=20000, help="patients for the throughput (0: skip)")
+    ap.add_argument("--held-seed", type=int, default=99,
+                    help="seed of the 2,000 held-out pairs (choose recipes on another seed than the benchmark's 99)")
     a = ap.parse_args()
-    main(a.n_train, tuple(a.recipes), n_patients=a.n_patients, with_gp=a.gp)
+    main(a.n_train, tuple(a.recipes), n_patients=a.n_patients, with_gp=a.gp, held_seed=a.held_seed)

@@ -274,9 +274,9 @@ def test_twin_surrogate_arch_tiny(tmp_path):
     import bench_surrogate_twin_arch
 
     rows = bench_surrogate_twin_arch.main(n_train=64, configs=("grid:8:32:2",), out=tmp_path, stem="tiny",
-                                          n_patients=40)
+                                          n_patients=40, held_seed=98)
     r = rows[0]
-    assert r["n_patients"] == 40 and r["median"] >= 0
+    assert r["n_patients"] == 40 and r["median"] >= 0 and r["held_seed"] == 98
     assert r["x_exact_run"] == pytest.approx(r["exact_run_s"] / r["run_s"])
     assert r["x_exact_arrays_mean_sd"] == pytest.approx(r["exact_arrays_s"] / r["arrays_mean_sd_s"])
 
