@@ -153,11 +153,13 @@ def pairs_to_set(ids, scenarios, grid, outputs, values: "np.ndarray", status) ->
     def labels(a):  # object columns as built: pandas' string dtype would check every row (half of a sweep's table)
         return pd.Series(a, dtype=object, copy=False)
 
+    # every column is a fresh array (values copied: the caller keeps its own), so the frame may take them as they
+    # are: copying them into consolidated blocks cost as much again (pairs_to_set of 20,000 x 15 rows: 21 ms -> 10 ms)
     frame = pd.DataFrame({
         "subject_id": labels(np.repeat(ids, S * O * T)), "scenario": labels(np.tile(np.repeat(names, O * T), n)),
-        "time": np.tile(np.asarray(grid, dtype=float), n * S * O),
+        "time": pd.Series(np.tile(np.asarray(grid, dtype=float), n * S * O), copy=False),
         "output": labels(np.tile(np.repeat(np.array(outputs, dtype=object), T), n * S)),
-        "value": values.reshape(-1)})
+        "value": pd.Series(np.array(values, copy=True).reshape(-1), copy=False)}, copy=False)
     st = np.asarray(status, dtype=object).reshape(S, n).T.reshape(-1)
     status = pd.DataFrame({"subject_id": np.repeat(ids, S), "scenario": np.tile(names, n), "status": st})
     return frame, status
