@@ -105,8 +105,9 @@ def _kind(net) -> str:
 #: rerun the scenario network for every call, so fewer, larger calls are faster
 CHUNK = 65536
 #: pairs per call of a ``grid`` network on the CPU: its (members, pairs, hidden) activations then fit in the
-#: processor's cache. Measured on 2 cores (5 members, 20,000 pairs, mean only): 40-wide layers 13 ms at 4,096 pairs a
-#: call against 38 ms at 65,536; 256-wide layers (10^5 pairs) 0.84 s against 2.2 s
+#: processor's cache. Measured on 2 cores (5 members, 256-wide layers, mean of 10^5 pairs, four calls of each
+#: interleaved): 0.87-1.43 s at 4,096 pairs a call against 2.25-4.54 s at 65,536. For 40-wide layers and 20,000
+#: pairs the two were within the shared machine's scatter (13-27 ms against 18-38 ms)
 GRID_CPU_CHUNK = 4096
 
 
