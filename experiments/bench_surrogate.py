@@ -265,7 +265,7 @@ def twin_throughput(engine, domain, n_patients: int = 20000, seed: int = 3):
                             repeats=3)
 
     def measure(s) -> dict:
-        # a surrogate call takes ~0.1 s: the best of 10 keeps the shared machine's stalls out of it
+        # a surrogate call takes ~0.02-0.06 s: the best of 10 keeps the shared machine's stalls out of it
         up, us, _, _ = s.encode(params, scen)
         run, _ = timed(lambda: s.run(pop, scen), repeats=10)
         mean, _ = timed(lambda: s.predict_product(up, us, sd=False), repeats=10)

@@ -5,8 +5,9 @@ inputs p, c_T, t_offset within 2.5 between-patient SDs; log10 viral load at 15 d
 Both are trained on the same exact simulations of the twin with the same settings and certified on the same
 2,000 fresh random pairs. Throughput, side by side in one process on random patients of the domain
 (``main(n_patients=20000)``; 0 skips it): the twin's exact solve (``TwinEngine``; the engine protocol's long table, and the raw
-arrays of ``simulate_pairs``) once, then each trained surrogate (``run``'s long table; the arrays of
-``predict_product``, mean only and mean + ensemble SD); each surrogate time the best of 10 (the exact solve: once).
+arrays of ``simulate_pairs``), then each trained surrogate (``run``'s long table; the arrays of
+``predict_product``, mean only and mean + ensemble SD); each surrogate time the best of 10, the exact solve's the best
+of 3 (``bench_surrogate.twin_throughput``).
 
 ``--gp``: the scikit-learn Gaussian process of ``bench_surrogate.py`` fitted and certified on the same
 simulations and held-out pairs in the same process (the equal-data comparison for a twin).

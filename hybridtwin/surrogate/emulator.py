@@ -163,9 +163,7 @@ class Surrogate:
     def default_chunk(self) -> int:
         """Pairs per network call when a prediction does not say (:data:`GRID_CPU_CHUNK` for a ``grid`` network on
         the CPU, else :data:`CHUNK`)."""
-        if isinstance(self.net, SeparableEnsemble) or self.device.type != "cpu":
-            return CHUNK
-        return GRID_CPU_CHUNK
+        return GRID_CPU_CHUNK if _kind(self.net) == "grid" and self.device.type == "cpu" else CHUNK
 
     @torch.no_grad()
     def predict_unit(self, u: np.ndarray, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
